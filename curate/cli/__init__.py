@@ -1,0 +1,90 @@
+"""The `curate` command line: a thin click layer over the library.
+
+Commands are imported lazily (`LazyGroup`), so `curate --help` starts fast and never imports torch.
+Every `CurateError` raised below is turned into a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> ("module:attribute", one-line help). A module of None means: designed, not built yet.
+COMMANDS: dict[str, tuple[str | None, str]] = {
+    "inspect": ("curate.cli.inspect:inspect", "Show a pool's shape, size, domains, difficulties and lengths."),
+    "tag": (None, "Tag domain, difficulty and cognitive behaviours with an LLM (or offline rules)."),
+    "score": ("curate.cli.score:score", "Score every example by EK-FAC influence on query sets."),
+    "query": (None, "Build query sets of correctly (and incorrectly) answered benchmark problems."),
+    "flip": (None, "Difficulty flip: harder math in, easier code in, from a donor pool."),
+    "prune": (None, "Keep the top fraction of a pool by influence or a baseline."),
+    "strip": (None, "Remove post-answer exploration from reasoning traces."),
+    "run": (None, "Run a declarative YAML recipe of operations."),
+    "validate": (None, "Fine-tune a base model on each variant (TRL SFT) and evaluate it."),
+    "audit": (None, "Check the stability of influence scores and their counterfactual effect."),
+    "report": (None, "Render influence analyses as an HTML or Markdown report."),
+    "merge": (None, "Join score and tag tables onto a pool by curate_id."),
+    "demo": ("curate.cli.demo:demo", "Run the pipeline offline on the bundled sample pool."),
+}
+
+
+def _not_built(name: str, help_text: str) -> click.Command:
+    @click.command(name=name, help=f"{help_text}\n\nNot built yet.", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        from curate.errors import NotBuiltError
+
+        raise NotBuiltError(f"`curate {name}` is not built yet; see the project's open issues.")
+
+    return command
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, help_text = COMMANDS[name]
+        if target is None:
+            return _not_built(name, help_text)
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the table, so listing commands imports none of them.
+        rows = [(n, h + ("" if t else " [not built yet]")) for n, (t, h) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="curate")
+def cli() -> None:
+    """curate: measure which reasoning fine-tuning examples help, then rebalance the pool.
+
+    Data goes to stdout; progress and tables go to stderr.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn library errors into one-line messages."""
+    from curate.errors import CurateError
+
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except CurateError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
