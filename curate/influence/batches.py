@@ -1,0 +1,89 @@
+"""Pad tokenised examples into length-sorted batches and compute their response log-likelihoods."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from curate.influence.tokens import Tokenized
+
+
+@dataclass
+class Batch:
+    """A right-padded batch.
+
+    `input_ids`, `attention_mask`: [B, T]. `loss_mask`: [B, T-1] float, 1 where position t's
+    prediction of token t+1 is a response token (so it enters the summed log-likelihood).
+    `rows`: for each batch element, its index in the list the batch was made from.
+    """
+
+    ids: list[str]
+    rows: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def make_batches(items: Sequence[Tokenized], batch_tokens: int, pad_id: int) -> list[Batch]:
+    """Group `items` into batches of at most `batch_tokens` padded tokens (B x T_max).
+
+    Items are sorted by length (longest first) so padding stays small; a single item longer than
+    the budget gets a batch of its own.
+    """
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(items[groups[-1][0]].input_ids) * (len(groups[-1]) + 1) <= batch_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [_collate(items, g, pad_id) for g in groups]
+
+
+def _collate(items: Sequence[Tokenized], rows: list[int], pad_id: int) -> Batch:
+    width = max(len(items[i].input_ids) for i in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width - 1))
+    for b, i in enumerate(rows):
+        ids = items[i].input_ids
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        attention[b, : len(ids)] = 1
+        # Position t predicts token t+1; response tokens start at loss_start.
+        loss_mask[b, items[i].loss_start - 1 : len(ids) - 1] = 1.0
+    return Batch([items[i].id for i in rows], list(rows), input_ids, attention, loss_mask)
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """A per-example seed that does not depend on batch composition or run order (for resume)."""
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of the response targets.
+
+    Returns `(logp, targets)`, both [B, T-1]; `logp` is zero outside `loss_mask`. Targets are the
+    data tokens, or, when `sample_seed` is given, tokens sampled from the model's own predictive
+    distribution (the true Fisher of Grosse et al.), seeded per example so reruns agree.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    targets = batch.input_ids[:, 1:]
+    if sample_seed is not None:
+        with torch.no_grad():
+            sampled = torch.empty_like(targets)
+            for b, example_id in enumerate(batch.ids):
+                gen = torch.Generator().manual_seed(example_seed(sample_seed, example_id))
+                probs = torch.softmax(logits[b].detach().to(torch.float64), dim=-1)
+                sampled[b] = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        targets = torch.where(batch.loss_mask.bool(), sampled, targets)
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    logp = -nll.view_as(targets) * batch.loss_mask.to(logits.dtype)
+    return logp, targets

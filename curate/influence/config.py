@@ -1,0 +1,93 @@
+"""`ScoreConfig`: every setting of an influence run, shared by the CLI, recipes and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from curate.errors import UsageError
+
+FISHER = ("true", "empirical")
+NORMALIZE = ("none", "query", "train", "both")
+DTYPES = ("float32", "float64", "bfloat16")
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of `curate score`.
+
+    model: HF causal LM (local path, Hub id, or the alias `smollm2-135m`): the model studied,
+        normally the one already fine-tuned on the pool (Infra scores the SFT'd model).
+    fisher: "true" samples the labels that form S and Lambda* from the model (Grosse et al.,
+        seeded); "empirical" uses the data's own tokens.
+    damping: "auto" = 0.1 x mean(Lambda*) per module, or an absolute number.
+    fit_on: number of pool examples (seeded subsample) used to fit the factors; all when fewer.
+    fit_max_length: tokens per sequence when fitting (Infra: 4096); longer ones are cut and counted.
+    max_length: tokens per sequence when scoring; None = the model's context. Cut ones are
+        counted and flagged in `curate_truncated`.
+    modules: "mlp" (the MLP projections, as Infra), "all" (every Linear but the head), or a
+        regular expression on module names.
+    normalize: per-token log-likelihoods for the query objective ("query"), the training
+        example ("train"), both, or neither (default: summed, as the papers write them).
+    query_splits: K >= 2 also scores K disjoint, seeded splits of each query set (0 = none).
+    seed: seeds the Fisher label sampling, the fit subsample and the query splits.
+    batch_tokens: padded tokens per batch (B x T); bounds activation memory.
+    chunk_size: examples per resumable scoring chunk.
+    dtype: the model's compute dtype; factors are always float64.
+    group_memory_gb: factor memory per module group (GB, float64); each group costs one pass.
+    """
+
+    model: str
+    fisher: str = "true"
+    damping: float | str = "auto"
+    fit_on: int = 5000
+    fit_max_length: int = 4096
+    max_length: int | None = None
+    modules: str = "mlp"
+    normalize: str = "none"
+    query_splits: int = 0
+    seed: int = 0
+    batch_tokens: int = 4096
+    chunk_size: int = 128
+    dtype: str = "float32"
+    group_memory_gb: float = 8.0
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.fisher not in FISHER:
+            errors.append(f"fisher must be one of {FISHER}, got {self.fisher!r}")
+        if self.normalize not in NORMALIZE:
+            errors.append(f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
+        if self.dtype not in DTYPES:
+            errors.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.damping != "auto":
+            try:
+                self.damping = float(self.damping)
+            except ValueError:
+                errors.append(f"damping must be 'auto' or a number, got {self.damping!r}")
+            else:
+                if self.damping < 0:
+                    errors.append("damping must be >= 0")
+        if self.query_splits == 1 or self.query_splits < 0:
+            errors.append("query_splits must be 0 (none) or >= 2")
+        for name in ("fit_on", "fit_max_length", "batch_tokens", "chunk_size"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1")
+        if self.max_length is not None and self.max_length < 2:
+            errors.append("max_length must be >= 2")
+        if self.group_memory_gb <= 0:
+            errors.append("group_memory_gb must be > 0")
+        if errors:
+            raise UsageError("; ".join(errors))
+
+    @property
+    def sample_seed(self) -> int | None:
+        return self.seed if self.fisher == "true" else None
+
+    @property
+    def per_token_query(self) -> bool:
+        return self.normalize in ("query", "both")
+
+    @property
+    def per_token_train(self) -> bool:
+        return self.normalize in ("train", "both")

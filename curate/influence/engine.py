@@ -1,0 +1,218 @@
+"""`score_pool`: EK-FAC influence of every pool example on every query set, resumably.
+
+Stages, each under `work_dir` with its own manifest (reused on rerun, refused when its inputs or
+settings changed):
+  factors/   EK-FAC factors per module group (covariance pass, eigendecomposition, Lambda* pass)
+  queries/   preconditioned query directions, one file per query set (a new set costs one pass)
+  scores/    per-chunk score tables; a killed run resumes at the first missing chunk
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from curate.data.example import Example
+from curate.influence.batches import make_batches
+from curate.influence.capture import select_modules
+from curate.influence.config import ScoreConfig
+from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
+from curate.influence.plan import Plan, group_modules, make_plan
+from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
+from curate.influence.tokens import Tokenized, tokenize_all
+from curate.progress import Progress, Silent
+from curate.stages import fingerprint, load_tensors, open_stage, save_tensors
+
+
+@dataclass
+class ScoreResult:
+    """`table`: one row per pool example (curate_id, curate_influence_<q>[_split<k>], curate_nll,
+    curate_tokens, curate_truncated). `plan`: what was run. `columns`: the influence columns."""
+
+    table: pl.DataFrame
+    plan: Plan
+    columns: list[str] = field(default_factory=list)
+
+
+def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:
+    cols = []
+    for q in query_names:
+        cols.append(f"curate_influence_{q}")
+        cols.extend(f"curate_influence_{q}_split{k}" for k in range(splits))
+    return cols
+
+
+def model_identity(model) -> str:
+    """A cheap fingerprint of a model's config and weights (a strided sample of every tensor)."""
+    parts = [model.config.to_dict()]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().flatten()
+            parts.append((name, list(p.shape), float(flat[:: max(1, flat.numel() // 257)].double().sum())))
+    return fingerprint(*parts)
+
+
+def _tokens_fingerprint(items: Sequence[Tokenized]) -> str:
+    return fingerprint([(z.id, z.loss_start, z.input_ids) for z in items])
+
+
+def _split_assignment(n: int, splits: int, seed: int) -> list[int]:
+    """Seeded, balanced assignment of n query rows to `splits` disjoint splits (all 0 if none)."""
+    if splits < 2:
+        return [0] * n
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    split_of = [0] * n
+    for rank, row in enumerate(order):
+        split_of[row] = rank % splits
+    return split_of
+
+
+def score_pool(
+    examples: Sequence[Example],
+    queries: dict[str, Sequence[Example]],
+    config: ScoreConfig,
+    work_dir: Path,
+    *,
+    model=None,
+    tokenizer=None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> ScoreResult:
+    """Score `examples` against each query set; see `curate.influence.scoring` for the sign.
+
+    `model`/`tokenizer` may be passed in (tests, notebooks); otherwise `config.model` is loaded.
+    Memory does not grow with the pool: examples are tokenised and scored chunk by chunk.
+    """
+    progress = progress or Silent()
+    work_dir = Path(work_dir)
+    if model is None:
+        from curate.models import load_model
+
+        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype),
+                                      trust_remote_code=config.trust_remote_code)
+    model_fp = model_identity(model)
+    max_length = config.max_length or getattr(model.config, "max_position_embeddings", None)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    modules = select_modules(model, config.modules)
+    groups = group_modules(modules, config.group_memory_gb)
+
+    # Fit subsample (seeded) and query sets are small enough to hold tokenised.
+    fit_rows = sorted(random.Random(config.seed).sample(range(len(examples)), min(config.fit_on, len(examples))))
+    fit_items = list(tokenize_all(tokenizer, (examples[i] for i in fit_rows), config.fit_max_length))
+    query_items = {q: list(tokenize_all(tokenizer, ex, max_length)) for q, ex in queries.items()}
+    pool_lengths = [(z.full_length, z.truncated) for z in tokenize_all(tokenizer, examples, max_length)]
+    plan = make_plan(model, modules, groups, config, pool_lengths, fit_items, query_items, max_length)
+    progress.note(plan.render())
+
+    factors_fp = fingerprint(model_fp, list(modules), _tokens_fingerprint(fit_items), config.fisher, config.seed, config.dtype)
+    factors = _fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp, overwrite, progress)
+
+    directions: dict[str, torch.Tensor] = {}  # layer -> [F, out, in'] over all query sets
+    query_fps = []
+    for q, items in query_items.items():
+        qdir, qfp = _query_directions(model, groups, factors, items, config, pad_id, work_dir / "queries", q, factors_fp, progress)
+        query_fps.append(qfp)
+        for name, v in qdir.items():
+            directions[name] = v if name not in directions else torch.cat([directions[name], v])
+    columns = influence_columns(list(queries), config.query_splits)
+
+    scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
+                            config.chunk_size, config.batch_tokens)
+    stage = open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns}, overwrite=overwrite)
+    tables = []
+    n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
+    with progress.task("scoring", len(examples), unit="ex") as advance:
+        for c in range(n_chunks):
+            path = stage / f"chunk-{c:05d}.parquet"
+            chunk = examples[c * config.chunk_size : (c + 1) * config.chunk_size]
+            if not path.exists():
+                table = _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns)
+                tmp = path.with_suffix(".tmp")
+                table.write_parquet(tmp)
+                tmp.replace(path)
+            tables.append(pl.read_parquet(path))
+            advance(len(chunk))
+    return ScoreResult(pl.concat(tables), plan, columns)
+
+
+def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, overwrite, progress):
+    stage = open_stage(folder, {"factors": factors_fp, "groups": [list(g) for g in groups],
+                                "fisher": config.fisher, "seed": config.seed,
+                                "fit_examples": len(fit_items)}, overwrite=overwrite)
+    batches = make_batches(fit_items, config.batch_tokens, pad_id)
+    factors: dict[str, ModuleFactors] = {}
+    for g, group in enumerate(groups):
+        path = stage / f"group{g:03d}.safetensors"
+        if not path.exists():
+            with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
+                covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed,
+                                       on_batch=lambda b, lp: adv(1))
+            bases = {n: eigenbases(c) for n, c in covs.items()}
+            del covs
+            with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches), unit="batch") as adv:
+                lams = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
+                                   on_batch=lambda b, lp: adv(1))
+            tensors = {}
+            for n in group:
+                f = ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1])
+                tensors.update({f"{n}::{k}": v for k, v in f.to_dict().items()})
+            save_tensors(path, tensors)
+        loaded = load_tensors(path)
+        for n in group:
+            factors[n] = ModuleFactors(loaded[f"{n}::q_a"], loaded[f"{n}::q_s"], loaded[f"{n}::lam"])
+    return factors
+
+
+def _query_directions(model, groups, factors, items, config, pad_id, folder, name, factors_fp, progress):
+    """Preconditioned gradients of one query set's functions: layer -> [1 (+K), out, in'] float32."""
+    qfp = fingerprint(factors_fp, _tokens_fingerprint(items), config.normalize, config.query_splits,
+                      config.seed, config.damping)
+    path = folder / f"{name}-{qfp}.safetensors"
+    if path.exists():
+        return load_tensors(path), qfp
+    splits = max(config.query_splits, 1)
+    split_of = _split_assignment(len(items), splits, config.seed)
+    sizes = [split_of.count(k) for k in range(splits)]
+    if min(sizes) == 0:
+        from curate.errors import UsageError
+
+        raise UsageError(f"query set {name!r} has {len(items)} examples, fewer than --query-splits {splits}")
+    batches = make_batches(items, config.batch_tokens, pad_id)
+    out = {}
+    with progress.task(f"query gradients: {name}", len(batches) * len(groups), unit="batch") as adv:
+        for group in groups:
+            sums = query_gradient_sums(model, group, batches, split_of, splits,
+                                       per_token=config.per_token_query, on_batch=lambda b, lp: adv(1))
+            for n, s in sums.items():
+                f = factors[n]
+                out[n] = f.precondition(split_functions(s, sizes), f.damping(config.damping)).to(torch.float32)
+    save_tensors(path, out)
+    return out, qfp
+
+
+def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
+    """Scores, NLL and token counts of one chunk of examples (one pass per module group)."""
+    items = list(tokenize_all(tokenizer, chunk, max_length))
+    batches = make_batches(items, config.batch_tokens, pad_id)
+    nll = torch.zeros(len(items), dtype=torch.float64)
+
+    def record_nll(batch, logp):
+        per_token = -logp.sum(dim=1).to(torch.float64) / batch.loss_mask.sum(dim=1).to(torch.float64)
+        nll[torch.tensor(batch.rows)] = per_token
+
+    scores = torch.zeros(len(items), len(columns), dtype=torch.float64)
+    for g, group in enumerate(groups):
+        scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(items),
+                                per_token=config.per_token_train, on_batch=record_nll if g == 0 else None)
+    data = {"curate_id": [z.id for z in items]}
+    data.update({c: scores[:, j].tolist() for j, c in enumerate(columns)})
+    data["curate_nll"] = nll.tolist()
+    data["curate_tokens"] = [z.n_loss_tokens for z in items]
+    data["curate_truncated"] = [z.truncated for z in items]
+    return pl.DataFrame(data)

@@ -1,0 +1,135 @@
+"""EK-FAC factors per tracked Linear: Kronecker eigenbases and corrected eigenvalues.
+
+For a Linear with weight W: [out, in'] (in' = in + 1 with a bias), with layer input a and
+s = dL/d(output), the Fisher block is approximated by (Q_S (x) Q_A) diag(vec Lambda*) (Q_S (x) Q_A)^T
+where A = E[a a^T] = Q_A diag(.) Q_A^T and S = E[s s^T] = Q_S diag(.) Q_S^T are averaged over all
+non-padding token positions, and Lambda*[o, i] = E_n[(Q_S^T G_n Q_A)[o, i]^2] is the eigenvalue
+correction over examples n, with G_n = sum_t s_nt a_nt^T the example's weight gradient
+(George et al. 2018; Grosse et al. 2023). vec is row-major: vec(G)[o * in' + i] = G[o, i].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from curate.influence.batches import Batch
+from curate.influence.passes import run_pass
+
+
+@dataclass
+class ModuleFactors:
+    """EK-FAC factors of one Linear, float64. Shapes: q_a [in', in'], q_s [out, out], lam [out, in']."""
+
+    q_a: torch.Tensor
+    q_s: torch.Tensor
+    lam: torch.Tensor
+
+    def damping(self, spec: float | str) -> float:
+        """`"auto"`: 0.1 x mean(Lambda*) of this module (the common heuristic); else an absolute value."""
+        return 0.1 * float(self.lam.mean()) if spec == "auto" else float(spec)
+
+    def precondition(self, grad: torch.Tensor, damping: float) -> torch.Tensor:
+        """(EK-FAC + damping I)^{-1} applied to gradients `grad`: [..., out, in'] (any float dtype).
+
+        Returns float64 of the same shape: Q_S [(Q_S^T G Q_A) / (Lambda* + damping)] Q_A^T.
+        """
+        g = grad.to(torch.float64)
+        rotated = self.q_s.T @ g @ self.q_a
+        return self.q_s @ (rotated / (self.lam + damping)) @ self.q_a.T
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"q_a": self.q_a.contiguous(), "q_s": self.q_s.contiguous(), "lam": self.lam.contiguous()}
+
+
+@dataclass
+class Covariance:
+    """Running sums for A and S of one module (float64) and the number of positions counted."""
+
+    a_sum: torch.Tensor
+    s_sum: torch.Tensor
+    count: int = 0
+
+
+def _masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, d] -> [N, d]: the non-padding positions of a batch."""
+    return x[mask.bool()]
+
+
+def fit_covariances(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    batches: Sequence[Batch],
+    *,
+    sample_seed: int | None,
+    on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+) -> dict[str, Covariance]:
+    """First pass: A = E[a a^T] and S = E[s s^T] over all non-padding positions.
+
+    Every position counts, prompt included: a weight is used there and receives gradient from
+    later tokens' losses; the loss mask only decides which log-probabilities are summed.
+    `sample_seed` set: s comes from labels sampled from the model (true Fisher); None: data labels.
+    """
+    covs: dict[str, Covariance] = {}
+
+    def sink(batch: Batch):
+        def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
+            a2, s2 = _masked_rows(a, batch.attention_mask), _masked_rows(s, batch.attention_mask)
+            if name not in covs:
+                covs[name] = Covariance(
+                    torch.zeros(a2.shape[1], a2.shape[1], dtype=torch.float64),
+                    torch.zeros(s2.shape[1], s2.shape[1], dtype=torch.float64),
+                )
+            c = covs[name]
+            c.a_sum += (a2.T @ a2).to(torch.float64)
+            c.s_sum += (s2.T @ s2).to(torch.float64)
+            c.count += a2.shape[0]
+
+        return accumulate
+
+    run_pass(model, modules, batches, sink, sample_seed=sample_seed, on_batch=on_batch)
+    return covs
+
+
+def eigenbases(cov: Covariance) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q_A, Q_S): eigenvectors of A and S, computed in float64."""
+    a = cov.a_sum / cov.count
+    s = cov.s_sum / cov.count
+    return torch.linalg.eigh((a + a.T) / 2).eigenvectors, torch.linalg.eigh((s + s.T) / 2).eigenvectors
+
+
+def fit_lambdas(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    batches: Sequence[Batch],
+    bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    sample_seed: int | None,
+    on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+) -> dict[str, tuple[torch.Tensor, int]]:
+    """Second pass: sums of (Q_S^T G_n Q_A)^2 over examples n, and the number of examples.
+
+    The example gradient is formed in the eigenbasis directly, G'_n = (S_n Q_S)^T (A_n Q_A), which
+    costs T (out^2 + in^2 + out in) instead of rotating an out x in matrix per example.
+    """
+    sums: dict[str, tuple[torch.Tensor, int]] = {}
+    cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def sink(batch: Batch):
+        def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
+            if name not in cast:
+                q_a, q_s = bases[name]
+                cast[name] = (q_a.to(a.dtype), q_s.to(s.dtype))
+            q_a, q_s = cast[name]
+            g = torch.einsum("bto,bti->boi", s @ q_s, a @ q_a)
+            sq = (g.to(torch.float64) ** 2).sum(dim=0)
+            prev, n = sums.get(name, (0.0, 0))
+            sums[name] = (prev + sq, n + g.shape[0])
+
+        return accumulate
+
+    run_pass(model, modules, batches, sink, sample_seed=sample_seed, on_batch=on_batch)
+    return sums

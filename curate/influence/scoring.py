@@ -1,0 +1,112 @@
+"""Query gradients, their preconditioning, and the scoring pass.
+
+Sign convention: the score of training example z for a query function f is
+    I_f(z) = grad f(theta)^T (EK-FAC + damping I)^{-1} grad log p(z; theta),
+positive when up-weighting z raises f (z helps). f is the mean log-likelihood of a query set's
+answers, so grad f is one vector per query set (or split): it is preconditioned once into a
+direction V_f (one [out, in'] matrix per tracked layer) and each training score is the inner
+product <V_f, grad log p(z)>, which the scoring pass computes inside the layer hooks as
+-sum_t s_t^T V_f a_t without ever forming a per-example weight gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from curate.influence.batches import Batch
+from curate.influence.passes import run_pass
+
+
+def query_gradient_sums(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    batches: Sequence[Batch],
+    split_of: Sequence[int],
+    n_splits: int,
+    *,
+    per_token: bool,
+    on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per layer, sums over each split's examples of grad log p(y|x): [n_splits, out, in'] float64.
+
+    `split_of[row]` assigns each query example (by its row in the batched list) to a split.
+    `per_token`: each example's log-likelihood is divided by its number of answer tokens.
+    """
+    sums: dict[str, torch.Tensor] = {}
+
+    def sink(batch: Batch):
+        index = torch.tensor([split_of[r] for r in batch.rows])
+
+        def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
+            # L = -sum log p, so grad log p of each example is -sum_t s_t a_t^T.
+            g = -torch.einsum("bto,bti->boi", s, a).to(torch.float64)
+            if name not in sums:
+                sums[name] = torch.zeros(n_splits, *g.shape[1:], dtype=torch.float64)
+            sums[name].index_add_(0, index, g)
+
+        return accumulate
+
+    weights = (lambda b: 1.0 / b.loss_mask.sum(dim=1)) if per_token else None
+    run_pass(model, modules, batches, sink, weights=weights, on_batch=on_batch)
+    return sums
+
+
+def split_functions(sums: torch.Tensor, split_sizes: Sequence[int]) -> torch.Tensor:
+    """Gradients of the query functions from per-split sums [K, out, in'].
+
+    Returns [1 + K', out, in']: first the full set's mean gradient (sum over all / n), then, when
+    there are several splits (K > 1), each split's own mean gradient. The full-set gradient equals
+    the split gradients averaged with weights n_k / n.
+    """
+    n = sum(split_sizes)
+    full = sums.sum(dim=0, keepdim=True) / n
+    if len(split_sizes) == 1:
+        return full
+    per_split = sums / torch.tensor(split_sizes, dtype=sums.dtype).view(-1, 1, 1)
+    return torch.cat([full, per_split])
+
+
+def score_batches(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    batches: Sequence[Batch],
+    directions: dict[str, torch.Tensor],
+    n_rows: int,
+    *,
+    per_token: bool,
+    on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Scores [n_rows, F] (float64) of the batched examples along directions V: layer -> [F, out, in'].
+
+    Each row's score for function f is -sum_layers sum_t s_t^T V_f a_t = <V_f, grad log p(z)>.
+    The contraction projects whichever side of the layer is narrower, so the transient is
+    [B, T, F, min(out, in')].
+    """
+    out = torch.zeros(n_rows, next(iter(directions.values())).shape[0], dtype=torch.float64)
+    cast: dict[str, torch.Tensor] = {}
+
+    def sink(batch: Batch):
+        rows = torch.tensor(batch.rows)
+
+        def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
+            v = cast.get(name)
+            if v is None:
+                v = cast[name] = directions[name].to(s.dtype)
+            f, d_out, d_in = v.shape
+            b, t = s.shape[:2]
+            if d_in <= d_out:  # project s: [BT, out] @ [out, F*in] -> [B, T, F, in], dot a
+                proj = (s.reshape(b * t, d_out) @ v.permute(1, 0, 2).reshape(d_out, f * d_in)).view(b, t, f, d_in)
+                contrib = torch.einsum("btfi,bti->bf", proj, a)
+            else:  # project a: [BT, in] @ [in, F*out] -> [B, T, F, out], dot s
+                proj = (a.reshape(b * t, d_in) @ v.permute(2, 0, 1).reshape(d_in, f * d_out)).view(b, t, f, d_out)
+                contrib = torch.einsum("btfo,bto->bf", proj, s)
+            out.index_add_(0, rows, -contrib.to(torch.float64))
+
+        return accumulate
+
+    weights = (lambda b: 1.0 / b.loss_mask.sum(dim=1)) if per_token else None
+    run_pass(model, modules, batches, sink, weights=weights, on_batch=on_batch)
+    return out

@@ -1,0 +1,72 @@
+"""Named, resumable stages: atomic writes and manifests that refuse mismatched inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from curate.errors import StageMismatchError
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short sha256 of JSON-serialisable parts (order matters)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def open_stage(folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> Path:
+    """Create or reuse the stage `folder` whose inputs and settings are `manifest`.
+
+    A folder made with a different manifest is refused (StageMismatchError) unless `overwrite`,
+    which empties it first. Returns the folder.
+    """
+    path = folder / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old == json.loads(json.dumps(manifest, default=str)):
+            return folder
+        if not overwrite:
+            changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            raise StageMismatchError(
+                f"{folder} holds a stage made from other inputs or settings (changed: {', '.join(changed)}); "
+                "pass --overwrite to recompute it or choose another --work-dir"
+            )
+        for child in folder.iterdir():
+            if child.is_file():
+                child.unlink()
+    atomic_write_bytes(path, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    return folder
