@@ -9,7 +9,7 @@ tokens). We write the folder by hand because transformers 5.x refuses `save_pret
 GGUF-loaded model. Later loads read the safetensors file and take about a second.
 
 Sanity check, measured by hand on 2 CPU cores (torch 2.13, transformers 5.23): building the alias
-took 26 s (de-quantize + write 540 MB); the cached folder then loads in 0.3 s and gives exactly the
+took 26-36 s (de-quantize + write 540 MB); the cached folder then loads in 0.3 s and gives exactly the
 GGUF-loaded model's logits. Over the 32 GSM8K reference answers in
 `resources/sample/queries/math.jsonl`, mean NLL is 1.90 nats/token for the answer alone (1.12-3.50
 per row) and 1.36 for the answer after its question in the chat template (first 8 rows); uniformly
