@@ -1,0 +1,84 @@
+"""The manifest: one JSON line per row an operation removed, added or replaced, with its reason.
+
+Rows kept as they were are not listed. `replaced` names the old row (`curate_id`) and the row that
+took its place (`replaced_by`, present in the output). An empty manifest is still written, so a
+reader can tell "nothing changed" from "not recorded".
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from curate.errors import DataError
+
+ACTIONS = ("removed", "added", "replaced")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One changed row. `action` is removed/added/replaced; `reason` is a short, countable label
+    (e.g. `influence_bottom_30pct`, `flip_donor_math_level5`)."""
+
+    curate_id: str
+    action: str
+    reason: str
+    replaced_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise DataError(f"manifest entry {self.curate_id}: action {self.action!r} not in {ACTIONS}")
+        if not self.reason:
+            raise DataError(f"manifest entry {self.curate_id}: every change needs a reason")
+        if (self.action == "replaced") != (self.replaced_by is not None):
+            raise DataError(
+                f"manifest entry {self.curate_id}: replaced_by is required for 'replaced' "
+                "and only for it"
+            )
+
+
+def check_manifest(entries: Iterable[ManifestEntry], output_ids: set[str]) -> list[ManifestEntry]:
+    """Entries as a list; added rows and replacements must be in the output, removed ones not."""
+    entries = list(entries)
+    for entry in entries:
+        if not isinstance(entry, ManifestEntry):
+            raise DataError(f"manifest: expected ManifestEntry, got {type(entry).__name__}")
+        present = entry.replaced_by if entry.action == "replaced" else entry.curate_id
+        if entry.action == "removed" and entry.curate_id in output_ids:
+            raise DataError(f"manifest: {entry.curate_id} is listed as removed but is in the output")
+        if entry.action != "removed" and present not in output_ids:
+            raise DataError(f"manifest: {present} is listed as {entry.action} but is not in the output")
+    return entries
+
+
+def manifest_lines(entries: Iterable[ManifestEntry]) -> str:
+    """The manifest file's text: one JSON object per entry, in the given order."""
+    return "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries)
+
+
+def read_manifest(path: str | Path) -> list[ManifestEntry]:
+    """Read a manifest written by `write_pool`."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(ManifestEntry(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as err:
+                raise DataError(f"{path}:{lineno}: not a manifest entry: {err}") from None
+    return entries
+
+
+def count_actions(entries: Iterable[ManifestEntry]) -> dict[str, int]:
+    """{action: count} for every action, zeros included."""
+    counts = Counter(e.action for e in entries)
+    return {action: counts.get(action, 0) for action in ACTIONS}
+
+
+def count_reasons(entries: Iterable[ManifestEntry]) -> dict[tuple[str, str], int]:
+    """{(action, reason): count}, most frequent first."""
+    return dict(Counter((e.action, e.reason) for e in entries).most_common())

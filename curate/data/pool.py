@@ -1,0 +1,154 @@
+"""`Pool`: a loaded dataset in its own schema, plus the three columns curate adds to every row.
+
+`curate_id` is `f"{source}:{key}"`, where key is the row's own id (`id`, `task_id`, `unique_id`,
+`problem_id` or `--map id=COLUMN`) or else 16 hex chars of sha256 over its canonical messages;
+repeated keys get `#2`, `#3`, ... in row order, so ids are unique, stable across runs and differ
+between sources. An input that already has `curate_id` (a pool curate wrote) keeps its ids as they
+are. `curate_domain` and `curate_domain_source` follow `curate.data.domain`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from curate.data.canonical import content_hash, row_messages, split_response
+from curate.data.domain import DOMAIN_SOURCES, DOMAINS, assign_domain
+from curate.data.example import Example
+from curate.data.shapes import Shape
+from curate.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
+
+CURATE_COLUMNS = ("curate_id", "curate_domain", "curate_domain_source")
+_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pool of training rows.
+
+    `dataset` holds the input's own columns (`input_columns`, in input order) followed by
+    `curate_id`, `curate_domain`, `curate_domain_source` (where the input already had them, as
+    in a pool curate wrote, they keep their places). `origin` is what was loaded (path or Hub
+    id) and `split` the split taken from it, both recorded in dataset cards.
+    """
+
+    dataset: datasets.Dataset
+    shape: Shape
+    source: str
+    origin: str = ""
+    split: str | None = None
+    input_columns: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def examples(self) -> Iterator[Example]:
+        """The rows in order as canonical `Example`s (`id == curate_id`)."""
+        for index, row in enumerate(_rows(self.dataset)):
+            messages = _messages(row, self.shape, index, self.origin)
+            thought, solution = split_response(messages[-1]["content"])
+            yield Example(
+                id=row["curate_id"], messages=tuple(messages), domain=row.get("curate_domain"),
+                thought=thought, solution=solution,
+            )
+
+    def with_dataset(self, dataset: datasets.Dataset) -> Pool:
+        """The same pool (shape, source, origin) over other rows, e.g. after a filter."""
+        return replace(self, dataset=dataset)
+
+
+def build_pool(
+    dataset: datasets.Dataset, shape: Shape, source: str, origin: str = "", split: str | None = None
+) -> Pool:
+    """Add `curate_id`, `curate_domain`, `curate_domain_source` to `dataset` and wrap it.
+
+    Raises `DataError` naming the row index (0-based) for a row that has no assistant response.
+    """
+    if not source:
+        raise DataError("the source qualifier of ids must not be empty")
+    columns = dataset.column_names
+    own_ids = "curate_id" in columns
+    own_domains = "curate_domain" in columns and "curate_domain_source" in columns
+    id_column = shape.columns.get("id")
+    user_domain = shape.columns.get("domain") if "domain" in shape.mapped else None
+    if user_domain is None and "curate_domain" in columns and not own_domains:
+        user_domain = "curate_domain"
+    native_domain = shape.columns.get("domain") if "domain" not in shape.mapped else None
+
+    keys: list[str] = []
+    domains: list[str] = []
+    sources: list[str] = []
+    for index, row in enumerate(_rows(dataset)):
+        messages = _messages(row, shape, index, origin)
+        if own_ids and row.get("curate_id"):
+            keys.append(str(row["curate_id"]))
+        else:
+            own = row.get(id_column) if id_column else None
+            key = str(own) if own is not None and str(own) != "" else content_hash(messages)
+            keys.append(f"{source}:{key}")
+        if own_domains and _valid_domain(row):
+            domain, origin_of = row["curate_domain"], row["curate_domain_source"]
+        else:
+            domain, origin_of = assign_domain(
+                row, messages, user_column=user_domain, native_column=native_domain,
+                implied=shape.implied_domain,
+            )
+        domains.append(domain)
+        sources.append(origin_of)
+
+    input_columns = tuple(c for c in columns if c not in CURATE_COLUMNS)
+    dataset = dataset.remove_columns([c for c in columns if c in CURATE_COLUMNS])
+    dataset = dataset.add_column("curate_id", unique_ids(keys))
+    dataset = dataset.add_column("curate_domain", domains)
+    dataset = dataset.add_column("curate_domain_source", sources)
+    # A pool curate wrote keeps its column order; otherwise the three go last.
+    order = [*columns, *(c for c in CURATE_COLUMNS if c not in columns)]
+    return Pool(dataset.select_columns(order), shape, source, origin, split, input_columns)
+
+
+def unique_ids(keys: list[str]) -> list[str]:
+    """Make ids unique in row order: the second `k` becomes `k#2`, the third `k#3`, ..."""
+    seen: set[str] = set(keys)
+    taken: set[str] = set()
+    count: dict[str, int] = {}
+    out = []
+    for key in keys:
+        if key not in taken:
+            taken.add(key)
+            out.append(key)
+            continue
+        n = count.get(key, 1)
+        candidate = key
+        while candidate in taken or (candidate != key and candidate in seen):
+            n += 1
+            candidate = f"{key}#{n}"
+        count[key] = n
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _valid_domain(row: dict[str, Any]) -> bool:
+    return (
+        row.get("curate_domain") in DOMAINS and row.get("curate_domain") != "unknown"
+        and row.get("curate_domain_source") in DOMAIN_SOURCES
+    )
+
+
+def _messages(row: dict[str, Any], shape: Shape, index: int, origin: str) -> list[dict[str, str]]:
+    try:
+        return row_messages(row, shape)
+    except DataError as err:
+        raise DataError(f"{origin or 'pool'}: row {index}: {err}") from None
+
+
+def _rows(dataset: datasets.Dataset) -> Iterator[dict[str, Any]]:
+    """Rows as python dicts, read in batches (much faster than `dataset[i]` one at a time)."""
+    for batch in dataset.iter(batch_size=_BATCH):
+        names = list(batch)
+        for values in zip(*(batch[n] for n in names), strict=True):
+            yield dict(zip(names, values, strict=True))

@@ -1,0 +1,103 @@
+"""The numbers `curate inspect` shows: shape, size, domains, native difficulty, response lengths.
+
+Lengths are of the assistant response (the last message), in characters and, given a tokenizer, in
+tokens without special tokens. Quantiles are nearest-rank: p50 of [1, 2, 3, 4] is 2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.data.pool import Pool
+from curate.errors import DataError, MissingDependencyError
+
+QUANTILES = (10, 50, 90)
+# Known difficulty scales in their natural order (APPS, TACO); numbers ("Level 3", 3) sort by value.
+DIFFICULTY_ORDER = (
+    "introductory", "interview", "competition",
+    "easy", "medium", "medium_hard", "hard", "very_hard", "unknown_difficulty",
+)
+
+
+@dataclass
+class PoolStats:
+    """What a pool holds. Every field is JSON-ready (`as_dict`)."""
+
+    origin: str
+    split: str | None
+    source: str
+    shape: dict[str, Any]
+    rows: int
+    domains: list[dict[str, Any]]  # [{"domain", "source", "rows"}], most rows first
+    difficulty: dict[str, Any] | None  # {"column", "values": {raw value: rows}} or None
+    response_chars: dict[str, int]  # {"p10", "p50", "p90", "max"}
+    response_tokens: dict[str, int] | None = None
+    tokenizer: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pool_stats(pool: Pool, tokenizer: str | Path | None = None) -> PoolStats:
+    """Compute `PoolStats`; `tokenizer` is a local folder for `AutoTokenizer.from_pretrained`."""
+    responses = [example.response for example in pool.examples()]
+    pairs = Counter(zip(pool.dataset["curate_domain"], pool.dataset["curate_domain_source"], strict=True))
+    domains = [{"domain": d, "source": s, "rows": n} for (d, s), n in pairs.most_common()]
+    difficulty = None
+    column = pool.shape.columns.get("difficulty")
+    if column is not None:
+        values = Counter("(missing)" if v is None else str(v) for v in pool.dataset[column])
+        difficulty = {"column": column, "values": dict(sorted(values.items(), key=_difficulty_key))}
+    tokens = None
+    if tokenizer is not None:
+        tokens = quantiles(token_lengths(responses, tokenizer))
+    return PoolStats(
+        origin=pool.origin, split=pool.split, source=pool.source, shape=pool.shape.as_dict(),
+        rows=len(pool), domains=domains, difficulty=difficulty,
+        response_chars=quantiles([len(r) for r in responses]), response_tokens=tokens,
+        tokenizer=None if tokenizer is None else str(tokenizer),
+    )
+
+
+def quantiles(values: list[int]) -> dict[str, int]:
+    """Nearest-rank p10/p50/p90 and the max of `values` (all 0 for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return {f"p{q}": 0 for q in QUANTILES} | {"max": 0}
+    n = len(ordered)
+    out = {f"p{q}": ordered[max(0, math.ceil(q / 100 * n) - 1)] for q in QUANTILES}
+    return out | {"max": ordered[-1]}
+
+
+def token_lengths(texts: list[str], tokenizer: str | Path, batch_size: int = 256) -> list[int]:
+    """Token counts of `texts` under a local tokenizer, special tokens excluded."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise MissingDependencyError("counting tokens needs transformers: pip install transformers") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{tokenizer}: cannot load a tokenizer: {first}") from None
+    lengths: list[int] = []
+    for start in range(0, len(texts), batch_size):
+        ids = tok(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
+        lengths.extend(len(x) for x in ids)
+    return lengths
+
+
+def _difficulty_key(item: tuple[str, int]) -> tuple[int, float, str]:
+    value = item[0]
+    label = value.strip().lower().replace(" ", "_")
+    if label in DIFFICULTY_ORDER:
+        return 0, DIFFICULTY_ORDER.index(label), value
+    number = re.search(r"-?\d+(\.\d+)?", value)
+    if number:
+        return 1, float(number.group()), value
+    return 2, 0.0, value
