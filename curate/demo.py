@@ -16,14 +16,17 @@ SAMPLE = Path(__file__).parent / "resources" / "sample"
 @dataclass
 class DemoConfig:
     """out: folder for everything the demo writes. examples: pool rows to score, split evenly
-    between math and code (the full 80-row pool takes ~10x longer on 2 CPU cores). queries: answers
-    per query set. max_length: token bound (sample rows are under ~900 tokens; longer is cut and
-    reported). score: False skips the model step."""
+    between math and code. queries: answers per query set. max_length: token bound (longer rows
+    are cut and reported). modules: the tracked Linears; the demo tracks the MLPs of SmolLM2's last
+    4 of 30 blocks, so the backward passes stop there and the run takes a few minutes on 2 CPU
+    cores (all 30 blocks and the full 80-row pool take well over 15 minutes). score: False skips
+    the model step."""
 
     out: Path = Path("curate-demo")
-    examples: int = 16
+    examples: int = 8
     queries: int = 8
-    max_length: int = 1024
+    max_length: int = 768
+    modules: str = r"layers\.(2[6-9])\.mlp\."
     score: bool = True
 
     def __post_init__(self) -> None:
@@ -63,7 +66,7 @@ def run_demo(config: DemoConfig, progress=None):
     for name in ("math", "code"):
         qpool = load_pool(SAMPLE / "queries" / f"{name}.jsonl", source=f"query-{name}")
         queries[name] = list(qpool.examples())[: config.queries]
-    score_config = ScoreConfig(model="smollm2-135m", max_length=config.max_length,
+    score_config = ScoreConfig(model="smollm2-135m", max_length=config.max_length, modules=config.modules,
                                fit_max_length=config.max_length, batch_tokens=2048)
     result = score_pool(list(subset.examples()), queries, score_config, out / "score.work", progress=progress)
     ids = pool.dataset["curate_id"]

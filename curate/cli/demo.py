@@ -10,7 +10,7 @@ import click
 @click.command()
 @click.option("-o", "--output", "out", default="curate-demo", show_default=True, type=click.Path(path_type=Path),
               help="Folder for the demo's outputs.")
-@click.option("--examples", default=16, show_default=True, help="Pool rows to score (half math, half code).")
+@click.option("--examples", default=8, show_default=True, help="Pool rows to score (half math, half code).")
 @click.option("--queries", default=8, show_default=True, help="Answers per query set (GSM8K math, MBPP code).")
 @click.option("--no-score", is_flag=True, help="Skip the model step (inspect and write only).")
 def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
@@ -24,6 +24,9 @@ def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
     from curate.demo import DemoConfig, run_demo
     from curate.progress import RichProgress
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     progress = RichProgress()
     stats, result, written = run_demo(DemoConfig(out, examples, queries, score=not no_score), progress=progress)
     render(stats)

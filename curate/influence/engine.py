@@ -18,6 +18,7 @@ import polars as pl
 import torch
 
 from curate.data.example import Example
+from curate.errors import UsageError
 from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
@@ -104,9 +105,9 @@ def score_pool(
 
     # Fit subsample (seeded) and query sets are small enough to hold tokenised.
     fit_rows = sorted(random.Random(config.seed).sample(range(len(examples)), min(config.fit_on, len(examples))))
-    fit_items = list(tokenize_all(tokenizer, (examples[i] for i in fit_rows), config.fit_max_length))
-    query_items = {q: list(tokenize_all(tokenizer, ex, max_length)) for q, ex in queries.items()}
-    pool_lengths = [(z.full_length, z.truncated) for z in tokenize_all(tokenizer, examples, max_length)]
+    fit_items = [z for z in tokenize_all(tokenizer, (examples[i] for i in fit_rows), config.fit_max_length) if z.scorable]
+    query_items = {q: _scorable_queries(q, tokenize_all(tokenizer, ex, max_length)) for q, ex in queries.items()}
+    pool_lengths = [(z.full_length, z.truncated, z.scorable) for z in tokenize_all(tokenizer, examples, max_length)]
     plan = make_plan(model, modules, groups, config, pool_lengths, fit_items, query_items, max_length)
     progress.note(plan.render())
 
@@ -139,6 +140,15 @@ def score_pool(
             tables.append(pl.read_parquet(path))
             advance(len(chunk))
     return ScoreResult(pl.concat(tables), plan, columns)
+
+
+def _scorable_queries(name: str, items) -> list[Tokenized]:
+    items = list(items)
+    bad = [z.id for z in items if not z.scorable]
+    if bad:
+        raise UsageError(f"query set {name!r}: {len(bad)} example(s) have no answer token within the length "
+                         f"bound (first: {bad[0]}); raise --max-length")
+    return items
 
 
 def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, overwrite, progress):
@@ -180,8 +190,6 @@ def _query_directions(model, groups, factors, items, config, pad_id, folder, nam
     split_of = _split_assignment(len(items), splits, config.seed)
     sizes = [split_of.count(k) for k in range(splits)]
     if min(sizes) == 0:
-        from curate.errors import UsageError
-
         raise UsageError(f"query set {name!r} has {len(items)} examples, fewer than --query-splits {splits}")
     batches = make_batches(items, config.batch_tokens, pad_id)
     out = {}
@@ -199,8 +207,12 @@ def _query_directions(model, groups, factors, items, config, pad_id, folder, nam
 def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
     """Scores, NLL and token counts of one chunk of examples (one pass per module group)."""
     items = list(tokenize_all(tokenizer, chunk, max_length))
-    batches = make_batches(items, config.batch_tokens, pad_id)
-    nll = torch.zeros(len(items), dtype=torch.float64)
+    # Rows with no response token inside the bound get null scores (reported, never dropped).
+    batches = make_batches([z for z in items if z.scorable], config.batch_tokens, pad_id)
+    rows = [i for i, z in enumerate(items) if z.scorable]
+    for b in batches:
+        b.rows = [rows[r] for r in b.rows]
+    nll = torch.full((len(items),), float("nan"), dtype=torch.float64)
 
     def record_nll(batch, logp):
         per_token = -logp.sum(dim=1).to(torch.float64) / batch.loss_mask.sum(dim=1).to(torch.float64)
@@ -210,9 +222,10 @@ def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, ma
     for g, group in enumerate(groups):
         scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(items),
                                 per_token=config.per_token_train, on_batch=record_nll if g == 0 else None)
+    scores[[i for i, z in enumerate(items) if not z.scorable]] = float("nan")
     data = {"curate_id": [z.id for z in items]}
     data.update({c: scores[:, j].tolist() for j, c in enumerate(columns)})
     data["curate_nll"] = nll.tolist()
     data["curate_tokens"] = [z.n_loss_tokens for z in items]
     data["curate_truncated"] = [z.truncated for z in items]
-    return pl.DataFrame(data)
+    return pl.DataFrame(data).fill_nan(None)

@@ -48,6 +48,7 @@ class Plan:
     pool_examples: int
     pool_tokens: int
     pool_truncated: int
+    pool_unscorable: int
     max_length: int | None
     fit_examples: int
     fit_tokens: int
@@ -75,7 +76,8 @@ class Plan:
         return "\n".join([
             "[bold]curate score plan[/bold]",
             f"  pool: {self.pool_examples} examples, {self.pool_tokens:,} tokens, "
-            f"{self.pool_truncated} truncated at max_length={self.max_length}",
+            f"{self.pool_truncated} truncated at max_length={self.max_length}"
+            + (f", {self.pool_unscorable} with no response token inside it (null scores)" if self.pool_unscorable else ""),
             f"  fit:  {self.fit_examples} examples, {self.fit_tokens:,} tokens, "
             f"{self.fit_truncated} truncated at fit_max_length={self.fit_max_length}",
             f"  queries: {queries}; {self.functions} query functions (sets x splits)",
@@ -87,7 +89,7 @@ class Plan:
         ])
 
 
-def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, bool]], fit_items,
+def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, bool, bool]], fit_items,
               query_items: dict, max_length) -> Plan:
     """Estimate the run. Activation memory is a rough bound: per padded token of a batch, each
     layer keeps ~34 hidden-size activations (forward and backward) and the head ~3 vocab-size
@@ -103,8 +105,9 @@ def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, 
     tracked = sum(o * i for o, i in (layer_dims(m) for m in modules.values()))
     return Plan(
         pool_examples=len(pool_lengths),
-        pool_tokens=sum(min(n, max_length or n) for n, _ in pool_lengths),
-        pool_truncated=sum(t for _, t in pool_lengths),
+        pool_tokens=sum(min(n, max_length or n) for n, _, _ in pool_lengths),
+        pool_truncated=sum(t for _, t, _ in pool_lengths),
+        pool_unscorable=sum(not ok for _, _, ok in pool_lengths),
         max_length=max_length,
         fit_examples=len(fit_items),
         fit_tokens=sum(len(z.input_ids) for z in fit_items),

@@ -29,6 +29,11 @@ class Tokenized:
     def n_loss_tokens(self) -> int:
         return len(self.input_ids) - self.loss_start
 
+    @property
+    def scorable(self) -> bool:
+        """False when the length bound left no response token (the prompt filled it)."""
+        return self.n_loss_tokens > 0
+
 
 def _ids(encoded) -> list[int]:
     # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True); 4.x a list.
@@ -60,14 +65,9 @@ def tokenize_example(tokenizer, example: Example, max_length: int | None) -> Tok
     truncated = max_length is not None and n > max_length
     if truncated:
         full = full[:max_length]
-    if len(full) <= len(prompt):
-        # The bound cuts inside the prompt: keep at least one response token so the example
-        # still has a loss (reported as truncated).
-        raise DataError(
-            f"example {example.id}: the prompt alone ({len(prompt)} tokens) reaches the length bound "
-            f"{max_length}; raise the bound"
-        )
-    return Tokenized(example.id, tuple(full), len(prompt), truncated, n)
+    # When the bound cuts inside the prompt, no response token is left: the example is kept but
+    # not scorable (`scorable` False), and the engine reports it instead of failing the run.
+    return Tokenized(example.id, tuple(full), min(len(prompt), len(full)), truncated, n)
 
 
 def tokenize_all(tokenizer, examples: Iterable[Example], max_length: int | None) -> Iterator[Tokenized]:

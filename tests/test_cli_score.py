@@ -1,0 +1,131 @@
+"""`curate score` end to end on a tiny Llama saved to disk, with the packaged tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from curate.cli import main
+
+SAMPLE = Path(__file__).parents[1] / "curate" / "resources" / "sample"
+TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def pool_file(tmp_path) -> Path:
+    rows = [json.loads(line) for line in (SAMPLE / "pool.jsonl").read_text().splitlines()]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:4] + rows[48:52]))
+    return path
+
+
+@pytest.fixture
+def query_file(tmp_path) -> Path:
+    rows = (SAMPLE / "queries" / "math.jsonl").read_text().splitlines()[:4]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def run(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_score_writes_input_schema_plus_scores_and_resumes(tiny_model_dir, pool_file, query_file, tmp_path, capsys):
+    out = tmp_path / "scored.parquet"
+    args = ["score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir), "--query", f"math={query_file}",
+            "--query-splits", "2", "--max-length", "300", "--chunk-size", "3", "--batch-tokens", "1024"]
+    assert run(args) == 0
+    table = pl.read_parquet(out)
+    assert table.height == 8
+    assert {"system", "conversations", "level"} <= set(table.columns)
+    cols = ["curate_influence_math", "curate_influence_math_split0", "curate_influence_math_split1"]
+    assert all(c in table.columns for c in cols)
+    # rows cut at 300 tokens are flagged; a row whose prompt fills the bound has no response token
+    # to score: it keeps its place with null scores, never dropped
+    assert table["curate_truncated"].sum() > 0
+    scorable = table["curate_tokens"] > 0
+    assert scorable.sum() >= 3
+    assert (table["curate_influence_math"].is_null() == ~scorable).all()
+    assert (table.filter(scorable)["curate_nll"] > 0).all()
+    card = (tmp_path / "scored.README.md").read_text()
+    assert "Positive = up-weighting" in card and "query answers: reference" in card
+
+    # a rerun reuses every stage and gives identical scores; a lost chunk is recomputed identically
+    chunks = sorted((tmp_path / "scored.parquet.work" / "scores").glob("chunk-*.parquet"))
+    assert len(chunks) == 3
+    kept_mtime = chunks[0].stat().st_mtime_ns
+    chunks[-1].unlink()
+    assert run(args) == 0
+    assert chunks[0].stat().st_mtime_ns == kept_mtime
+    again = pl.read_parquet(out)
+    assert again.select(cols).equals(table.select(cols))
+
+    # other settings on the same work dir are refused, with a one-line message
+    capsys.readouterr()
+    assert run([*args, "--fisher", "empirical"]) == 1
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert last.startswith("error:") and "--overwrite" in last and "Traceback" not in err
+
+
+def test_killed_run_resumes_to_identical_scores(tiny_model_dir, pool_file, query_file, tmp_path):
+    def cmd(out):
+        return [sys.executable, "-m", "curate", "score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir),
+                "--query", f"math={query_file}", "--max-length", "300", "--chunk-size", "1"]
+
+    reference = tmp_path / "ref.parquet"
+    subprocess.run(cmd(reference), check=True, capture_output=True)
+
+    out = tmp_path / "killed.parquet"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunk_dir = tmp_path / "killed.parquet.work" / "scores"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(chunk_dir.glob("chunk-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(chunk_dir.glob("chunk-*.parquet")))
+    assert 2 <= done < 8, "the run should have been killed mid-way"
+    assert not out.exists()
+    subprocess.run(cmd(out), check=True, capture_output=True)
+    a, b = pl.read_parquet(reference), pl.read_parquet(out)
+    assert a.select("curate_id", "curate_influence_math").equals(b.select("curate_id", "curate_influence_math"))
+
+
+@pytest.mark.parametrize("bad,message", [
+    (["--query", "nonsense"], "expected NAME=PATH"),
+    (["--query", "math=missing.jsonl"], "missing.jsonl"),
+    (["--query", "a=x", "--query-splits", "1"], "query_splits"),
+])
+def test_bad_options_give_one_line_errors(tiny_model_dir, pool_file, tmp_path, capsys, bad, message):
+    code = run(["score", str(pool_file), "-o", str(tmp_path / "o.parquet"), "--model", str(tiny_model_dir), *bad])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and message in err and len(err.splitlines()) == 1
