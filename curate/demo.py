@@ -46,16 +46,19 @@ def demo_subset(pool, n: int) -> tuple[list[int], list[int]]:
     return keep, [i for i in range(len(pool)) if i not in kept]
 
 
-def run_demo(config: DemoConfig, progress=None):
-    """Run the demo; returns (pool stats dict, ScoreResult or None, paths written)."""
+def run_demo(config: DemoConfig, progress=None, on_stats=None):
+    """Run the demo; returns (ScoreResult or None, paths written).
+
+    `on_stats` receives the pool's inspect numbers (a dict) as soon as they are known."""
     from curate.data import ManifestEntry, load_pool, pool_stats, write_pool
 
     out = Path(config.out)
     pool = load_pool(SAMPLE / "pool.jsonl", source="sample")
-    stats = pool_stats(pool).as_dict()
+    if on_stats is not None:
+        on_stats(pool_stats(pool).as_dict())
     written = [write_pool(pool, out / "pool", command="curate demo")]
     if not config.score:
-        return stats, None, written
+        return None, written
 
     from curate.influence.config import ScoreConfig
     from curate.influence.engine import score_pool
@@ -76,4 +79,4 @@ def run_demo(config: DemoConfig, progress=None):
 
     written.append(write_pool(subset, out / "scored", annotations=result.table, manifest=manifest,
                               command="curate demo", extra_card={"Influence scores": SIGN_AND_SCALE}))
-    return stats, result, written
+    return result, written

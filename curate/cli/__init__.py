@@ -71,6 +71,15 @@ def cli() -> None:
     """
 
 
+def quiet_third_party_progress() -> None:
+    """Silence transformers' and datasets' own progress bars: curate's rich bars report the work."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn library errors into one-line messages."""
     from curate.errors import CurateError

