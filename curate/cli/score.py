@@ -70,6 +70,7 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--group-memory-gb", type=float, default=8.0, show_default=True, help="Factor memory per module group.")
 @click.option("--work-dir", help="Stage folder (factors, query directions, score chunks) [default: OUTPUT.work].")
 @click.option("--overwrite", is_flag=True, help="Recompute stages made from other inputs instead of refusing.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
 @click.option("--trust-remote-code", is_flag=True)
 def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, **settings) -> None:
     """Score every example of POOL by EK-FAC influence on each query set.

@@ -26,6 +26,13 @@ class Batch:
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
 
+    def to(self, device) -> Batch:
+        """The same batch with its tensors on `device`."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        return Batch(self.ids, self.rows, self.input_ids.to(device), self.attention_mask.to(device),
+                     self.loss_mask.to(device))
+
     @property
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
@@ -84,7 +91,7 @@ def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) ->
                 # over a 50k vocabulary); float64 cumulative sums keep the tail exact enough.
                 gen = torch.Generator().manual_seed(example_seed(sample_seed, example_id))
                 cdf = torch.softmax(logits[b].detach(), dim=-1).to(torch.float64).cumsum_(dim=-1)
-                u = torch.rand(cdf.shape[0], 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
+                u = torch.rand(cdf.shape[0], 1, generator=gen, dtype=torch.float64).to(cdf.device) * cdf[:, -1:]
                 sampled[b] = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
         targets = torch.where(batch.loss_mask.bool(), sampled, targets)
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")

@@ -34,6 +34,7 @@ class ScoreConfig:
     chunk_size: examples per resumable scoring chunk.
     dtype: the model's compute dtype; factors are always float64.
     group_memory_gb: factor memory per module group (GB, float64); each group costs one pass.
+    device: "auto" (cuda when available, else cpu), or a torch device string.
     """
 
     model: str
@@ -51,6 +52,7 @@ class ScoreConfig:
     dtype: str = "float32"
     group_memory_gb: float = 8.0
     trust_remote_code: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         errors = []
@@ -79,6 +81,14 @@ class ScoreConfig:
             errors.append("group_memory_gb must be > 0")
         if errors:
             raise UsageError("; ".join(errors))
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
     def sample_seed(self) -> int | None:

@@ -2,7 +2,8 @@
 
 Stages, each under `work_dir` with its own manifest (reused on rerun, refused when its inputs or
 settings changed):
-  factors/   EK-FAC factors per module group (covariance pass, eigendecomposition, Lambda* pass)
+  factors/   EK-FAC factors, one safetensors file per module (fitted group by group: covariance
+             pass, eigendecomposition, Lambda* pass; a finished group is not refitted)
   queries/   preconditioned query directions, one file per query set (a new set costs one pass)
   scores/    per-chunk score tables; a killed run resumes at the first missing chunk
 """
@@ -95,7 +96,7 @@ def score_pool(
     if model is None:
         from curate.models import load_model
 
-        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype),
+        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype), device=config.resolved_device,
                                       trust_remote_code=config.trust_remote_code)
     model_fp = model_identity(model)
     max_length = config.max_length or getattr(model.config, "max_position_embeddings", None)
@@ -158,8 +159,8 @@ def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, o
     batches = make_batches(fit_items, config.batch_tokens, pad_id)
     factors: dict[str, ModuleFactors] = {}
     for g, group in enumerate(groups):
-        path = stage / f"group{g:03d}.safetensors"
-        if not path.exists():
+        paths = {n: stage / f"{n}.safetensors" for n in group}
+        if not all(p.exists() for p in paths.values()):
             with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
                 covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed,
                                        on_batch=lambda b, lp: adv(1))
@@ -168,14 +169,11 @@ def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, o
             with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches), unit="batch") as adv:
                 lams = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
                                    on_batch=lambda b, lp: adv(1))
-            tensors = {}
             for n in group:
                 f = ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1])
-                tensors.update({f"{n}::{k}": v for k, v in f.to_dict().items()})
-            save_tensors(path, tensors)
-        loaded = load_tensors(path)
+                save_tensors(paths[n], f.to_dict())
         for n in group:
-            factors[n] = ModuleFactors(loaded[f"{n}::q_a"], loaded[f"{n}::q_s"], loaded[f"{n}::lam"])
+            factors[n] = ModuleFactors(**load_tensors(paths[n]))
     return factors
 
 
@@ -199,7 +197,7 @@ def _query_directions(model, groups, factors, items, config, pad_id, folder, nam
                                        per_token=config.per_token_query, on_batch=lambda b, lp: adv(1))
             for n, s in sums.items():
                 f = factors[n]
-                out[n] = f.precondition(split_functions(s, sizes), f.damping(config.damping)).to(torch.float32)
+                out[n] = f.precondition(split_functions(s.cpu(), sizes), f.damping(config.damping)).to(torch.float32)
     save_tensors(path, out)
     return out, qfp
 
@@ -216,7 +214,7 @@ def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, ma
 
     def record_nll(batch, logp):
         per_token = -logp.sum(dim=1).to(torch.float64) / batch.loss_mask.sum(dim=1).to(torch.float64)
-        nll[torch.tensor(batch.rows)] = per_token
+        nll[torch.tensor(batch.rows)] = per_token.cpu()
 
     scores = torch.zeros(len(items), len(columns), dtype=torch.float64)
     for g, group in enumerate(groups):

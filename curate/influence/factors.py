@@ -42,7 +42,7 @@ class ModuleFactors:
         return self.q_s @ (rotated / (self.lam + damping)) @ self.q_a.T
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        return {"q_a": self.q_a.contiguous(), "q_s": self.q_s.contiguous(), "lam": self.lam.contiguous()}
+        return {"q_a": self.q_a.cpu().contiguous(), "q_s": self.q_s.cpu().contiguous(), "lam": self.lam.cpu().contiguous()}
 
 
 @dataclass
@@ -80,8 +80,8 @@ def fit_covariances(
             a2, s2 = _masked_rows(a, batch.attention_mask), _masked_rows(s, batch.attention_mask)
             if name not in covs:
                 covs[name] = Covariance(
-                    torch.zeros(a2.shape[1], a2.shape[1], dtype=torch.float64),
-                    torch.zeros(s2.shape[1], s2.shape[1], dtype=torch.float64),
+                    torch.zeros(a2.shape[1], a2.shape[1], dtype=torch.float64, device=a2.device),
+                    torch.zeros(s2.shape[1], s2.shape[1], dtype=torch.float64, device=s2.device),
                 )
             c = covs[name]
             c.a_sum += (a2.T @ a2).to(torch.float64)
@@ -122,7 +122,7 @@ def fit_lambdas(
         def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
             if name not in cast:
                 q_a, q_s = bases[name]
-                cast[name] = (q_a.to(a.dtype), q_s.to(s.dtype))
+                cast[name] = (q_a.to(a.device, a.dtype), q_s.to(s.device, s.dtype))
             q_a, q_s = cast[name]
             g = torch.einsum("bto,bti->boi", s @ q_s, a @ q_a)
             sq = (g.to(torch.float64) ** 2).sum(dim=0)

@@ -29,7 +29,9 @@ def run_pass(
     ([B]) scales each example's loss (e.g. 1/n_tokens for per-token objectives); `on_batch`
     receives the per-token log-probs [B, T-1] (detached) after the backward.
     """
+    device = next(model.parameters()).device
     for batch in batches:
+        batch = batch.to(device)
         with tapped(model, modules, sink(batch)):
             logp, _ = response_logprobs(model, batch, sample_seed=sample_seed)
             per_example = logp.sum(dim=1)

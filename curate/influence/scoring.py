@@ -38,13 +38,13 @@ def query_gradient_sums(
     sums: dict[str, torch.Tensor] = {}
 
     def sink(batch: Batch):
-        index = torch.tensor([split_of[r] for r in batch.rows])
+        index = torch.tensor([split_of[r] for r in batch.rows], device=batch.input_ids.device)
 
         def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
             # L = -sum log p, so grad log p of each example is -sum_t s_t a_t^T.
             g = -torch.einsum("bto,bti->boi", s, a).to(torch.float64)
             if name not in sums:
-                sums[name] = torch.zeros(n_splits, *g.shape[1:], dtype=torch.float64)
+                sums[name] = torch.zeros(n_splits, *g.shape[1:], dtype=torch.float64, device=g.device)
             sums[name].index_add_(0, index, g)
 
         return accumulate
@@ -94,7 +94,7 @@ def score_batches(
         def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
             v = cast.get(name)
             if v is None:
-                v = cast[name] = directions[name].to(s.dtype)
+                v = cast[name] = directions[name].to(s.device, s.dtype)
             f, d_out, d_in = v.shape
             b, t = s.shape[:2]
             if d_in <= d_out:  # project s: [BT, out] @ [out, F*in] -> [B, T, F, in], dot a
@@ -103,7 +103,7 @@ def score_batches(
             else:  # project a: [BT, in] @ [in, F*out] -> [B, T, F, out], dot s
                 proj = (a.reshape(b * t, d_in) @ v.permute(2, 0, 1).reshape(d_in, f * d_out)).view(b, t, f, d_out)
                 contrib = torch.einsum("btfo,bto->bf", proj, s)
-            out.index_add_(0, rows, -contrib.to(torch.float64))
+            out.index_add_(0, rows, -contrib.to(torch.float64).cpu())
 
         return accumulate
 
