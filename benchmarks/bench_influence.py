@@ -1,0 +1,276 @@
+# Run: .venv/bin/python benchmarks/bench_influence.py [--model tiny|smollm2|both] [--train 200 --query 20 --length 128]
+"""Time and memory of curate's EK-FAC engine against kronfluence on the same model, data and settings.
+
+Matched settings (as in tests/test_influence_kronfluence.py): float32 model, the MLP projections
+tracked, empirical Fisher, summed response NLL with the prompt masked, relative damping
+0.1 x mean(Lambda*), batches of --batch sequences on both sides, eigendecomposition in float64 and
+covariances / per-example gradients in float32 (kronfluence's defaults, set explicitly).
+kronfluence scores with `aggregate_query_gradients=True`, which computes exactly curate's quantity
+(one summed query direction, one pass over the pool); its default per-query pairwise mode is timed
+too (`kf_score_pairwise`), as it is what most users run.
+
+Every method runs in a fresh subprocess (one thread), after the model and data are loaded; its
+peak RSS increment over that baseline is reported. curate's factors and kronfluence's factors are
+written to a temporary folder by the fit step and read by the score step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+METHODS = ("forward", "fwd_bwd", "curate_fit", "curate_score", "kf_fit", "kf_score", "kf_score_pairwise")
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def build_model(name: str):
+    import torch
+
+    if name == "tiny":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        from curate.models import load_model
+
+        model, _ = load_model("smollm2-135m")
+    model = model.to(torch.float32).eval()
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def build_data(vocab: int, n: int, length: int, seed: int, prefix: str):
+    """Random token sequences of `length`; the first 16-64 tokens are the prompt (masked)."""
+    import torch
+
+    from curate.influence.tokens import Tokenized
+
+    gen = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        ids = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        start = int(torch.randint(16, min(64, length - 1) + 1, (1,), generator=gen))
+        items.append(Tokenized(f"{prefix}{i}", tuple(ids), start, False, length))
+    return items
+
+
+def run_method(method: str, args) -> dict:
+    """One method, timed, in this (fresh) process."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(args.model)
+    vocab = model.config.vocab_size
+    train = build_data(vocab, args.train, args.length, 1, "t")
+    queries = build_data(vocab, args.query, args.length, 2, "q")
+    work = Path(args.work)
+    base = rss_mb()
+    detail: dict = {}
+    t0 = time.perf_counter()
+
+    if method in ("forward", "fwd_bwd"):
+        from curate.influence.batches import make_batches, response_logprobs
+
+        batches = make_batches(train, args.batch * args.length, pad_id=0)
+        for p in model.parameters():
+            p.requires_grad_(method == "fwd_bwd")
+        for b in batches:
+            if method == "forward":
+                with torch.no_grad():
+                    model(input_ids=b.input_ids, attention_mask=b.attention_mask)
+            else:
+                logp, _ = response_logprobs(model, b)
+                (-logp.sum()).backward()
+                model.zero_grad(set_to_none=True)
+
+    elif method in ("curate_fit", "curate_score"):
+        from safetensors.torch import load_file, save_file
+
+        from curate.influence.batches import make_batches
+        from curate.influence.capture import select_modules
+        from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
+        from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
+
+        modules = select_modules(model, "mlp")
+        batches = make_batches(train, args.batch * args.length, pad_id=0)
+        path = work / "curate_factors.safetensors"
+        if method == "curate_fit":
+            covs = fit_covariances(model, modules, batches, sample_seed=None)
+            t1 = time.perf_counter()
+            bases = {n: eigenbases(c) for n, c in covs.items()}
+            del covs
+            t2 = time.perf_counter()
+            lams = fit_lambdas(model, modules, batches, bases, sample_seed=None)
+            t3 = time.perf_counter()
+            tensors = {}
+            for n in modules:
+                f = ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1])
+                tensors.update({f"{n}::{k}": v for k, v in f.to_dict().items()})
+            save_file(tensors, str(path))
+            detail = {"covariance": t1 - t0, "eigen": t2 - t1, "lambda": t3 - t2, "save": time.perf_counter() - t3}
+        else:
+            loaded = load_file(str(path))
+            factors = {n: ModuleFactors(loaded[f"{n}::q_a"], loaded[f"{n}::q_s"], loaded[f"{n}::lam"]) for n in modules}
+            q_batches = make_batches(queries, args.batch * args.length, pad_id=0)
+            sums = query_gradient_sums(model, modules, q_batches, [0] * len(queries), 1, per_token=False)
+            directions = {n: f.precondition(split_functions(sums[n], [len(queries)]), f.damping("auto")).to(torch.float32)
+                          for n, f in factors.items()}
+            t1 = time.perf_counter()
+            scores = score_batches(model, modules, batches, directions, len(train), per_token=False)
+            t2 = time.perf_counter()
+            torch.save(scores[:, 0].clone(), work / "curate_scores.pt")
+            detail = {"query_directions": t1 - t0, "scoring_pass": t2 - t1}
+
+    else:
+        import logging
+
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.arguments import FactorArguments, ScoreArguments
+
+        from benchmarks.kronfluence_task import ResponseNLLTask, TokenDataset
+        from curate.influence.capture import select_modules
+
+        task = ResponseNLLTask(list(select_modules(model, "mlp")))
+        model = prepare_model(model, task)
+        analyzer = Analyzer("kf", model, task, cpu=True, disable_tqdm=True, output_dir=str(work),
+                            log_level=logging.WARNING)
+        f32, f64 = torch.float32, torch.float64
+        factor_args = FactorArguments(
+            strategy="ekfac", use_empirical_fisher=True, activation_covariance_dtype=f32,
+            gradient_covariance_dtype=f32, eigendecomposition_dtype=f64, per_sample_gradient_dtype=f32,
+            lambda_dtype=f32,
+        )
+        train_ds, query_ds = TokenDataset(train), TokenDataset(queries)
+        if method == "kf_fit":
+            common = dict(factors_name="ekfac", factor_args=factor_args, overwrite_output_dir=True)
+            analyzer.fit_covariance_matrices(dataset=train_ds, per_device_batch_size=args.batch, **common)
+            t1 = time.perf_counter()
+            analyzer.perform_eigendecomposition(**common)
+            t2 = time.perf_counter()
+            analyzer.fit_lambda_matrices(dataset=train_ds, per_device_batch_size=args.batch, **common)
+            detail = {"covariance": t1 - t0, "eigen": t2 - t1, "lambda": time.perf_counter() - t2}
+        else:
+            aggregate = method == "kf_score"
+            score_args = ScoreArguments(
+                damping_factor=None, per_sample_gradient_dtype=f32, precondition_dtype=f32, score_dtype=f32,
+                aggregate_query_gradients=aggregate,
+                # per-query mode: hold all query batches before the pass over the pool (one pass)
+                query_gradient_accumulation_steps=1 if aggregate else math.ceil(args.query / args.batch),
+            )
+            analyzer.compute_pairwise_scores(
+                method, "ekfac", query_ds, train_ds, per_device_query_batch_size=args.batch,
+                per_device_train_batch_size=args.batch, score_args=score_args, overwrite_output_dir=True,
+            )
+            scores = analyzer.load_pairwise_scores(method)["all_modules"].to(torch.float64)
+            torch.save(scores.mean(dim=0) if not aggregate else scores[0] / args.query, work / f"{method}.pt")
+
+    seconds = time.perf_counter() - t0
+    peak = rss_mb()
+    return {"method": method, "seconds": seconds, "baseline_mb": base, "peak_mb": peak, "delta_mb": peak - base,
+            "detail": detail}
+
+
+def bench_model(name: str, args) -> dict:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="curate-bench-") as work:
+        for method in args.methods:
+            cmd = [sys.executable, __file__, "--_method", method, "--_work", work, "--model", name,
+                   "--train", str(args.train), "--query", str(args.query), "--length", str(args.length),
+                   "--batch", str(args.batch)]
+            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr[-4000:])
+                raise SystemExit(f"{method} failed on {name}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[method] = r
+            extra = " ".join(f"{k}={v:.1f}s" for k, v in r["detail"].items())
+            print(f"  {name:8s} {method:18s} {r['seconds']:8.1f} s   +{r['delta_mb']:7.0f} MB "
+                  f"(peak RSS {r['peak_mb']:.0f} MB)  {extra}", flush=True)
+        import torch
+
+        work_path = Path(work)
+        ours = torch.load(work_path / "curate_scores.pt") if (work_path / "curate_scores.pt").exists() else None
+        for kf in ("kf_score", "kf_score_pairwise"):
+            if ours is not None and (work_path / f"{kf}.pt").exists():
+                theirs = torch.load(work_path / f"{kf}.pt")
+                r = float(torch.corrcoef(torch.stack([ours, theirs]))[0, 1])
+                results[f"pearson_{kf}"] = r
+                print(f"  {name:8s} Pearson(curate, {kf}) = {r:.6f}")
+    return results
+
+
+def report(name: str, res: dict) -> None:
+    s = {m: res[m]["seconds"] for m in METHODS if m in res}
+    if not all(m in s for m in ("forward", "fwd_bwd", "curate_fit", "curate_score", "kf_fit", "kf_score")):
+        return
+    fwd, fb = s["forward"], s["fwd_bwd"]
+    ours_total, kf_total = s["curate_fit"] + s["curate_score"], s["kf_fit"] + s["kf_score"]
+    scoring_pass = res["curate_score"]["detail"]["scoring_pass"]
+    print(f"\n{name}: ratios")
+    print(f"  curate fit / kronfluence fit          {s['curate_fit'] / s['kf_fit']:.2f}")
+    print(f"  curate score / kronfluence score      {s['curate_score'] / s['kf_score']:.2f}"
+          + (f"   (vs per-query pairwise: {s['curate_score'] / s['kf_score_pairwise']:.2f})" if "kf_score_pairwise" in s else ""))
+    print(f"  end-to-end curate / kronfluence       {ours_total / kf_total:.2f}"
+          + (f"   (vs per-query pairwise: {ours_total / (s['kf_fit'] + s['kf_score_pairwise']):.2f})" if "kf_score_pairwise" in s else ""))
+    print(f"  curate scoring pass / plain forward   {scoring_pass / fwd:.2f}")
+    print(f"  curate scoring pass / forward+backward {scoring_pass / fb:.2f}")
+    for m in METHODS:
+        if m in s and m not in ("fwd_bwd",):
+            print(f"  {m:18s} / forward+backward     {s[m] / fb:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("tiny", "smollm2", "both"), default="tiny")
+    parser.add_argument("--train", type=int, default=200)
+    parser.add_argument("--query", type=int, default=20)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--_method", help=argparse.SUPPRESS)
+    parser.add_argument("--_work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._method:
+        args.work = args._work
+        if args.model == "both":
+            raise SystemExit("internal: one model per subprocess")
+        print(json.dumps(run_method(args._method, args)))
+        return
+    args.methods = [m for m in args.methods.split(",") if m]
+    import torch
+
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
+          f"train={args.train} query={args.query} length={args.length} batch={args.batch}")
+    names = ("tiny", "smollm2") if args.model == "both" else (args.model,)
+    all_results = {n: bench_model(n, args) for n in names}
+    for n, res in all_results.items():
+        report(n, res)
+
+
+if __name__ == "__main__":
+    main()
