@@ -17,7 +17,8 @@ def tiny_llama(*, vocab: int = 48, hidden: int = 12, inter: int = 20, layers: in
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
         mlp_bias=bias, attention_bias=bias, tie_word_embeddings=False,
     )
-    config._attn_implementation = "eager"
+    # SDPA keeps float64 throughout; transformers' eager attention takes its softmax in float32.
+    config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(config).to(dtype).eval()
     # Random init gives near-uniform predictions; larger weights make the curvature less trivial.
     with torch.no_grad():

@@ -122,6 +122,7 @@ def score_pool(
         query_fps.append(qfp)
         for name, v in qdir.items():
             directions[name] = v if name not in directions else torch.cat([directions[name], v])
+    del factors  # only the query directions are needed from here on (frees the float64 factors)
     columns = influence_columns(list(queries), config.query_splits)
 
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
@@ -153,8 +154,9 @@ def _scorable_queries(name: str, items) -> list[Tokenized]:
 
 
 def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, overwrite, progress):
-    stage = open_stage(folder, {"factors": factors_fp, "groups": [list(g) for g in groups],
-                                "fisher": config.fisher, "seed": config.seed,
+    stage = open_stage(folder, {"factors": factors_fp, "model": config.model, "groups": [list(g) for g in groups],
+                                "fisher": config.fisher, "seed": config.seed, "fit_on": config.fit_on,
+                                "fit_max_length": config.fit_max_length, "dtype": config.dtype,
                                 "fit_examples": len(fit_items)}, overwrite=overwrite)
     batches = make_batches(fit_items, config.batch_tokens, pad_id)
     factors: dict[str, ModuleFactors] = {}

@@ -20,6 +20,11 @@ from curate.influence.batches import Batch
 from curate.influence.passes import run_pass
 
 
+def _per_token_weights(batch: Batch) -> torch.Tensor:
+    """1 / (number of loss tokens) per example, in float64 so the division is exact to roundoff."""
+    return 1.0 / batch.loss_mask.sum(dim=1).to(torch.float64)
+
+
 def query_gradient_sums(
     model: nn.Module,
     modules: dict[str, nn.Linear],
@@ -49,8 +54,7 @@ def query_gradient_sums(
 
         return accumulate
 
-    weights = (lambda b: 1.0 / b.loss_mask.sum(dim=1)) if per_token else None
-    run_pass(model, modules, batches, sink, weights=weights, on_batch=on_batch)
+    run_pass(model, modules, batches, sink, weights=_per_token_weights if per_token else None, on_batch=on_batch)
     return sums
 
 
@@ -107,6 +111,5 @@ def score_batches(
 
         return accumulate
 
-    weights = (lambda b: 1.0 / b.loss_mask.sum(dim=1)) if per_token else None
-    run_pass(model, modules, batches, sink, weights=weights, on_batch=on_batch)
+    run_pass(model, modules, batches, sink, weights=_per_token_weights if per_token else None, on_batch=on_batch)
     return out
