@@ -128,3 +128,20 @@ def test_per_token_normalisation_divides_by_token_counts(setup):
         expected[name] = factors[name].precondition(g, factors[name].damping("auto"))
         got = directions[True][name][0]
         assert (got - expected[name]).norm() / expected[name].norm() < 1e-5
+
+
+@pytest.mark.parametrize("budget", [10**9, 2000])
+def test_replayed_pairs_give_the_same_lambdas_as_a_second_pass(setup, budget):
+    from curate.influence.passes import PairCache
+
+    model, modules, train, batches = setup
+    covs = fit_covariances(model, modules, batches, sample_seed=5)
+    bases = {n: eigenbases(c) for n, c in covs.items()}
+    direct = fit_lambdas(model, modules, batches, bases, sample_seed=5)
+    cache = PairCache(budget)
+    fit_covariances(model, modules, batches, sample_seed=5, cache=cache)
+    assert cache.usable == (budget > 2000)  # a budget too small falls back to the model pass
+    replayed = fit_lambdas(model, modules, batches, bases, sample_seed=5, cache=cache)
+    for n in modules:
+        torch.testing.assert_close(replayed[n][0], direct[n][0], rtol=1e-12, atol=0)
+        assert replayed[n][1] == direct[n][1]

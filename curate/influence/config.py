@@ -35,6 +35,9 @@ class ScoreConfig:
     dtype: the model's compute dtype; factors are always float64.
     group_memory_gb: factor memory per module group (GB, float64); each group costs one pass.
     device: "auto" (cuda when available, else cpu), or a torch device string.
+    pair_cache_gb: memory (GB) for keeping the covariance pass's activations and output
+        gradients, so the eigenvalue correction replays them instead of running the model a second
+        time; when the fit data needs more, the second pass runs as usual. 0 disables it.
     """
 
     model: str
@@ -53,6 +56,7 @@ class ScoreConfig:
     group_memory_gb: float = 8.0
     trust_remote_code: bool = False
     device: str = "auto"
+    pair_cache_gb: float = 2.0
 
     def __post_init__(self) -> None:
         errors = []
@@ -77,6 +81,8 @@ class ScoreConfig:
                 errors.append(f"{name} must be >= 1")
         if self.max_length is not None and self.max_length < 2:
             errors.append("max_length must be >= 2")
+        if self.pair_cache_gb < 0:
+            errors.append("pair_cache_gb must be >= 0")
         if self.group_memory_gb <= 0:
             errors.append("group_memory_gb must be > 0")
         if errors:

@@ -24,7 +24,8 @@ from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
 from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
-from curate.influence.plan import Plan, group_modules, make_plan
+from curate.influence.passes import PairCache
+from curate.influence.plan import GB, Plan, group_modules, make_plan
 from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
 from curate.influence.tokens import Tokenized, tokenize_all
 from curate.progress import Progress, Silent
@@ -163,14 +164,16 @@ def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, o
     for g, group in enumerate(groups):
         paths = {n: stage / f"{n}.safetensors" for n in group}
         if not all(p.exists() for p in paths.values()):
+            cache = PairCache(int(config.pair_cache_gb * GB))
             with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
                 covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed,
-                                       on_batch=lambda b, lp: adv(1))
+                                       on_batch=lambda b, lp: adv(1), cache=cache)
             bases = {n: eigenbases(c) for n, c in covs.items()}
             del covs
             with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches), unit="batch") as adv:
                 lams = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
-                                   on_batch=lambda b, lp: adv(1))
+                                   on_batch=lambda b, lp: adv(1), cache=cache)
+            del cache
             for n in group:
                 f = ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1])
                 save_tensors(paths[n], f.to_dict())

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from curate.influence.batches import Batch
-from curate.influence.passes import run_pass
+from curate.influence.passes import PairCache, run_pass
 
 
 @dataclass
@@ -66,12 +66,14 @@ def fit_covariances(
     *,
     sample_seed: int | None,
     on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+    cache: PairCache | None = None,
 ) -> dict[str, Covariance]:
     """First pass: A = E[a a^T] and S = E[s s^T] over all non-padding positions.
 
     Every position counts, prompt included: a weight is used there and receives gradient from
     later tokens' losses; the loss mask only decides which log-probabilities are summed.
     `sample_seed` set: s comes from labels sampled from the model (true Fisher); None: data labels.
+    `cache`: also keep the pass's (s, a) pairs for `fit_lambdas` to replay.
     """
     covs: dict[str, Covariance] = {}
 
@@ -90,7 +92,7 @@ def fit_covariances(
 
         return accumulate
 
-    run_pass(model, modules, batches, sink, sample_seed=sample_seed, on_batch=on_batch)
+    run_pass(model, modules, batches, cache.record(sink) if cache else sink, sample_seed=sample_seed, on_batch=on_batch)
     return covs
 
 
@@ -109,13 +111,15 @@ def fit_lambdas(
     *,
     sample_seed: int | None,
     on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+    cache: PairCache | None = None,
 ) -> dict[str, tuple[torch.Tensor, int]]:
     """Second pass: sums of (Q_S^T G_n Q_A)^2 over examples n, and the number of examples.
 
     Per batch, the cheaper of two equal forms: rotate the activations first,
     G'_n = (S_n Q_S)^T (A_n Q_A), costing T (out^2 + in^2 + out in) per example, or form G_n and
     rotate it, Q_S^T (S_n^T A_n) Q_A, costing out in (T + out + in); the first wins below
-    roughly out in / (out + in) tokens (~420 for a 1536 x 576 layer).
+    roughly out in / (out + in) tokens (~420 for a 1536 x 576 layer). With a usable `cache` from
+    `fit_covariances`, the pairs are replayed instead of running the model again.
     """
     sums: dict[str, tuple[torch.Tensor, int]] = {}
     cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -137,5 +141,8 @@ def fit_lambdas(
 
         return accumulate
 
-    run_pass(model, modules, batches, sink, sample_seed=sample_seed, on_batch=on_batch)
+    if cache is not None and cache.usable:
+        cache.replay(sink, on_batch=on_batch)  # the same pairs as a second pass, without the model
+    else:
+        run_pass(model, modules, batches, sink, sample_seed=sample_seed, on_batch=on_batch)
     return sums

@@ -41,3 +41,60 @@ def run_pass(
             loss.backward()
         if on_batch is not None:
             on_batch(batch, logp.detach())
+
+
+class PairCache:
+    """Keeps every (s, a) pair of one pass in memory, under a byte budget, to replay them later.
+
+    EK-FAC needs two passes over the fit data: covariances, then (in their eigenbasis) the
+    eigenvalue correction. The second needs exactly the same s and a (labels are seeded per
+    example), so when they fit in `budget_bytes` the second model pass is replaced by a replay.
+    Past the budget the cache empties itself and `usable` turns False: callers then run the pass.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.entries: list[tuple[Batch, list[tuple[str, torch.Tensor, torch.Tensor]]]] = []
+        self.bytes = 0
+        self.overflow = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.overflow and bool(self.entries)
+
+    def record(self, sink: Callable[[Batch], Sink]) -> Callable[[Batch], Sink]:
+        """Wrap a sink factory so that every pair it receives is also kept."""
+
+        def factory(batch: Batch) -> Sink:
+            inner = sink(batch)
+            pairs: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+            seen: set[int] = set()  # gate and up projections share one input tensor
+            if not self.overflow:
+                self.entries.append((batch, pairs))
+
+            def keep(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
+                inner(name, s, a)
+                if self.overflow:
+                    return
+                size = s.numel() * s.element_size()
+                if a.data_ptr() not in seen:
+                    seen.add(a.data_ptr())
+                    size += a.numel() * a.element_size()
+                if self.bytes + size > self.budget:
+                    self.overflow = True
+                    self.entries.clear()
+                    return
+                self.bytes += size
+                pairs.append((name, s, a))
+
+            return keep
+
+        return factory
+
+    def replay(self, sink: Callable[[Batch], Sink], on_batch: Callable[[Batch, None], None] | None = None) -> None:
+        for batch, pairs in self.entries:
+            callback = sink(batch)
+            for name, s, a in pairs:
+                callback(name, s, a)
+            if on_batch is not None:
+                on_batch(batch, None)
