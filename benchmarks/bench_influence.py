@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-METHODS = ("forward", "fwd_bwd", "curate_fit", "curate_score", "kf_fit", "kf_score", "kf_score_pairwise")
+METHODS = ("forward", "fwd_bwd", "curate_fit_nocache", "curate_fit", "curate_score", "kf_fit", "kf_score", "kf_score_pairwise")
 
 
 def rss_mb() -> float:
@@ -106,24 +106,29 @@ def run_method(method: str, args) -> dict:
                 (-logp.sum()).backward()
                 model.zero_grad(set_to_none=True)
 
-    elif method in ("curate_fit", "curate_score"):
+    elif method in ("curate_fit", "curate_fit_nocache", "curate_score"):
         from safetensors.torch import load_file, save_file
 
         from curate.influence.batches import make_batches
         from curate.influence.capture import select_modules
         from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
+        from curate.influence.passes import PairCache
         from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
 
         modules = select_modules(model, "mlp")
         batches = make_batches(train, args.batch * args.length, pad_id=0)
         path = work / "curate_factors.safetensors"
-        if method == "curate_fit":
-            covs = fit_covariances(model, modules, batches, sample_seed=None)
+        if method.startswith("curate_fit"):
+            # curate's default: the eigenvalue correction replays the covariance pass's (s, a)
+            # pairs when they fit in --pair-cache-gb (2 GB); `curate_fit_nocache` runs both passes.
+            cache = PairCache(0 if method == "curate_fit_nocache" else 2 * 1024**3)
+            covs = fit_covariances(model, modules, batches, sample_seed=None, cache=cache)
             t1 = time.perf_counter()
             bases = {n: eigenbases(c) for n, c in covs.items()}
             del covs
             t2 = time.perf_counter()
-            lams = fit_lambdas(model, modules, batches, bases, sample_seed=None)
+            lams = fit_lambdas(model, modules, batches, bases, sample_seed=None, cache=cache)
+            del cache
             t3 = time.perf_counter()
             tensors = {}
             for n in modules:
