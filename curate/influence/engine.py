@@ -114,16 +114,16 @@ def score_pool(
     progress.note(plan.render())
 
     factors_fp = fingerprint(model_fp, list(modules), _tokens_fingerprint(fit_items), config.fisher, config.seed, config.dtype)
-    factors = _fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp, overwrite, progress)
+    factor_files = _fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp, overwrite, progress)
 
     directions: dict[str, torch.Tensor] = {}  # layer -> [F, out, in'] over all query sets
     query_fps = []
     for q, items in query_items.items():
-        qdir, qfp = _query_directions(model, groups, factors, items, config, pad_id, work_dir / "queries", q, factors_fp, progress)
+        qdir, qfp = _query_directions(model, groups, factor_files, items, config, pad_id, work_dir / "queries", q,
+                                      factors_fp, progress)
         query_fps.append(qfp)
         for name, v in qdir.items():
             directions[name] = v if name not in directions else torch.cat([directions[name], v])
-    del factors  # only the query directions are needed from here on (frees the float64 factors)
     columns = influence_columns(list(queries), config.query_splits)
 
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
@@ -160,7 +160,7 @@ def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, o
                                 "fit_max_length": config.fit_max_length, "dtype": config.dtype,
                                 "fit_examples": len(fit_items)}, overwrite=overwrite)
     batches = make_batches(fit_items, config.batch_tokens, pad_id)
-    factors: dict[str, ModuleFactors] = {}
+    files: dict[str, Path] = {}
     for g, group in enumerate(groups):
         paths = {n: stage / f"{n}.safetensors" for n in group}
         if not all(p.exists() for p in paths.values()):
@@ -177,12 +177,11 @@ def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, o
             for n in group:
                 f = ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1])
                 save_tensors(paths[n], f.to_dict())
-        for n in group:
-            factors[n] = ModuleFactors(**load_tensors(paths[n]))
-    return factors
+        files.update(paths)
+    return files
 
 
-def _query_directions(model, groups, factors, items, config, pad_id, folder, name, factors_fp, progress):
+def _query_directions(model, groups, factor_files, items, config, pad_id, folder, name, factors_fp, progress):
     """Preconditioned gradients of one query set's functions: layer -> [1 (+K), out, in'] float32."""
     qfp = fingerprint(factors_fp, _tokens_fingerprint(items), config.normalize, config.query_splits,
                       config.seed, config.damping)
@@ -201,7 +200,7 @@ def _query_directions(model, groups, factors, items, config, pad_id, folder, nam
             sums = query_gradient_sums(model, group, batches, split_of, splits,
                                        per_token=config.per_token_query, on_batch=lambda b, lp: adv(1))
             for n, s in sums.items():
-                f = factors[n]
+                f = ModuleFactors(**load_tensors(factor_files[n]))  # one module's factors in memory at a time
                 out[n] = f.precondition(split_functions(s.cpu(), sizes), f.damping(config.damping)).to(torch.float32)
     save_tensors(path, out)
     return out, qfp
