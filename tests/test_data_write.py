@@ -147,3 +147,21 @@ def test_redact_command():
     assert redact_command("curate tag --openai-key abc --model m") == "curate tag --openai-key '***' --model m"
     assert redact_command(["x", "--password=hunter2"]) == "x '--password=***'"
     assert redact_command(["x", "--note", "ghp_" + "a" * 30]) == "x --note '***'"
+
+
+def test_push_to_hub_uploads_data_card_and_manifest(tmp_path, monkeypatch, fixtures):
+    """No network here: record what would be sent through the datasets / huggingface_hub calls."""
+    import datasets
+    import huggingface_hub
+
+    from curate.data import load_pool, write_pool
+
+    calls = []
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo, **kw: calls.append(("data", repo, self.num_rows)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file",
+                        lambda self, **kw: calls.append(("file", kw["repo_id"], kw["path_in_repo"])))
+    pool = load_pool(fixtures / "gsm8k.jsonl")
+    write_pool(pool, tmp_path / "out.parquet", push_to_hub="me/pool")
+    assert calls == [("data", "me/pool", len(pool)), ("file", "me/pool", "README.md"),
+                     ("file", "me/pool", "manifest.jsonl")]
+    assert (tmp_path / "out.parquet").exists()

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from curate.cli.options import output_options
+
 SIGN_AND_SCALE = """\
 `curate_influence_<q>` = grad f_q(theta)^T (EK-FAC + damping I)^{-1} grad log p(z; theta), where
 f_q is the mean over query set q of log p(answer | prompt) and log p(z) is summed over the
@@ -74,7 +76,9 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--overwrite", is_flag=True, help="Recompute stages made from other inputs instead of refusing.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
 @click.option("--trust-remote-code", is_flag=True)
-def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, **settings) -> None:
+@output_options
+def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, emit, fmt, push_to_hub,
+          **settings) -> None:
     """Score every example of POOL by EK-FAC influence on each query set.
 
     Writes POOL in its own schema plus curate_influence_<NAME> (one per --query),
@@ -105,7 +109,8 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
         ),
         "Influence plan": "```\n" + _plain(result.plan.render()) + "\n```",
     }
-    path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card)
+    path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card,
+                      emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     render_summary(result)
     click.echo(str(path))
 

@@ -45,6 +45,7 @@ def write_pool(
     manifest: Iterable[ManifestEntry] = (),
     command: str | Sequence[str] | None = None,
     extra_card: str | Mapping[str, str] | None = None,
+    push_to_hub: str | None = None,
 ) -> Path:
     """Write `pool` to `out` and return the path of the data (folder or file).
 
@@ -55,6 +56,8 @@ def write_pool(
     `messages` column (system prompt folded in) instead of the input columns.
     `manifest`: the rows removed, added or replaced on the way to this pool, with reasons.
     `command`: the command line for the card; `extra_card`: markdown, or {title: markdown}.
+    `push_to_hub`: a Hub repo id; after the local write, the dataset, its card and manifest are
+    uploaded there (private), with the token from the environment (`HF_TOKEN`), never logged.
     """
     import pyarrow.parquet as pq
 
@@ -85,6 +88,7 @@ def write_pool(
             (tmp / card_path.name).write_text(card, encoding="utf-8")
 
         _atomic_folder(data_path, build)
+        _push(dataset, push_to_hub, {card_path.name: card, manifest_path.name: lines})
         return data_path
     # Sidecars first: the data file appearing last marks the output complete.
     _atomic_file(manifest_path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
@@ -94,7 +98,26 @@ def write_pool(
         _atomic_file(data_path, lambda tmp: pq.write_table(dataset.data.table, tmp))
     else:
         _atomic_file(data_path, lambda tmp: _write_jsonl(dataset.data.table, tmp))
+    _push(dataset, push_to_hub, {card_path.name: card, manifest_path.name: lines})
     return data_path
+
+
+def _push(dataset: datasets.Dataset, repo_id: str | None, sidecars: Mapping[str, str]) -> None:
+    """Upload the dataset and its sidecar files (card as README.md, manifest) to a Hub repo."""
+    if not repo_id:
+        return
+    from huggingface_hub import HfApi
+
+    try:
+        dataset.push_to_hub(repo_id, private=True)
+        api = HfApi()
+        for name, text in sidecars.items():
+            target = "README.md" if name.endswith("README.md") else "manifest.jsonl"
+            api.upload_file(path_or_fileobj=text.encode(), path_in_repo=target, repo_id=repo_id,
+                            repo_type="dataset")
+    except Exception as e:  # network, auth, bad repo id: one line, the local output is kept
+        raise DataError(f"--push-to-hub {repo_id}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                        "(the local output was written)") from e
 
 
 def output_format(out: Path, fmt: str | None) -> str:

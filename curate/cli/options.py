@@ -1,0 +1,20 @@
+"""Click options shared by every command that writes a pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+
+def output_options(command: Callable) -> Callable:
+    """Add --emit, --format and --push-to-hub; the command receives `emit`, `fmt`, `push_to_hub`."""
+    command = click.option("--push-to-hub", metavar="REPO",
+                           help="Also upload the output (private) with its card and manifest to this Hub "
+                                "dataset repo; the token comes from HF_TOKEN.")(command)
+    command = click.option("--format", "fmt", type=click.Choice(["disk", "parquet", "jsonl"]), default=None,
+                           help="Output format [default: from the output's suffix; none = save_to_disk folder].")(command)
+    command = click.option("--emit", type=click.Choice(["input", "messages"]), default="input", show_default=True,
+                           help="input: the input's own schema plus curate_* columns; messages: a TRL-ready "
+                                "`messages` column (system prompt folded in) plus curate_* columns.")(command)
+    return command
