@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "score": ("curate.cli.score:score", "Score every example by EK-FAC influence on query sets."),
     "query": (None, "Build query sets of correctly (and incorrectly) answered benchmark problems."),
     "flip": (None, "Difficulty flip: harder math in, easier code in, from a donor pool."),
-    "prune": (None, "Keep the top fraction of a pool by influence or a baseline."),
+    "prune": ("curate.cli.prune:prune", "Keep the top fraction of a pool by influence or a baseline."),
     "strip": (None, "Remove post-answer exploration from reasoning traces."),
     "run": (None, "Run a declarative YAML recipe of operations."),
     "validate": (None, "Fine-tune a base model on each variant (TRL SFT) and evaluate it."),

@@ -1,0 +1,14 @@
+"""Rebalancing operations: pure functions from a pool to a pool plus a manifest of reasons.
+
+    from curate.ops import PruneConfig, prune
+    result = prune(pool, PruneConfig(keep=0.9, by=("curate_influence_math",)))
+    write_pool(result.pool, "out.parquet", manifest=result.manifest, extra_card=result.report.card)
+
+Each operation returns an `OpResult(pool, manifest, report)`; nothing here writes files.
+"""
+
+from curate.ops.decontam import Benchmark, load_benchmarks
+from curate.ops.prune import PruneConfig, prune
+from curate.ops.result import OpReport, OpResult
+
+__all__ = ["Benchmark", "OpReport", "OpResult", "PruneConfig", "load_benchmarks", "prune"]
