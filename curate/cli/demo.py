@@ -31,7 +31,11 @@ def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
     config = DemoConfig(out, examples, queries, score=not no_score)
     result, written = run_demo(config, progress=progress, on_stats=render)
     if result is not None:
-        render_summary(result)
+        from curate.data import load_pool
+        from curate.demo import SAMPLE
+
+        pool = load_pool(SAMPLE / "pool.jsonl", source="sample")
+        render_summary(result, dict(zip(pool.dataset["curate_id"], pool.dataset["curate_domain"], strict=True)))
     for path in written:
         progress.note(f"wrote {path}")
         click.echo(str(path))

@@ -111,7 +111,7 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     }
     path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card,
                       emit=emit, fmt=fmt, push_to_hub=push_to_hub)
-    render_summary(result)
+    render_summary(result, dict(zip(loaded.dataset["curate_id"], loaded.dataset["curate_domain"], strict=True)))
     click.echo(str(path))
 
 
@@ -121,8 +121,9 @@ def _plain(text: str) -> str:
     return Text.from_markup(text).plain
 
 
-def render_summary(result, top: int = 3) -> None:
-    """Per score column: distribution and the most helpful examples (stderr)."""
+def render_summary(result, domains: dict[str, str] | None = None, top: int = 3) -> None:
+    """Per score column: distribution, mean by domain (`domains`: curate_id -> domain) and the
+    most helpful examples (stderr)."""
     import polars as pl
     from rich.console import Console
     from rich.table import Table
@@ -137,9 +138,20 @@ def render_summary(result, top: int = 3) -> None:
         table.add_row(col.removeprefix("curate_influence_"), f"{s.mean():.3g}", f"{s.std():.3g}",
                       f"{s.min():.3g}", f"{s.max():.3g}", f"{(s > 0).mean():.0%}")
     console.print(table)
-    for col in result.columns:
-        if "_split" in col:
-            continue
+    main_columns = [c for c in result.columns if "_split" not in c]
+    if domains:
+        by_domain = (t.with_columns(pl.col("curate_id").replace_strict(domains, default="unknown").alias("domain"))
+                     .group_by("domain").agg(pl.len().alias("n"), *[pl.col(c).mean() for c in main_columns])
+                     .sort("domain"))
+        dt = Table(title="mean influence by training domain")
+        dt.add_column("domain")
+        dt.add_column("n", justify="right")
+        for c in main_columns:
+            dt.add_column(f"on {c.removeprefix('curate_influence_')}", justify="right")
+        for row in by_domain.iter_rows(named=True):
+            dt.add_row(row["domain"], str(row["n"]), *[f"{row[c]:.3g}" if row[c] is not None else "-" for c in main_columns])
+        console.print(dt)
+    for col in main_columns:
         best = t.drop_nulls(col).sort(col, descending=True).head(top)["curate_id"].to_list()
         console.print(f"most helpful for {col.removeprefix('curate_influence_')}: {', '.join(best)}")
     truncated = int(t.select(pl.col("curate_truncated").sum()).item())
