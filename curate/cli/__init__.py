@@ -14,10 +14,10 @@ import click
 # name -> ("module:attribute", one-line help). A module of None means: designed, not built yet.
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "inspect": ("curate.cli.inspect:inspect", "Show a pool's shape, size, domains, difficulties and lengths."),
-    "tag": (None, "Tag domain, difficulty and cognitive behaviours with an LLM (or offline rules)."),
+    "tag": ("curate.cli.tag:tag", "Tag domain, difficulty and cognitive behaviours with an LLM (or offline rules)."),
     "score": ("curate.cli.score:score", "Score every example by EK-FAC influence on query sets."),
     "query": (None, "Build query sets of correctly (and incorrectly) answered benchmark problems."),
-    "flip": (None, "Difficulty flip: harder math in, easier code in, from a donor pool."),
+    "flip": ("curate.cli.flip:flip", "Difficulty flip: harder math in, easier code in, from a donor pool."),
     "prune": ("curate.cli.prune:prune", "Keep the top fraction of a pool by influence or a baseline."),
     "strip": (None, "Remove post-answer exploration from reasoning traces."),
     "run": (None, "Run a declarative YAML recipe of operations."),

@@ -8,7 +8,9 @@ Each operation returns an `OpResult(pool, manifest, report)`; nothing here write
 """
 
 from curate.ops.decontam import Benchmark, load_benchmarks
+from curate.ops.donor import load_donor
+from curate.ops.flip import FlipConfig, flip
 from curate.ops.prune import PruneConfig, prune
 from curate.ops.result import OpReport, OpResult
 
-__all__ = ["Benchmark", "OpReport", "OpResult", "PruneConfig", "load_benchmarks", "prune"]
+__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "flip", "load_benchmarks", "load_donor", "prune"]

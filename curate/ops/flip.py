@@ -1,0 +1,273 @@
+"""`flip`: the Infra difficulty flip. Same pool size and domain counts; the easiest math rows are
+replaced by harder donor math and the hardest code rows by easier donor code (`reverse`: the
+control, harder code and easier math).
+
+Difficulty is `difficulty_col` (default `curate_difficulty`, 1-10, from the tagger or the user).
+Only when a table has no such column, a native MATH `level` L (1-5, or "Level L") is read as 2L
+(1 -> 2, ..., 5 -> 10) with source `native`. Per flipped domain with N_d rows, n = `swap_n` or
+round(swap_frac * N_d) rows are swapped:
+
+- harder (math by default): pool rows with difficulty <= `easy_max`, easiest first (ties by
+  curate_id), are replaced by donor rows with difficulty >= `hard_min`, drawn at random (`seed`);
+- easier (code by default): pool rows with difficulty >= `hard_min`, hardest first, are replaced
+  by donor rows with difficulty <= `easy_max`.
+
+Donor rows are never used twice, never one whose normalised problem is already in the pool (or
+repeats an earlier donor row), never one overlapping a `decontaminate` benchmark. Rows without a
+difficulty are never swapped. When either side runs short, what can be swapped is swapped and the
+report says how many and why. Pool and donor difficulty sources (`curate_difficulty_source`) must
+agree per domain unless `allow_mixed_sources`. With `decontaminate`, overlapping pool rows are
+dropped (listed as removed), so the output is smaller by that many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from curate.data import ManifestEntry, Pool
+from curate.errors import DataError, UsageError
+from curate.ops.decontam import (
+    DEFAULT_NGRAM,
+    Benchmark,
+    contaminated_rows,
+    load_benchmarks,
+    normalise,
+)
+from curate.ops.result import OpReport, OpResult
+from curate.ops.select import round_half_up
+from curate.ops.text import problem_texts
+
+if TYPE_CHECKING:
+    import polars as pl
+
+FLIP_DOMAINS = ("math", "code")
+BINS = tuple(range(1, 11))
+
+
+@dataclass(frozen=True)
+class FlipConfig:
+    """How to flip. Thresholds are on the 1-10 difficulty scale."""
+
+    swap_frac: float = field(default=0.25, metadata={"help": "Fraction of each flipped domain to swap."})
+    swap_n: int | None = field(default=None, metadata={"help": "Rows to swap per domain (instead of swap_frac)."})
+    easy_max: float = field(default=4, metadata={"help": "Easy = difficulty <= this (MATH levels 1-2)."})
+    hard_min: float = field(default=7, metadata={"help": "Hard = difficulty >= this (MATH levels 4-5)."})
+    domains: tuple[str, ...] = field(default=FLIP_DOMAINS, metadata={"help": "Domains to flip."})
+    reverse: bool = field(default=False, metadata={"help": "Control: harder code, easier math."})
+    difficulty_col: str = field(default="curate_difficulty", metadata={"help": "Difficulty column (1-10)."})
+    allow_mixed_sources: bool = field(default=False, metadata={"help": "Allow pool and donor difficulty sources to differ."})
+    seed: int = field(default=0, metadata={"help": "Seed of the donor draw."})
+    decontaminate: tuple[str, ...] = field(default=(), metadata={"help": "Benchmark files to decontaminate against."})
+    ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": "Shared word n-gram that counts as overlap."})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domains", tuple(self.domains))
+        object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
+        problems = []
+        if not 0 < self.swap_frac <= 1:
+            problems.append(f"swap_frac={self.swap_frac}: must be in (0, 1]")
+        if self.swap_n is not None and self.swap_n < 1:
+            problems.append(f"swap_n={self.swap_n}: must be at least 1")
+        if not 1 <= self.easy_max < self.hard_min <= 10:
+            problems.append(f"easy_max={self.easy_max}, hard_min={self.hard_min}: need 1 <= easy_max < hard_min <= 10")
+        bad = [d for d in self.domains if d not in FLIP_DOMAINS]
+        if bad or not self.domains:
+            problems.append(f"domains={list(self.domains)}: choose from {', '.join(FLIP_DOMAINS)}")
+        if self.ngram < 4:
+            problems.append(f"ngram={self.ngram}: must be at least 4")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    def direction(self, domain: str) -> str:
+        return "harder" if (domain == "math") != self.reverse else "easier"
+
+
+def difficulty_frame(pool: Pool, column: str) -> pl.DataFrame:
+    """`row`, `curate_id`, `curate_domain`, `difficulty` (float, 1-10 or null), `source`."""
+    import polars as pl
+
+    table = pool.dataset.with_format("arrow")[:]
+    names = table.column_names
+    frame = pl.from_arrow(table.select(["curate_id", "curate_domain"])).with_row_index("row")
+    if column in names:
+        values = pl.from_arrow(table.column(column)).cast(pl.Float64, strict=False)
+        sources = (pl.from_arrow(table.column("curate_difficulty_source")).cast(pl.String)
+                   if "curate_difficulty_source" in names else pl.Series([None] * len(frame), dtype=pl.String))
+        sources = sources.fill_null("unspecified")
+    elif column == "curate_difficulty" and "level" in names:
+        level = pl.from_arrow(table.column("level")).cast(pl.String).str.extract(r"(\d+)").cast(pl.Float64)
+        values = (2 * level).clip(1, 10)
+        sources = pl.Series(["native"] * len(frame), dtype=pl.String)
+    else:
+        values = pl.Series([None] * len(frame), dtype=pl.Float64)
+        sources = pl.Series(["none"] * len(frame), dtype=pl.String)
+    return frame.with_columns(values.alias("difficulty"), sources.alias("source"))
+
+
+def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Benchmark] | None = None) -> OpResult:
+    """Swap rows of `pool` for rows of `donor` (rendered into the pool's schema) per `config`.
+
+    Raises `DataError` when the donor has no rows of a flipped domain, a flipped domain has no
+    difficulty, or difficulty sources differ (without `allow_mixed_sources`).
+    """
+    import datasets
+    import numpy as np
+    import polars as pl
+
+    from curate.ops.donor import render_rows
+
+    if benchmarks is None:
+        benchmarks = load_benchmarks(config.decontaminate)
+    col = config.difficulty_col
+    mine = difficulty_frame(pool, col).with_columns(normalise(problem_texts(pool)).alias("norm"))
+    theirs = difficulty_frame(donor, col).with_columns(problem_texts(donor).alias("problem"))
+    theirs = theirs.with_columns(normalise(theirs["problem"]).alias("norm"))
+    clash = set(mine["curate_id"]) & set(theirs["curate_id"])
+    if clash:
+        raise DataError(f"donor ids clash with pool ids (e.g. {sorted(clash)[0]!r}); load the donor under another source name")
+
+    dirty = contaminated_rows(pool, benchmarks, config.ngram)
+    dirty_donor = contaminated_rows(donor, benchmarks, config.ngram)
+    manifest = [ManifestEntry(i, "removed", r) for i, r in dirty.select("curate_id", "reason").iter_rows()]
+    mine = mine.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32)))
+    in_pool = theirs["norm"].is_in(mine["norm"].implode()) & (theirs["norm"] != "")
+    repeat = theirs["norm"].is_duplicated() & ~theirs.select(pl.col("norm").is_first_distinct()).to_series()
+    theirs = theirs.with_columns(
+        dirty=pl.col("row").is_in(dirty_donor["row"].cast(pl.UInt32)), in_pool=in_pool, repeat=repeat)
+    usable = theirs.filter(~pl.col("dirty") & ~pl.col("in_pool") & ~pl.col("repeat"))
+    rng = np.random.default_rng(config.seed)
+    usable = usable.sort("curate_id").with_columns(pl.Series("draw", rng.random(len(usable)))).sort("draw")
+
+    notes: list[str] = []
+    swaps: list[tuple[int, int, str, str, float, float, str]] = []  # pool row, donor row, ids, diffs, domain
+    per_domain: dict[str, dict[str, int]] = {}
+    for domain in config.domains:
+        p = mine.filter(pl.col("curate_domain") == domain)
+        d_all = theirs.filter(pl.col("curate_domain") == domain)
+        if len(d_all) == 0:
+            raise DataError(f"the donor has no {domain} rows (curate_domain); a flip needs donor rows of every "
+                            f"flipped domain (or flip only {', '.join(x for x in config.domains if x != domain) or 'another domain'} with --domains)")
+        if len(p) == 0:
+            notes.append(f"{domain}: the pool has no {domain} rows; nothing to swap")
+            continue
+        if p["difficulty"].null_count() == len(p) or d_all["difficulty"].null_count() == len(d_all):
+            side = "pool" if p["difficulty"].null_count() == len(p) else "donor"
+            raise DataError(f"{domain}: the {side} has no {col} values (and no MATH `level` to fall back on); "
+                            "tag difficulty first (`curate tag`) or pass --difficulty-col")
+        p_src = set(p.drop_nulls("difficulty")["source"])
+        d_src = set(d_all.drop_nulls("difficulty")["source"])
+        if p_src != d_src and not config.allow_mixed_sources:
+            raise DataError(f"{domain}: pool difficulty source {sorted(p_src)} differs from the donor's {sorted(d_src)} "
+                            "(curate_difficulty_source); scores from different raters are not comparable. "
+                            "Pass --allow-mixed-sources to flip anyway")
+        harder = config.direction(domain) == "harder"
+        target = config.swap_n if config.swap_n is not None else round_half_up(config.swap_frac * len(p))
+        target = min(target, len(p))
+        if harder:
+            out_rows = p.filter(pl.col("difficulty") <= config.easy_max).sort(["difficulty", "curate_id"])
+            in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") >= config.hard_min))
+        else:
+            out_rows = p.filter(pl.col("difficulty") >= config.hard_min).sort(["difficulty", "curate_id"], descending=[True, False])
+            in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") <= config.easy_max))
+        n = min(target, len(out_rows), len(in_rows))
+        way = "harder" if harder else "easier"
+        if n < target:
+            why = []
+            if len(out_rows) < target:
+                why.append(f"the pool has only {len(out_rows)} {domain} rows at difficulty "
+                           f"{'<= ' + format(config.easy_max, 'g') if harder else '>= ' + format(config.hard_min, 'g')}")
+            if len(in_rows) < target:
+                excluded = d_all.filter(pl.col("dirty") | pl.col("in_pool") | pl.col("repeat"))
+                why.append(f"the donor has only {len(in_rows)} usable {domain} rows at difficulty "
+                           f"{'>= ' + format(config.hard_min, 'g') if harder else '<= ' + format(config.easy_max, 'g')} "
+                           f"({int(excluded['in_pool'].sum())} already in the pool, {int(excluded['repeat'].sum())} repeated, "
+                           f"{int(excluded['dirty'].sum())} overlapping benchmarks, {d_all['difficulty'].null_count()} without difficulty)")
+            notes.append(f"{domain}: swapped {n} of the {target} asked: " + "; ".join(why))
+        for a, b in zip(out_rows.head(n).iter_rows(named=True), in_rows.head(n).iter_rows(named=True), strict=True):
+            swaps.append((a["row"], b["row"], a["curate_id"], b["curate_id"], a["difficulty"], b["difficulty"], domain, b["problem"]))
+        per_domain[domain] = {"rows": len(p), "asked": target, "swapped": n}
+        for cid, bid, da, db in [(s[2], s[3], s[4], s[5]) for s in swaps if s[6] == domain]:
+            manifest.append(ManifestEntry(cid, "replaced", f"flip:{domain} {way}: difficulty {da:g} -> {db:g}", replaced_by=bid))
+
+    # In-place replacement: row i of the output is pool row i, or the donor row that replaced it.
+    rendered = render_rows(pool, donor, [s[1] for s in swaps], [s[7] for s in swaps])
+    combined = datasets.concatenate_datasets([pool.dataset, rendered])
+    index = {s[0]: len(pool) + j for j, s in enumerate(swaps)}
+    keep = mine["row"].to_list()
+    out = pool.with_dataset(combined.select([index.get(r, r) for r in keep]))
+
+    added = theirs.filter(pl.col("row").is_in([s[1] for s in swaps]))
+    after = pl.concat([mine.filter(~pl.col("row").is_in(list(index))).select("curate_domain", "difficulty"),
+                       added.select("curate_domain", "difficulty")])
+    before = difficulty_frame(pool, col).select("curate_domain", "difficulty")
+    hist = {d: {"before": _hist(before, d), "after": _hist(after, d)} for d in sorted(set(before["curate_domain"]))}
+    excluded = {"overlapping benchmarks": dirty_donor["curate_id"].to_list(),
+                "already in the pool": theirs.filter("in_pool")["curate_id"].to_list(),
+                "repeated in the donor": theirs.filter("repeat")["curate_id"].to_list()}
+    report = _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, before, after)
+    return OpResult(out, manifest, report)
+
+
+def _hist(frame: pl.DataFrame, domain: str) -> dict[str, int]:
+    import polars as pl
+
+    values = frame.filter(pl.col("curate_domain") == domain)["difficulty"]
+    binned = values.drop_nulls().round().cast(pl.Int64).clip(1, 10).to_list()
+    out = {str(b): binned.count(b) for b in BINS}
+    out["none"] = values.null_count()
+    return out
+
+
+def _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, before, after) -> OpReport:
+    import polars as pl
+
+    def mean(frame, d):
+        m = frame.filter(pl.col("curate_domain") == d)["difficulty"].mean()
+        return "" if m is None else f"{m:.2f}"
+
+    lines = [
+        f"- donor: `{donor.origin}` ({len(donor)} rows); difficulty column `{config.difficulty_col}`"
+        + (" (MATH `level` L read as 2L where the column is missing)" if config.difficulty_col not in pool.dataset.column_names else ""),
+        f"- easy <= {config.easy_max:g}, hard >= {config.hard_min:g}; "
+        + (f"swap_n {config.swap_n}" if config.swap_n is not None else f"swap_frac {config.swap_frac:g}")
+        + f"; seed {config.seed}; {'reverse (control)' if config.reverse else 'forward'}",
+        *(f"- {d}: made {config.direction(d)}" for d in config.domains),
+        f"- pool rows dropped as overlapping benchmarks: {len(dirty)}",
+        *(f"- donor rows not used, {why}: {len(ids)}" + (f" ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else "")
+          for why, ids in excluded.items()),
+        *(f"- note: {n}" for n in notes),
+        "", "| domain | rows | asked | swapped | mean difficulty before | after |", "|---|---|---|---|---|---|",
+        *(f"| {d} | {v['rows']} | {v['asked']} | {v['swapped']} | {mean(before, d)} | {mean(after, d)} |" for d, v in per_domain.items()),
+        "", "Difficulty histograms (rows per rounded difficulty):", "",
+        "| difficulty | " + " | ".join(f"{d} before | {d} after" for d in hist) + " |",
+        "|---|" + "---|---|" * len(hist),
+        *(f"| {b} | " + " | ".join(f"{h['before'][b]} | {h['after'][b]}" for h in hist.values()) + " |"
+          for b in [*map(str, BINS), "none"]),
+    ]
+    counts = {"rows in": len(pool), "rows out": len(pool) - len(dirty),
+              **{f"{d} swapped": v["swapped"] for d, v in per_domain.items()}, "decontaminated": len(dirty)}
+    return OpReport(counts, notes, {"Difficulty flip": "\n".join(lines)}, {"histograms": hist})
+
+
+def plot_histograms(histograms: dict[str, dict[str, dict[str, int]]], path: str) -> None:
+    """Before/after difficulty histograms, one panel per domain, as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(histograms)), figsize=(5 * max(1, len(histograms)), 3.5), squeeze=False)
+    for ax, (domain, h) in zip(axes[0], histograms.items(), strict=False):
+        xs = list(BINS)
+        ax.bar([x - 0.2 for x in xs], [h["before"][str(x)] for x in xs], width=0.4, label="before")
+        ax.bar([x + 0.2 for x in xs], [h["after"][str(x)] for x in xs], width=0.4, label="after")
+        ax.set_title(domain)
+        ax.set_xlabel("difficulty (1-10)")
+        ax.set_ylabel("rows")
+        ax.set_xticks(xs)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
