@@ -1,0 +1,102 @@
+"""A SQLite cache of every rater request and response, so a rerun repeats no completed request.
+
+Key: sha256 over (model, prompt hash, rendered input, sampling parameters). One row per completed
+response, committed as it arrives (WAL journal), so a run killed at any moment keeps everything
+that finished. Failed requests (retries exhausted) are not stored: a rerun tries them again.
+The rendered input is kept zlib-compressed for audit; the API key is never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Named migrations, applied in order and recorded in `migrations` (as in simonw/llm).
+MIGRATIONS = [
+    ("m001_responses", """
+        CREATE TABLE responses (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            prompt_hash TEXT NOT NULL,
+            params TEXT NOT NULL,
+            input BLOB NOT NULL,
+            content TEXT,
+            tokens_in INTEGER,
+            tokens_out INTEGER,
+            base_url TEXT,
+            created REAL NOT NULL
+        )"""),
+]
+
+
+def request_key(model: str, prompt_hash: str, rendered: str, params: dict[str, Any]) -> str:
+    """The cache key of one request (64 hex)."""
+    h = hashlib.sha256()
+    for part in (model, prompt_hash, json.dumps(params, sort_keys=True)):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(rendered.encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Cached:
+    content: str | None
+    tokens_in: int
+    tokens_out: int
+
+
+class ResponseCache:
+    """The cache file at `path` (created with its folder when missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=30.0)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
+        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL)")
+        done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
+        for name, sql in MIGRATIONS:
+            if name not in done:
+                self.db.execute(sql)
+                self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+        self.db.commit()
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, Cached]:
+        """The cached responses among `keys` (in batches of 500 keys per query)."""
+        keys = list(keys)
+        out: dict[str, Cached] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, content, t_in, t_out in self.db.execute(
+                f"SELECT key, content, tokens_in, tokens_out FROM responses WHERE key IN ({marks})", chunk
+            ):
+                out[key] = Cached(content, t_in or 0, t_out or 0)
+        return out
+
+    def put(self, key: str, *, model: str, prompt: str, prompt_hash: str, params: dict[str, Any],
+            rendered: str, content: str | None, tokens_in: int, tokens_out: int, base_url: str) -> None:
+        """Store one completed response and commit at once."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (key, model, prompt, prompt_hash, json.dumps(params, sort_keys=True),
+             zlib.compress(rendered.encode(), 1), content, tokens_in, tokens_out, base_url, time.time()),
+        )
+        self.db.commit()
+
+    def inputs(self) -> list[str]:
+        """Every cached rendered input (for audits and tests)."""
+        return [zlib.decompress(b).decode() for (b,) in self.db.execute("SELECT input FROM responses")]
+
+    def close(self) -> None:
+        self.db.close()

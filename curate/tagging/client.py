@@ -1,0 +1,191 @@
+"""The rater client: `AsyncOpenAI` against one or more OpenAI-compatible servers.
+
+- Load: each attempt goes to the base URL with the fewest requests in flight.
+- Bound: at most `concurrency` HTTP requests in flight in total (a semaphore held only while a
+  request is on the wire, not while backing off).
+- Retries (ours, counted; the openai client's own are off with `max_retries=0`): on 429 (waiting
+  at least the server's `Retry-After` / `retry-after-ms`), 408/409, 5xx, timeouts, dropped
+  connections and malformed bodies; exponential backoff `base * 2**attempt`, capped, times a
+  jitter factor in [0.5, 1.5). Other 4xx (a context overflow, a bad model name) fail at once.
+- Dedupe: identical requests (same cache key) in flight at the same time are sent once.
+- Every completed response is written to the cache before it is handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from curate.tagging.cache import ResponseCache
+
+
+@dataclass
+class Outcome:
+    """A finished request: `content` (None when it failed), usage, and the error after retries."""
+
+    content: str | None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    error: str | None = None
+    cached: bool = False
+
+
+@dataclass
+class Counters:
+    """Accounting for one task: requests sent (attempts), retries, failures, cache hits, tokens."""
+
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    cache_hits: int = 0
+    deduped: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class RetryableError(Exception):
+    def __init__(self, reason: str, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.wait = wait
+
+
+class Rater:
+    """Sends chat requests with retries; one instance per event loop."""
+
+    def __init__(self, *, base_urls: list[str], api_key: str, model: str, params: dict[str, Any],
+                 concurrency: int, timeout: float, max_retries: int, backoff: float, max_backoff: float,
+                 cache: ResponseCache, seed: int = 0) -> None:
+        from openai import AsyncOpenAI
+
+        self.clients = [
+            AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout) for url in base_urls
+        ]
+        self.base_urls = base_urls
+        self.load = [0] * len(base_urls)
+        self.model = model
+        self.params = params
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.cache = cache
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.inflight: dict[str, asyncio.Future] = {}
+        self.rng = random.Random(seed)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+    async def complete(self, key: str, rendered: str, prompt: Any, counters: Counters,
+                       on_stored: Callable[[], None] | None = None) -> Outcome:
+        """The response to one user message `rendered` (cache key `key`), sent at most once."""
+        running = self.inflight.get(key)
+        if running is not None:
+            counters.deduped += 1
+            return await asyncio.shield(running)
+        future = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            outcome = await self._send(key, rendered, prompt, counters)
+            future.set_result(outcome)
+            return outcome
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # mark retrieved: waiters (if any) get it, no "never retrieved" noise
+            raise
+        finally:
+            del self.inflight[key]
+
+    async def _send(self, key: str, rendered: str, prompt: Any, counters: Counters) -> Outcome:
+        messages = [{"role": "user", "content": rendered}]
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                counters.retries += 1
+            index = min(range(len(self.clients)), key=self.load.__getitem__)
+            try:
+                async with self.semaphore:
+                    self.load[index] += 1
+                    counters.requests += 1
+                    try:
+                        content, t_in, t_out = await self._call(index, messages)
+                    finally:
+                        self.load[index] -= 1
+            except RetryableError as err:
+                last = str(err)
+                counters.errors[last.split(":")[0]] = counters.errors.get(last.split(":")[0], 0) + 1
+                if attempt == self.max_retries:
+                    break
+                delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + self.rng.random())
+                await asyncio.sleep(max(delay, err.wait or 0.0))
+                continue
+            except FatalError as err:
+                last = str(err)
+                counters.errors[last.split(":")[0]] = counters.errors.get(last.split(":")[0], 0) + 1
+                break
+            counters.tokens_in += t_in
+            counters.tokens_out += t_out
+            self.cache.put(key, model=self.model, prompt=prompt.name, prompt_hash=prompt.hash,
+                           params=self.params, rendered=rendered, content=content,
+                           tokens_in=t_in, tokens_out=t_out, base_url=self.base_urls[index])
+            return Outcome(content, t_in, t_out)
+        counters.failures += 1
+        return Outcome(None, error=f"request failed after {attempt + 1} attempt(s): {last}")
+
+    async def _call(self, index: int, messages: list[dict[str, str]]) -> tuple[str | None, int, int]:
+        import openai
+
+        try:
+            response = await self.clients[index].chat.completions.create(
+                model=self.model, messages=messages, **self.params
+            )
+        except openai.APIStatusError as err:
+            status = err.status_code
+            if status == 429:
+                raise RetryableError("429: rate limited", _retry_after(err.response.headers)) from None
+            if status in (408, 409) or status >= 500:
+                raise RetryableError(f"{status}: server error", _retry_after(err.response.headers)) from None
+            raise FatalError(f"{status}: {_short(err.message)}") from None
+        except openai.APITimeoutError:
+            raise RetryableError("timeout: no response in time") from None
+        except openai.APIConnectionError as err:
+            raise RetryableError(f"connection: {_short(str(err.__cause__ or err))}") from None
+        except (ValueError, TypeError, KeyError) as err:  # a body that is not the JSON we expect
+            raise RetryableError(f"malformed: {_short(str(err))}") from None
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+            raise RetryableError("malformed: no choices[0].message in the response")
+        usage = getattr(response, "usage", None)
+        t_in = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
+        t_out = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+        return choices[0].message.content, t_in, t_out
+
+
+class FatalError(Exception):
+    pass
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds; HTTP dates are ignored)."""
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name) if headers is not None else None
+        if value is not None:
+            try:
+                return min(max(float(value) * scale, 0.0), 300.0)
+            except ValueError:
+                continue
+    return None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,419 @@
+"""`tag_pool`: domain, difficulty and behaviour tags for every row, from a rater LLM or offline.
+
+Requests are planned per row and task, looked up in the SQLite cache in bulk, and only the misses
+are sent (by `concurrency` workers). Domain requests go first (rows whose `curate_domain` is still
+`unknown`), because a row's difficulty prompt depends on its domain.
+
+Long texts (policy recorded per row in `curate_tag_long` and in the card): every field sent is at
+most `max_chars` characters. `truncate` keeps the first and last `max_chars // 2` characters around
+a marker line; `split` (behaviour traces only) sends consecutive windows of `max_chars` characters
+and sums their counts (a window that cannot be parsed leaves the row's count null). Problems and
+solutions in difficulty/domain prompts are always truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from curate.progress import Progress, Silent
+from curate.tagging import offline
+from curate.tagging.cache import ResponseCache, request_key
+from curate.tagging.client import Counters, Outcome, Rater
+from curate.tagging.config import TagConfig
+from curate.tagging.parse import parse_count, parse_domain, parse_rating
+from curate.tagging.prompts import BEHAVIORS, Prompt, load_prompts
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from curate.data import Example, Pool
+
+_CHUNK_ROWS = 512
+_RAW_LIMIT = 2000  # characters of an unparsed reply kept in curate_tag_errors
+
+
+@dataclass
+class Job:
+    row: int
+    task: str  # "domain", "difficulty" or a behaviour name
+    prompt: Prompt
+    rendered: str
+    key: str
+
+
+@dataclass
+class TagReport:
+    """What a run did: per-task accounting, prompts, settings and the cost estimate."""
+
+    mode: str
+    rows: int
+    model: str = ""
+    base_urls: list[str] = field(default_factory=list)
+    prompts: dict[str, dict[str, str]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    long: str = ""
+    max_chars: int = 0
+    tasks: dict[str, Counters] = field(default_factory=dict)
+    unparsed: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    price_in: float = 0.0
+    price_out: float = 0.0
+
+    @property
+    def cost(self) -> float:
+        t_in = sum(c.tokens_in for c in self.tasks.values())
+        t_out = sum(c.tokens_out for c in self.tasks.values())
+        return (t_in * self.price_in + t_out * self.price_out) / 1e6
+
+    def card(self) -> dict[str, str]:
+        """{title: markdown} sections for the dataset card (the API key is never in here)."""
+        lines = [f"- mode: {self.mode}", f"- rows: {self.rows}"]
+        if self.mode == "llm":
+            lines += [f"- rater model: `{self.model}`", f"- servers: {', '.join(self.base_urls)}",
+                      f"- sampling: `{json.dumps(self.params, sort_keys=True)}`",
+                      f"- long texts: `{self.long}` at {self.max_chars} characters per field "
+                      "(per row in `curate_tag_long`)"]
+            lines += [f"- prompt `{n}` v{p['version']} sha256:{p['hash']}" for n, p in self.prompts.items()]
+        lines.append(f"- difficulty sources: {json.dumps(self.sources, sort_keys=True)}")
+        lines.append(f"- unparsed: {json.dumps(self.unparsed, sort_keys=True)} (null values; reasons in curate_tag_errors)")
+        sections = {"Tagging": "\n".join(lines)}
+        if self.mode == "llm":
+            rows = ["| task | requests | retries | failures | cache hits | deduped | tokens in | tokens out |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for name, c in self.tasks.items():
+                rows.append(f"| {name} | {c.requests} | {c.retries} | {c.failures} | {c.cache_hits} | "
+                            f"{c.deduped} | {c.tokens_in} | {c.tokens_out} |")
+            rows.append(f"\nwall time {self.wall_s:.1f} s; estimated cost ${self.cost:.4f} "
+                        f"(${self.price_in}/1M in, ${self.price_out}/1M out)")
+            sections["Tagging accounting"] = "\n".join(rows)
+        return sections
+
+
+@dataclass
+class Estimate:
+    """`--dry-run`: requests a run would make, how many the cache already holds, tokens ~ chars/4."""
+
+    requests: int
+    cached: int
+    chars: int
+
+    @property
+    def tokens(self) -> int:
+        return self.chars // 4
+
+
+def clip(text: str, max_chars: int) -> tuple[str, bool]:
+    """`text`, or its first and last `max_chars // 2` characters around a marker line."""
+    if len(text) <= max_chars:
+        return text, False
+    half = max_chars // 2
+    omitted = len(text) - 2 * half
+    return f"{text[:half]}\n\n[... {omitted} characters omitted by curate ...]\n\n{text[-half:]}", True
+
+
+def windows(text: str, max_chars: int) -> list[str]:
+    return [text[i:i + max_chars] for i in range(0, max(len(text), 1), max_chars)]
+
+
+def _problem(example: Example) -> str:
+    return next((m["content"] for m in reversed(example.prompt_messages) if m["role"] == "user"), "")
+
+
+def _trace(example: Example) -> str:
+    return example.thought or example.response
+
+
+class _Planner:
+    """Renders the requests of rows; keys follow `cache.request_key`."""
+
+    def __init__(self, config: TagConfig, prompts: dict[str, Prompt]) -> None:
+        self.config, self.prompts = config, prompts
+
+    def _job(self, row: int, task: str, name: str, **values: str) -> Job:
+        prompt = self.prompts[name]
+        rendered = prompt.render(**values)
+        return Job(row, task, prompt, rendered, request_key(self.config.model, prompt.hash, rendered, self.config.params))
+
+    def domain(self, row: int, ex: Example) -> Job:
+        m = self.config.max_chars
+        return self._job(row, "domain", "domain", problem=clip(_problem(ex), m)[0],
+                         response=clip(ex.response, max(m // 4, 200))[0])
+
+    def difficulty(self, row: int, ex: Example, domain: str) -> Job:
+        m = self.config.max_chars
+        return self._job(row, "difficulty", f"difficulty_{domain}", problem=clip(_problem(ex), m)[0],
+                         solution=clip(ex.solution or ex.response, m)[0])
+
+    def behaviors(self, row: int, ex: Example) -> tuple[list[Job], str]:
+        trace, m = _trace(ex), self.config.max_chars
+        if self.config.long == "split" and len(trace) > m:
+            parts, label = windows(trace, m), f"split:{-(-len(trace) // m)}"
+        else:
+            text, cut = clip(trace, m)
+            parts, label = [text], "truncated" if cut else "full"
+        jobs = [self._job(row, b, f"behavior_{b}", trace=p) for b in BEHAVIORS for p in parts]
+        return jobs, label
+
+
+def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) -> tuple[pl.DataFrame, TagReport]:
+    """Tag every row of `pool`.
+
+    Returns `(annotations, report)`: a polars frame keyed by `curate_id` with `curate_difficulty`
+    (Int64, 1-10), `curate_difficulty_raw`, `curate_difficulty_source` (native/llm/rule),
+    `curate_behavior_<name>` (Int64 counts; null when unparsed), `curate_behavior_source`,
+    `curate_domain`/`curate_domain_source` (only rows whose domain was unknown and got a label;
+    null elsewhere, so `write_pool` keeps the pool's own), `curate_tag_long` and `curate_tag_errors`
+    (JSON `{task: {"reason", "raw"}}` or null); and a `TagReport`.
+    """
+    progress = progress or Silent()
+    started = time.perf_counter()
+    examples = list(pool.examples())
+    native_col = pool.shape.columns.get("difficulty")
+    native_raw = pool.dataset[native_col] if native_col and native_col in pool.dataset.column_names else [None] * len(examples)
+    table = {**offline.NATIVE_DIFFICULTY, **{k.strip().lower(): v for k, v in config.native_map.items()}}
+    n = len(examples)
+    out: dict[str, list[Any]] = {
+        "curate_id": [e.id for e in examples], "curate_domain": [None] * n, "curate_domain_source": [None] * n,
+        "curate_difficulty": [None] * n, "curate_difficulty_raw": [None] * n,
+        "curate_difficulty_source": [None] * n,
+        **{f"curate_behavior_{b}": [None] * n for b in BEHAVIORS},
+        "curate_behavior_source": [None] * n, "curate_tag_long": [None] * n,
+    }
+    errors: list[dict[str, Any]] = [{} for _ in range(n)]
+    domains = [e.domain or "unknown" for e in examples]
+    report = TagReport(mode="offline" if config.offline else "llm", rows=n)
+
+    def set_native(i: int) -> bool:
+        level = offline.native_difficulty(native_raw[i], table)
+        if level is None:
+            return False
+        out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, str(native_raw[i])
+        out["curate_difficulty_source"][i] = "native"
+        return True
+
+    if config.offline:
+        with progress.task("tagging (offline)", total=n, unit="rows") as advance:
+            for i, ex in enumerate(examples):
+                if "difficulty" in config.tasks and domains[i] in ("math", "code") and not set_native(i):
+                    level, raw = offline.rule_difficulty(domains[i], _problem(ex), ex.solution or ex.response)
+                    out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, raw
+                    out["curate_difficulty_source"][i] = "rule"
+                if "behaviors" in config.tasks:
+                    for b, count in offline.behavior_counts(_trace(ex)).items():
+                        out[f"curate_behavior_{b}"][i] = count
+                    out["curate_behavior_source"][i] = "rule"
+                    out["curate_tag_long"][i] = "full"
+                advance(1)
+    else:
+        prompts = load_prompts(config.prompt_names(), config.prompts_dir)
+        report.model, report.params = config.model, config.params
+        report.base_urls = [_public_url(u) for u in config.base_urls]
+        report.prompts = {p.name: {"version": p.version, "hash": p.hash} for p in prompts.values()}
+        report.long, report.max_chars = config.long, config.max_chars
+        planner = _Planner(config, prompts)
+        counters = {t: Counters() for t in (["domain"] if "domain" in config.tasks else [])
+                    + (["difficulty"] if "difficulty" in config.tasks else [])
+                    + (list(BEHAVIORS) if "behaviors" in config.tasks else [])}
+        report.tasks = counters
+        results: dict[tuple[int, str], list[Outcome]] = {}
+
+        def domain_jobs() -> Iterator[Job]:
+            for i, ex in enumerate(examples):
+                if domains[i] == "unknown":
+                    yield planner.domain(i, ex)
+
+        def main_jobs() -> Iterator[Job]:
+            for i, ex in enumerate(examples):
+                if "difficulty" in config.tasks and domains[i] in ("math", "code"):
+                    if not (config.native and set_native(i)):
+                        yield planner.difficulty(i, ex, domains[i])
+                if "behaviors" in config.tasks:
+                    jobs, label = planner.behaviors(i, ex)
+                    out["curate_tag_long"][i] = label
+                    yield from jobs
+
+        cache = ResponseCache(config.cache or ":memory:")
+        try:
+            if "domain" in config.tasks:
+                total = sum(d == "unknown" for d in domains)
+                if total:
+                    _run(domain_jobs(), total, "tagging domains", config, cache, counters, results, progress)
+                for i in range(n):
+                    outcome = results.get((i, "domain"))
+                    if outcome:
+                        label, reason = _parse("domain", outcome[0])
+                        if label is None:
+                            errors[i]["domain"] = _error(reason, outcome[0])
+                        else:
+                            domains[i] = out["curate_domain"][i] = label
+                            out["curate_domain_source"][i] = "llm"
+            total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
+                sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
+                if "behaviors" in config.tasks else 0)
+            _run(main_jobs(), total, "tagging", config, cache, counters, results, progress)
+        finally:
+            cache.close()
+        for i in range(n):
+            if "difficulty" in config.tasks and (i, "difficulty") in results:
+                outcome = results[i, "difficulty"][0]
+                level, reason = _parse("difficulty", outcome)
+                out["curate_difficulty_source"][i] = "llm"
+                if level is None:
+                    errors[i]["difficulty"] = _error(reason, outcome)
+                else:
+                    out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, f"[[{level}]]"
+            if "behaviors" in config.tasks:
+                out["curate_behavior_source"][i] = "llm"
+                for b in BEHAVIORS:
+                    total_count: int | None = 0
+                    for outcome in results.get((i, b), []):
+                        count, reason = _parse(b, outcome)
+                        if count is None:
+                            errors[i][b] = _error(reason, outcome)
+                            total_count = None
+                            break
+                        total_count += count
+                    out[f"curate_behavior_{b}"][i] = total_count
+    report.wall_s = time.perf_counter() - started
+    report.price_in, report.price_out = config.price_in, config.price_out
+    for task_name in report.tasks or {}:
+        report.unparsed[task_name] = sum(task_name in e for e in errors)
+    report.sources = {s: out["curate_difficulty_source"].count(s) for s in ("native", "llm", "rule")
+                      if s in out["curate_difficulty_source"]}
+    out["curate_tag_errors"] = [json.dumps(e, sort_keys=True) if e else None for e in errors]
+    return _frame(out), report
+
+
+def estimate(pool: Pool, config: TagConfig) -> Estimate:
+    """What `tag_pool` would send, without sending anything. Rows of unknown domain count as one
+    math difficulty request each (their real prompt depends on the domain answer)."""
+    examples = list(pool.examples())
+    planner = _Planner(config, load_prompts(config.prompt_names(), config.prompts_dir))
+    jobs: list[Job] = []
+    for i, ex in enumerate(examples):
+        domain = ex.domain or "unknown"
+        if "domain" in config.tasks and domain == "unknown":
+            jobs.append(planner.domain(i, ex))
+        if "difficulty" in config.tasks and domain != "other":
+            jobs.append(planner.difficulty(i, ex, domain if domain in ("math", "code") else "math"))
+        if "behaviors" in config.tasks:
+            jobs += planner.behaviors(i, ex)[0]
+    unique = {j.key: j for j in jobs}
+    cached = 0
+    if config.cache and os.path.exists(config.cache):
+        cache = ResponseCache(config.cache)
+        try:
+            cached = len(cache.lookup(unique))
+        finally:
+            cache.close()
+    return Estimate(requests=len(unique), cached=cached, chars=sum(len(j.rendered) for j in unique.values()))
+
+
+def _run(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
+         counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress) -> None:
+    """Resolve `jobs` from the cache or the server; outcomes land in `results[(row, task)]` in job order."""
+
+    async def main() -> None:
+        api_key = os.environ.get(config.api_key_env) or "EMPTY"  # local servers often need none
+        rater = Rater(base_urls=list(config.base_urls), api_key=api_key, model=config.model,
+                      params=config.params, concurrency=config.concurrency, timeout=config.timeout,
+                      max_retries=config.max_retries, backoff=config.backoff,
+                      max_backoff=config.max_backoff, cache=cache, seed=config.seed)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=4 * config.concurrency)
+
+        async def worker() -> None:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                job, slot, advance = item
+                slot[0] = await rater.complete(job.key, job.rendered, job.prompt, counters[job.task])
+                advance(1)
+
+        workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
+        try:
+            with progress.task(title, total=total, unit="req") as advance:
+                chunk: list[Job] = []
+                for job in jobs:
+                    chunk.append(job)
+                    if len(chunk) >= _CHUNK_ROWS * 6:
+                        await _dispatch(chunk, cache, counters, results, queue, advance, workers)
+                        chunk = []
+                await _dispatch(chunk, cache, counters, results, queue, advance, workers)
+                for _ in workers:
+                    await queue.put(None)
+                await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await rater.close()
+
+    asyncio.run(main())
+
+
+async def _dispatch(chunk: list[Job], cache: ResponseCache, counters: dict[str, Counters],
+                    results: dict[tuple[int, str], list[Outcome]], queue: asyncio.Queue, advance, workers) -> None:
+    hits = cache.lookup({j.key for j in chunk})
+    for job in chunk:
+        slot: list[Outcome | None] = [None]
+        results.setdefault((job.row, job.task), []).append(slot)  # type: ignore[arg-type]
+        hit = hits.get(job.key)
+        if hit is not None:
+            counters[job.task].cache_hits += 1
+            slot[0] = Outcome(hit.content, hit.tokens_in, hit.tokens_out, cached=True)
+            advance(1)
+            continue
+        for w in workers:
+            if w.done() and w.exception():
+                raise w.exception()
+        await queue.put((job, slot, advance))
+
+
+def _n_windows(trace: str, config: TagConfig) -> int:
+    return -(-len(trace) // config.max_chars) if config.long == "split" and len(trace) > config.max_chars else 1
+
+
+def _parse(task: str, slot: Any) -> tuple[Any, str | None]:
+    outcome = slot[0] if isinstance(slot, list) else slot
+    if outcome is None:
+        return None, "no response (run interrupted)"
+    if outcome.error:
+        return None, outcome.error
+    if task == "domain":
+        return parse_domain(outcome.content)
+    if task == "difficulty":
+        return parse_rating(outcome.content)
+    return parse_count(outcome.content)
+
+
+def _error(reason: str | None, slot: Any) -> dict[str, Any]:
+    outcome = slot[0] if isinstance(slot, list) else slot
+    raw = outcome.content if outcome is not None else None
+    return {"reason": reason, "raw": raw[:_RAW_LIMIT] if raw else raw}
+
+
+def _public_url(url: str) -> str:
+    """A base URL without any user:password part, for the card."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    return urlunsplit(parts)
+
+
+def _frame(out: dict[str, list[Any]]) -> pl.DataFrame:
+    import polars as pl
+
+    schema = {name: pl.String for name in out}
+    for name in out:
+        if name == "curate_difficulty" or (name.startswith("curate_behavior_") and name != "curate_behavior_source"):
+            schema[name] = pl.Int64
+    return pl.DataFrame(out, schema=schema)

@@ -1,0 +1,198 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks (stdlib only).
+
+`POST /v1/chat/completions` (and `/chat/completions`) answers deterministically from the last user
+message: `expected(content)` says what. Faults are injected by configuration, on a body's first
+arrival only (so retries succeed), chosen by a hash of the body: 429 with Retry-After, 500,
+slow replies (past a client timeout), dropped connections and malformed bodies. "Unparseable"
+answers are a property of the content (always the same reply), so they are cached like any other.
+
+    with FakeOpenAI(faults=Faults(rate_limit=0.1)) as server:
+        server.url            # http://127.0.0.1:PORT/v1
+        server.requests       # [{"body", "t", "path", "authorization", "fault"}]
+        server.max_in_flight
+
+Run standalone (benchmarks): `python tests/openai_server.py` prints the URL and serves until killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Faults:
+    """Fractions of bodies (by hash) that get each fault on their first arrival."""
+
+    rate_limit: float = 0.0
+    retry_after: str = "0.2"  # value of the Retry-After header on 429s (seconds)
+    server_error: float = 0.0
+    slow: float = 0.0
+    slow_seconds: float = 1.5
+    drop: float = 0.0
+    malformed: float = 0.0
+    unparseable: float = 0.0  # fraction of contents always answered without a parseable tag
+    delay: float = 0.0  # every reply waits this long (seconds)
+
+
+def _unit(text: str, salt: str) -> float:
+    return int(hashlib.sha256((salt + text).encode()).hexdigest()[:8], 16) / 0x100000000
+
+
+def expected(content: str, unparseable: float = 0.0) -> tuple[str, object]:
+    """(kind, value) the server answers for a user message: kind count/rating/domain/unparseable."""
+    if unparseable and _unit(content, "unparseable") < unparseable:
+        return "unparseable", None
+    h = int(hashlib.sha256(content.encode()).hexdigest()[:8], 16)
+    if "<count>" in content:
+        return "count", h % 7
+    if "[[" in content:
+        return "rating", h % 10 + 1
+    if "<domain>" in content:
+        return "domain", "code" if re.search(r"\bdef |```", content) else "math"
+    return "text", None
+
+
+def reply_text(content: str, unparseable: float = 0.0) -> str:
+    kind, value = expected(content, unparseable)
+    if kind == "count":
+        # Extra text and a decoy tag before the real (last) one, with loose spacing.
+        return f"## Thoughts\nSeen a few places; <count>99</count> was a first guess.\n## Count\n<count> {value} </count>"
+    if kind == "rating":
+        return f"Standard technique [[1]] at first glance; on reflection\n[[ {value} ]]"
+    if kind == "domain":
+        return f"It asks for {value}. <domain>{value}</domain>"
+    return "I cannot answer that in the requested format."
+
+
+class FakeOpenAI:
+    """The server, started in a daemon thread on a random free port (context manager)."""
+
+    def __init__(self, faults: Faults | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.faults = faults or Faults()
+        self.requests: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.arrivals: dict[str, int] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+                    return self._send(404, {"error": {"message": "not found"}})
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._handle(raw)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _handle(self, raw: bytes) -> None:
+                f = server.faults
+                text = raw.decode("utf-8", "replace")
+                with server.lock:
+                    first = server.arrivals.get(text, 0) == 0
+                    server.arrivals[text] = server.arrivals.get(text, 0) + 1
+                fault = None
+                if first:
+                    u = _unit(text, "fault")
+                    for name in ("rate_limit", "server_error", "slow", "drop", "malformed"):
+                        p = getattr(f, name)
+                        if u < p:
+                            fault = name
+                            break
+                        u -= p
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = None
+                record = {"body": body, "raw": text, "t": time.monotonic(), "path": self.path,
+                          "authorization": self.headers.get("Authorization"), "fault": fault}
+                with server.lock:
+                    server.requests.append(record)
+                if body is None:
+                    return self._send(400, {"error": {"message": "body is not JSON"}})
+                if f.delay:
+                    time.sleep(f.delay)
+                if fault == "rate_limit":
+                    return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": f.retry_after})
+                if fault == "server_error":
+                    return self._send(500, {"error": {"message": "boom"}})
+                if fault == "slow":
+                    time.sleep(f.slow_seconds)
+                if fault == "drop":
+                    self.close_connection = True
+                    return
+                if fault == "malformed":
+                    return self._send_raw(200, b'{"id": "x", "choices": [', "application/json")
+                content = body["messages"][-1]["content"]
+                answer = reply_text(content, f.unparseable)
+                self._send(200, {
+                    "id": "chatcmpl-" + hashlib.sha1(raw).hexdigest()[:12], "object": "chat.completion",
+                    "created": int(time.time()), "model": body.get("model", ""),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": answer}}],
+                    "usage": {"prompt_tokens": len(content) // 4, "completion_tokens": len(answer) // 4,
+                              "total_tokens": len(content) // 4 + len(answer) // 4},
+                })
+
+            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+                self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+            def _send_raw(self, status: int, data: bytes, ctype: str, headers: dict | None = None) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # the default 5 drops connections under 256 concurrent clients
+
+        self.httpd = Server((host, port), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def bodies(self) -> list[str]:
+        """The user message of every request that arrived, in order."""
+        return [r["body"]["messages"][-1]["content"] for r in self.requests if r["body"]]
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    with FakeOpenAI(port=port) as srv:
+        print(srv.url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
