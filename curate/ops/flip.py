@@ -131,11 +131,11 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
     dirty_donor = contaminated_rows(donor, benchmarks, config.ngram)
     manifest = [ManifestEntry(i, "removed", r) for i, r in dirty.select("curate_id", "reason").iter_rows()]
-    mine = mine.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32)))
+    mine = mine.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32).implode()))
     in_pool = theirs["norm"].is_in(mine["norm"].implode()) & (theirs["norm"] != "")
     repeat = theirs["norm"].is_duplicated() & ~theirs.select(pl.col("norm").is_first_distinct()).to_series()
     theirs = theirs.with_columns(
-        dirty=pl.col("row").is_in(dirty_donor["row"].cast(pl.UInt32)), in_pool=in_pool, repeat=repeat)
+        dirty=pl.col("row").is_in(dirty_donor["row"].cast(pl.UInt32).implode()), in_pool=in_pool, repeat=repeat)
     usable = theirs.filter(~pl.col("dirty") & ~pl.col("in_pool") & ~pl.col("repeat"))
     rng = np.random.default_rng(config.seed)
     usable = usable.sort("curate_id").with_columns(pl.Series("draw", rng.random(len(usable)))).sort("draw")

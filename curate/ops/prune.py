@@ -102,7 +102,7 @@ def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | Non
 
     table = pool.dataset.with_format("arrow")[:]
     frame = pl.from_arrow(table.select(["curate_id", "curate_domain"])).with_row_index("row")
-    frame = frame.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32)))
+    frame = frame.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32).implode()))
     frame = frame.with_columns(_scores(pool, config, frame["row"]).alias("score"))
     if config.lowest:
         frame = frame.with_columns(-pl.col("score"))
@@ -145,7 +145,7 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
         for name in names:
             if name not in columns:
                 raise DataError(_missing(name, columns))
-        return pl.from_arrow(table.select(names)).with_row_index("row").filter(pl.col("row").is_in(rows))
+        return pl.from_arrow(table.select(names)).with_row_index("row").filter(pl.col("row").is_in(rows.implode()))
 
     if strategy in ("score", "rank"):
         by = list(config.by) or [c for c in columns if c.startswith(INFLUENCE_PREFIX) and "_split" not in c]
