@@ -61,7 +61,7 @@ def run(args: list[str]) -> int:
 def test_score_writes_input_schema_plus_scores_and_resumes(tiny_model_dir, pool_file, query_file, tmp_path, capsys):
     out = tmp_path / "scored.parquet"
     args = ["score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir), "--query", f"math={query_file}",
-            "--query-splits", "2", "--max-length", "300", "--chunk-size", "3", "--batch-tokens", "1024"]
+            "--query-splits", "2", "--max-length", "300", "--chunk-size", "3", "--batch-tokens", "1024", "--tokens"]
     assert run(args) == 0
     table = pl.read_parquet(out)
     assert table.height == 8
@@ -75,11 +75,17 @@ def test_score_writes_input_schema_plus_scores_and_resumes(tiny_model_dir, pool_
     assert scorable.sum() >= 3
     assert (table["curate_influence_math"].is_null() == ~scorable).all()
     assert (table.filter(scorable)["curate_nll"] > 0).all()
+    tokens = pl.read_parquet(tmp_path / "scored.tokens.parquet")
+    joined = tokens.join(table, on="curate_id")
+    assert joined.height == int(scorable_count := (table["curate_tokens"] > 0).sum()) and scorable_count > 0
+    for row in joined.iter_rows(named=True):  # per-token scores sum to the instance score
+        assert len(row["token_ids"]) == len(row["token_influence_math"]) == row["curate_tokens"]
+        assert abs(sum(row["token_influence_math"]) - row["curate_influence_math"]) <= 1e-3 * abs(row["curate_influence_math"]) + 1e-6
     card = (tmp_path / "scored.README.md").read_text()
     assert "Positive = up-weighting" in card and "query answers: reference" in card
 
     # a rerun reuses every stage and gives identical scores; a lost chunk is recomputed identically
-    chunks = sorted((tmp_path / "scored.parquet.work" / "scores").glob("chunk-*.parquet"))
+    chunks = sorted((tmp_path / "scored.parquet.work" / "scores").glob("chunk-?????.parquet"))
     assert len(chunks) == 3
     kept_mtime = chunks[0].stat().st_mtime_ns
     chunks[-1].unlink()

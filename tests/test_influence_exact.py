@@ -145,3 +145,19 @@ def test_replayed_pairs_give_the_same_lambdas_as_a_second_pass(setup, budget):
     for n in modules:
         torch.testing.assert_close(replayed[n][0], direct[n][0], rtol=1e-12, atol=0)
         assert replayed[n][1] == direct[n][1]
+
+
+def test_token_scores_sum_to_instance_scores(setup):
+    from curate.influence.token_scores import token_scores
+
+    model, modules, train, batches = setup
+    factors = _fit(model, modules, batches, None)
+    queries = random_examples(4, seed=13, prefix="q")
+    sums = query_gradient_sums(model, modules, make_batches(queries, 30, 0), [0, 1, 0, 1], 2, per_token=False)
+    directions = {n: f.precondition(split_functions(sums[n], [2, 2]), f.damping("auto")) for n, f in factors.items()}
+    instance = score_batches(model, modules, batches, directions, len(train), per_token=False)
+    tokens = token_scores(model, modules, batches, directions, len(train))
+    for i, z in enumerate(train):
+        assert tokens[i].shape == (3, z.n_loss_tokens)  # response tokens only, per query function
+        # two routes through LlamaRMSNorm's float32 internals: agreement to ~1e-6 relative
+        torch.testing.assert_close(tokens[i].sum(dim=1), instance[i], rtol=1e-5, atol=1e-10)

@@ -75,6 +75,9 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--work-dir", help="Stage folder (factors, query directions, score chunks) [default: OUTPUT.work].")
 @click.option("--overwrite", is_flag=True, help="Recompute stages made from other inputs instead of refusing.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
+@click.option("--tokens", is_flag=True,
+              help="Also write per-token influence of every response token (OUT/tokens.parquet, or "
+                   "NAME.tokens.parquet next to a file output), keyed by curate_id; tokens sum to the example's score.")
 @click.option("--trust-remote-code", is_flag=True)
 @output_options
 def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, emit, fmt, push_to_hub,
@@ -111,6 +114,10 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     }
     path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card,
                       emit=emit, fmt=fmt, push_to_hub=push_to_hub)
+    if result.tokens is not None:
+        token_path = path / "tokens.parquet" if path.is_dir() else path.with_name(path.name.split(".")[0] + ".tokens.parquet")
+        result.tokens.write_parquet(token_path)
+        click.echo(str(token_path))
     render_summary(result, dict(zip(loaded.dataset["curate_id"], loaded.dataset["curate_domain"], strict=True)))
     click.echo(str(path))
 

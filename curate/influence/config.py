@@ -38,6 +38,8 @@ class ScoreConfig:
     pair_cache_gb: memory (GB) for keeping the covariance pass's activations and output
         gradients, so the eigenvalue correction replays them instead of running the model a second
         time; when the fit data needs more, the second pass runs as usual. 0 disables it.
+    tokens: also compute exact per-token scores (one forward-mode pass per query set; see
+        `curate.influence.token_scores`).
     """
 
     model: str
@@ -57,6 +59,7 @@ class ScoreConfig:
     trust_remote_code: bool = False
     device: str = "auto"
     pair_cache_gb: float = 2.0
+    tokens: bool = False
 
     def __post_init__(self) -> None:
         errors = []

@@ -27,6 +27,7 @@ from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances,
 from curate.influence.passes import PairCache
 from curate.influence.plan import GB, Plan, group_modules, make_plan
 from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
+from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 from curate.progress import Progress, Silent
 from curate.stages import fingerprint, load_tensors, open_stage, save_tensors
@@ -35,11 +36,15 @@ from curate.stages import fingerprint, load_tensors, open_stage, save_tensors
 @dataclass
 class ScoreResult:
     """`table`: one row per pool example (curate_id, curate_influence_<q>[_split<k>], curate_nll,
-    curate_tokens, curate_truncated). `plan`: what was run. `columns`: the influence columns."""
+    curate_tokens, curate_truncated). `plan`: what was run. `columns`: the influence columns.
+    `tokens` (with `config.tokens`): per scorable example, `token_ids` of its response and
+    `token_influence_<q>`, the influence of each response token's log-likelihood on query set q
+    (lists of equal length that sum to the instance score)."""
 
     table: pl.DataFrame
     plan: Plan
     columns: list[str] = field(default_factory=list)
+    tokens: pl.DataFrame | None = None
 
 
 def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:
@@ -129,7 +134,7 @@ def score_pool(
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
                             config.chunk_size, config.batch_tokens)
     stage = open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns}, overwrite=overwrite)
-    tables = []
+    tables, token_tables = [], []
     n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
     with progress.task("scoring", len(examples), unit="ex") as advance:
         for c in range(n_chunks):
@@ -141,8 +146,30 @@ def score_pool(
                 table.write_parquet(tmp)
                 tmp.replace(path)
             tables.append(pl.read_parquet(path))
+            if config.tokens:
+                token_path = stage / f"chunk-{c:05d}.tokens.parquet"
+                if not token_path.exists():
+                    table = _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns)
+                    tmp = token_path.with_suffix(".tmp")
+                    table.write_parquet(tmp)
+                    tmp.replace(token_path)
+                token_tables.append(pl.read_parquet(token_path))
             advance(len(chunk))
-    return ScoreResult(pl.concat(tables), plan, columns)
+    return ScoreResult(pl.concat(tables), plan, columns, pl.concat(token_tables) if token_tables else None)
+
+
+def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
+    """Per example: its response token ids and, per query set, each token's influence (a list)."""
+    items = [z for z in tokenize_all(tokenizer, chunk, max_length) if z.scorable]
+    batches = make_batches(items, config.batch_tokens, pad_id)
+    main = [j for j, c in enumerate(columns) if "_split" not in c]
+    scores = token_scores(model, modules, batches, {n: v[main] for n, v in directions.items()}, len(items))
+    data: dict[str, list] = {"curate_id": [z.id for z in items],
+                             "token_ids": [list(z.input_ids[z.loss_start:]) for z in items]}
+    for k, j in enumerate(main):
+        per_example = [s[k] / (z.n_loss_tokens if config.per_token_train else 1.0) for s, z in zip(scores, items, strict=True)]
+        data[columns[j].replace("curate_influence_", "token_influence_")] = [s.tolist() for s in per_example]
+    return pl.DataFrame(data)
 
 
 def _scorable_queries(name: str, items) -> list[Tokenized]:

@@ -75,6 +75,7 @@ class Rater:
         self.cache = cache
         self.semaphore = asyncio.Semaphore(concurrency)
         self.inflight: dict[str, asyncio.Future] = {}
+        self.completed: dict[str, Outcome] = {}  # this run's responses, for copies queued after the first finished
         self.rng = random.Random(seed)
 
     async def close(self) -> None:
@@ -84,6 +85,10 @@ class Rater:
     async def complete(self, key: str, rendered: str, prompt: Any, counters: Counters,
                        on_stored: Callable[[], None] | None = None) -> Outcome:
         """The response to one user message `rendered` (cache key `key`), sent at most once."""
+        done = self.completed.get(key)
+        if done is not None:
+            counters.deduped += 1
+            return done
         running = self.inflight.get(key)
         if running is not None:
             counters.deduped += 1
@@ -92,6 +97,8 @@ class Rater:
         self.inflight[key] = future
         try:
             outcome = await self._send(key, rendered, prompt, counters)
+            if outcome.error is None:
+                self.completed[key] = Outcome(outcome.content, 0, 0, cached=True)
             future.set_result(outcome)
             return outcome
         except BaseException as err:
