@@ -170,6 +170,10 @@ class FakeOpenAI:
             daemon_threads = True
             request_queue_size = 1024  # the default 5 drops connections under 256 concurrent clients
 
+            def handle_error(self, request, client_address) -> None:
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away is normal here
+                    super().handle_error(request, client_address)
+
         self.httpd = Server((host, port), Handler)
         self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
