@@ -133,6 +133,10 @@ def _pair(row: Mapping[str, Any], shape: Shape) -> list[dict[str, str]]:
     elif "thought" in cols and "solution" in cols:
         thought, solution = row.get(cols["thought"]), row.get(cols["solution"])
         if solution is None:
+            # OpenThoughts' metadata config leaves deepseek_solution null on some rows; its
+            # reference solution is the natural stand-in.
+            solution = row.get("ground_truth_solution")
+        if solution is None:
             raise DataError(f"the solution column {cols['solution']!r} is null")
         response = r1_response(_text(thought), _text(solution)) if thought else _text(solution)
     else:

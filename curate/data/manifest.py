@@ -8,6 +8,7 @@ reader can tell "nothing changed" from "not recorded".
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -79,6 +80,16 @@ def count_actions(entries: Iterable[ManifestEntry]) -> dict[str, int]:
     return {action: counts.get(action, 0) for action in ACTIONS}
 
 
+_LABEL = re.compile(r"^([\w-]+:[\w:>-]+)\s")
+
+
+def reason_label(reason: str) -> str:
+    """The counted part of a reason: its leading `op:kind` label when it has one
+    (`prune:score 0.12, rank 5 of 80` -> `prune:score`), else the whole reason."""
+    match = _LABEL.match(reason)
+    return match.group(1) if match else reason
+
+
 def count_reasons(entries: Iterable[ManifestEntry]) -> dict[tuple[str, str], int]:
-    """{(action, reason): count}, most frequent first."""
-    return dict(Counter((e.action, e.reason) for e in entries).most_common())
+    """{(action, reason label): count}, most frequent first; per-row details stay in the manifest."""
+    return dict(Counter((e.action, reason_label(e.reason)) for e in entries).most_common())
