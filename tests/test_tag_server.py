@@ -258,3 +258,25 @@ def test_killed_run_resumes_without_resending_completed_requests(tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_domain_fills_only_unknown_rows_then_picks_the_difficulty_prompt(tmp_path):
+    rows = [{"id": "u1", "messages": [{"role": "user", "content": "Write a program that reverses a list."},
+                                      {"role": "assistant", "content": "Use def rev(xs): return xs[::-1]"}]},
+            {"id": "u2", "messages": [{"role": "user", "content": "How many apples are left?"},
+                                      {"role": "assistant", "content": "Three apples are left."}]},
+            {"id": "k1", "messages": [{"role": "user", "content": "Return your final response within \\boxed{}. 1+1?"},
+                                      {"role": "assistant", "content": "\\boxed{2}"}]}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pool = load_pool(str(path))
+    assert pool.dataset["curate_domain"] == ["unknown", "unknown", "math"]
+    with FakeOpenAI() as server:
+        annotations, report = tag_pool(pool, TagConfig(base_urls=(server.url,), model="m", tasks="domain,difficulty"))
+    assert annotations["curate_domain"].to_list() == ["code", "math", None]
+    assert annotations["curate_domain_source"].to_list() == ["llm", "llm", None]
+    assert report.tasks["domain"].requests == 2
+    prompts = [b.split("\n")[0] for b in server.bodies()[2:]]
+    assert sorted(prompts) == sorted(["Below is a programming problem and a reference solution. A question about "
+                                      "the problem comes after them.", *["Below is a mathematics problem and a "
+                                      "reference solution. A question about the problem comes after them."] * 2])
