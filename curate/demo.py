@@ -1,16 +1,18 @@
 """`run_demo`: the pipeline on the bundled sample pool, offline, with the packaged model.
 
-Today: inspect the pool, write it back (the write path with its manifest and card), and score a
-subset by influence on a math and a code query set with SmolLM2-135M-Instruct. Each capability
-joins the demo as it is built.
+Steps (each capability joins as it is built): inspect the pool; tag it offline (native labels,
+rules); difficulty-flip it with the bundled donor, decontaminated against the demo's query sets;
+score a subset by influence on a math and a code query set with SmolLM2-135M-Instruct; prune that
+subset by influence. Every step writes a dataset with its manifest and card under `out`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SAMPLE = Path(__file__).parent / "resources" / "sample"
+QUERY_SETS = {"math": SAMPLE / "queries" / "math.jsonl", "code": SAMPLE / "queries" / "code.jsonl"}
 
 
 @dataclass
@@ -20,7 +22,7 @@ class DemoConfig:
     are cut and reported). modules: the tracked Linears; the demo tracks the MLPs of SmolLM2's last
     4 of 30 blocks, so the backward passes stop there and the run takes a few minutes on 2 CPU
     cores (all 30 blocks and the full 80-row pool take well over 15 minutes). score: False skips
-    the model step."""
+    the model step (and the pruning that needs its scores)."""
 
     out: Path = Path("curate-demo")
     examples: int = 8
@@ -36,6 +38,18 @@ class DemoConfig:
             raise UsageError("the demo needs at least 2 examples and 1 query per set")
 
 
+@dataclass
+class DemoResult:
+    """What each step produced: reports for the CLI to render, and the paths written."""
+
+    stats: dict
+    tag_report: object
+    flip_report: object
+    score: object | None = None
+    prune_report: object | None = None
+    written: list[Path] = field(default_factory=list)
+
+
 def demo_subset(pool, n: int) -> tuple[list[int], list[int]]:
     """Rows kept (the first n/2 math and n - n/2 code rows, in pool order) and rows left out."""
     domains = pool.dataset["curate_domain"]
@@ -46,37 +60,57 @@ def demo_subset(pool, n: int) -> tuple[list[int], list[int]]:
     return keep, [i for i in range(len(pool)) if i not in kept]
 
 
-def run_demo(config: DemoConfig, progress=None, on_stats=None):
-    """Run the demo; returns (ScoreResult or None, paths written).
+def _tagged(path: Path, out: Path, source: str, progress) -> tuple:
+    """Tag a sample file offline and write it; returns (reloaded tagged pool, report, path)."""
+    from curate.data import load_pool, write_pool
+    from curate.tagging import TagConfig, tag_pool
 
-    `on_stats` receives the pool's inspect numbers (a dict) as soon as they are known."""
+    pool = load_pool(path, source=source)
+    annotations, report = tag_pool(pool, TagConfig(offline=True), progress=progress)
+    written = write_pool(pool, out, annotations=annotations, command="curate demo", extra_card=report.card())
+    return load_pool(written), report, written
+
+
+def run_demo(config: DemoConfig, progress=None, on_stats=None) -> DemoResult:
+    """Run the demo. `on_stats` receives the pool's inspect numbers as soon as they are known."""
     from curate.data import ManifestEntry, load_pool, pool_stats, write_pool
+    from curate.ops import FlipConfig, PruneConfig, flip, load_benchmarks, prune
 
     out = Path(config.out)
-    pool = load_pool(SAMPLE / "pool.jsonl", source="sample")
+    stats = pool_stats(load_pool(SAMPLE / "pool.jsonl", source="sample")).as_dict()
     if on_stats is not None:
-        on_stats(pool_stats(pool).as_dict())
-    written = [write_pool(pool, out / "pool", command="curate demo")]
-    if not config.score:
-        return None, written
+        on_stats(stats)
 
+    pool, tag_report, tagged_path = _tagged(SAMPLE / "pool.jsonl", out / "tagged", "sample", progress)
+    donor, _, donor_path = _tagged(SAMPLE / "donor.jsonl", out / "donor-tagged", "donor", progress)
+    benchmarks = load_benchmarks(list(QUERY_SETS.values()))
+    flipped = flip(pool, donor, FlipConfig(decontaminate=tuple(str(p) for p in QUERY_SETS.values())), benchmarks)
+    result = DemoResult(stats, tag_report, flipped.report, written=[tagged_path, donor_path])
+    result.written.append(write_pool(flipped.pool, out / "flipped", manifest=flipped.manifest,
+                                     command="curate demo", extra_card=flipped.report.card))
+    if not config.score:
+        return result
+
+    from curate.cli.score import SIGN_AND_SCALE
     from curate.influence.config import ScoreConfig
     from curate.influence.engine import score_pool
 
     keep, left_out = demo_subset(pool, config.examples)
     subset = pool.with_dataset(pool.dataset.select(keep))
-    queries = {}
-    for name in ("math", "code"):
-        qpool = load_pool(SAMPLE / "queries" / f"{name}.jsonl", source=f"query-{name}")
-        queries[name] = list(qpool.examples())[: config.queries]
+    queries = {name: list(load_pool(path, source=f"query-{name}").examples())[: config.queries]
+               for name, path in QUERY_SETS.items()}
     score_config = ScoreConfig(model="smollm2-135m", max_length=config.max_length, modules=config.modules,
                                fit_max_length=config.max_length, batch_tokens=2048)
-    result = score_pool(list(subset.examples()), queries, score_config, out / "score.work", progress=progress)
+    result.score = score_pool(list(subset.examples()), queries, score_config, out / "score.work", progress=progress)
     ids = pool.dataset["curate_id"]
-    manifest = [ManifestEntry(ids[i], "removed", f"not in the demo subset (--examples {config.examples})")
+    manifest = [ManifestEntry(ids[i], "removed", f"demo:subset not among the --examples {config.examples} scored rows")
                 for i in left_out]
-    from curate.cli.score import SIGN_AND_SCALE
+    scored_path = write_pool(subset, out / "scored", annotations=result.score.table, manifest=manifest,
+                             command="curate demo", extra_card={"Influence scores": SIGN_AND_SCALE})
+    result.written.append(scored_path)
 
-    written.append(write_pool(subset, out / "scored", annotations=result.table, manifest=manifest,
-                              command="curate demo", extra_card={"Influence scores": SIGN_AND_SCALE}))
-    return result, written
+    pruned = prune(load_pool(scored_path), PruneConfig(keep=0.5))
+    result.prune_report = pruned.report
+    result.written.append(write_pool(pruned.pool, out / "pruned", manifest=pruned.manifest,
+                                     command="curate demo", extra_card=pruned.report.card))
+    return result

@@ -19,8 +19,12 @@ SAMPLE = Path(__file__).parent.parent / "curate" / "resources" / "sample"
 ROBOT = "A robot moving forward at a constant speed takes 2.5 hours to travel 1 kilometer."
 
 
+SCALE = {"easy_max": 4, "hard_min": 7}
+
+
 def with_difficulty(pool):
-    """curate_difficulty: math 2 x level (native); code 1-10 by response length (rule)."""
+    """curate_difficulty: math 2 x level (native); code 1-10 by response length (rule). On this
+    scale the tests flip with easy_max=4, hard_min=7 (MATH levels 1-2 easy, 4-5 hard)."""
     ds = pool.dataset
     level = pl.Series(ds["level"], dtype=pl.Float64)
     domain = pl.Series(ds["curate_domain"])
@@ -52,7 +56,7 @@ def domain_counts(p):
 
 
 def test_flip_keeps_size_and_domains_and_moves_difficulty(pool, donor):
-    result = flip(pool, donor, FlipConfig())
+    result = flip(pool, donor, FlipConfig(**SCALE))
     out = result.pool
     assert len(out) == len(pool) and domain_counts(out) == domain_counts(pool)
     assert mean_diff(out, "math") > mean_diff(pool, "math")
@@ -72,7 +76,7 @@ def test_flip_keeps_size_and_domains_and_moves_difficulty(pool, donor):
 
 
 def test_reverse_does_the_opposite(pool, donor):
-    out = flip(pool, donor, FlipConfig(reverse=True)).pool
+    out = flip(pool, donor, FlipConfig(**SCALE, reverse=True)).pool
     assert len(out) == len(pool) and domain_counts(out) == domain_counts(pool)
     assert mean_diff(out, "math") < mean_diff(pool, "math")
     assert mean_diff(out, "code") > mean_diff(pool, "code")
@@ -80,7 +84,7 @@ def test_reverse_does_the_opposite(pool, donor):
 
 def test_decontamination_drops_overlapping_donors(pool, donor):
     bench = [Benchmark("math500.jsonl", normalise(pl.Series([ROBOT + " How many meters long is the hallway?"])).to_list())]
-    result = flip(pool, donor, FlipConfig(swap_frac=1.0, domains=("math",)), benchmarks=bench)
+    result = flip(pool, donor, FlipConfig(**SCALE, swap_frac=1.0, domains=("math",)), benchmarks=bench)
     added = {e.replaced_by for e in result.manifest}
     texts = problem_texts(result.pool.with_dataset(result.pool.dataset.filter(lambda r: r["curate_id"] in added)))
     assert not any(t.startswith("A robot moving forward") for t in texts)
@@ -112,12 +116,12 @@ def test_decontaminate_cli_with_benchmark_file(tmp_path, pool, donor, write_json
 def test_mixed_sources_refused(pool, donor):
     ds = donor.dataset.remove_columns("curate_difficulty_source").add_column("curate_difficulty_source", ["llm"] * len(donor))
     with pytest.raises(DataError, match="--allow-mixed-sources"):
-        flip(pool, donor.with_dataset(ds), FlipConfig())
-    assert len(flip(pool, donor.with_dataset(ds), FlipConfig(allow_mixed_sources=True)).pool) == len(pool)
+        flip(pool, donor.with_dataset(ds), FlipConfig(**SCALE))
+    assert len(flip(pool, donor.with_dataset(ds), FlipConfig(**SCALE, allow_mixed_sources=True)).pool) == len(pool)
 
 
 def test_short_donor_swaps_what_it_can(pool, donor):
-    result = flip(pool, donor, FlipConfig(swap_n=40, domains=("math",)))
+    result = flip(pool, donor, FlipConfig(**SCALE, swap_n=40, domains=("math",)))
     assert result.report.counts["math swapped"] < 40
     assert any("swapped" in n and "donor has only" in n for n in result.report.notes)
 

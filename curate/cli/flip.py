@@ -13,12 +13,14 @@ import click
 @click.option("-o", "--output", "out", required=True, help="Output: a folder (save_to_disk), .parquet or .jsonl.")
 @click.option("--swap-frac", type=float, default=0.25, show_default=True, help="Fraction of each flipped domain to swap.")
 @click.option("--swap-n", type=int, help="Rows to swap per domain (instead of --swap-frac).")
-@click.option("--easy-max", type=float, default=4, show_default=True, help="Easy: difficulty <= this (1-10 scale; MATH levels 1-2).")
-@click.option("--hard-min", type=float, default=7, show_default=True, help="Hard: difficulty >= this (MATH levels 4-5).")
+@click.option("--easy-max", type=float, default=3, show_default=True,
+              help="Easy: difficulty <= this (1-10 scale; MATH levels 1-2, TACO EASY).")
+@click.option("--hard-min", type=float, default=5, show_default=True,
+              help="Hard: difficulty >= this (MATH levels 4-5, TACO MEDIUM_HARD and up).")
 @click.option("--domains", default="math,code", show_default=True, help="Domains to flip (comma-separated).")
 @click.option("--reverse", is_flag=True, help="The control: harder code, easier math.")
 @click.option("--difficulty-col", default="curate_difficulty", show_default=True,
-              help="Difficulty column (1-10); without it a MATH `level` L counts as 2L.")
+              help="Difficulty column (1-10); without it a MATH `level` L counts as L + 1 (the offline tagger's table).")
 @click.option("--allow-mixed-sources", is_flag=True, help="Flip even when pool and donor difficulty sources differ.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the donor draw.")
 @click.option("--decontaminate", multiple=True, metavar="BENCH", help="Benchmark file(s): drop pool and donor rows that overlap.")

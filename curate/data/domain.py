@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 DOMAINS = ("math", "code", "other", "unknown")
-DOMAIN_SOURCES = ("column", "native", "prefix", "rule")
+DOMAIN_SOURCES = ("column", "native", "prefix", "rule", "llm")
 
 # Bespoke-Stratos-17k's exact prefixes (the code one comes from its APPS/TACO rows).
 MATH_PREFIX = "Return your final response within \\boxed{}."

@@ -3,8 +3,9 @@ replaced by harder donor math and the hardest code rows by easier donor code (`r
 control, harder code and easier math).
 
 Difficulty is `difficulty_col` (default `curate_difficulty`, 1-10, from the tagger or the user).
-Only when a table has no such column, a native MATH `level` L (1-5, or "Level L") is read as 2L
-(1 -> 2, ..., 5 -> 10) with source `native`. Per flipped domain with N_d rows, n = `swap_n` or
+Only when a table has no such column, a native MATH `level` (1-5, or "Level L") is mapped with the
+offline tagger's table (`curate.tagging.offline.NATIVE_DIFFICULTY`: level L -> L + 1) with source
+`native`, so a flip reads levels the same way whether or not the pool was tagged. Per flipped domain with N_d rows, n = `swap_n` or
 round(swap_frac * N_d) rows are swapped:
 
 - harder (math by default): pool rows with difficulty <= `easy_max`, easiest first (ties by
@@ -52,8 +53,9 @@ class FlipConfig:
 
     swap_frac: float = field(default=0.25, metadata={"help": "Fraction of each flipped domain to swap."})
     swap_n: int | None = field(default=None, metadata={"help": "Rows to swap per domain (instead of swap_frac)."})
-    easy_max: float = field(default=4, metadata={"help": "Easy = difficulty <= this (MATH levels 1-2)."})
-    hard_min: float = field(default=7, metadata={"help": "Hard = difficulty >= this (MATH levels 4-5)."})
+    easy_max: float = field(default=3, metadata={"help": "Easy = difficulty <= this (MATH levels 1-2, TACO EASY)."})
+    hard_min: float = field(default=5, metadata={
+        "help": "Hard = difficulty >= this (MATH levels 4-5, TACO MEDIUM_HARD and up, APPS competition)."})
     domains: tuple[str, ...] = field(default=FLIP_DOMAINS, metadata={"help": "Domains to flip."})
     reverse: bool = field(default=False, metadata={"help": "Control: harder code, easier math."})
     difficulty_col: str = field(default="curate_difficulty", metadata={"help": "Difficulty column (1-10)."})
@@ -97,8 +99,10 @@ def difficulty_frame(pool: Pool, column: str) -> pl.DataFrame:
                    if "curate_difficulty_source" in names else pl.Series([None] * len(frame), dtype=pl.String))
         sources = sources.fill_null("unspecified")
     elif column == "curate_difficulty" and "level" in names:
-        level = pl.from_arrow(table.column("level")).cast(pl.String).str.extract(r"(\d+)").cast(pl.Float64)
-        values = (2 * level).clip(1, 10)
+        from curate.tagging.offline import NATIVE_DIFFICULTY, native_difficulty
+
+        raw = pl.from_arrow(table.column("level")).to_list()
+        values = pl.Series([native_difficulty(v, NATIVE_DIFFICULTY) for v in raw], dtype=pl.Float64)
         sources = pl.Series(["native"] * len(frame), dtype=pl.String)
     else:
         values = pl.Series([None] * len(frame), dtype=pl.Float64)
@@ -229,7 +233,7 @@ def _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, befor
 
     lines = [
         f"- donor: `{donor.origin}` ({len(donor)} rows); difficulty column `{config.difficulty_col}`"
-        + (" (MATH `level` L read as 2L where the column is missing)" if config.difficulty_col not in pool.dataset.column_names else ""),
+        + (" (MATH `level` L read as L + 1 where the column is missing)" if config.difficulty_col not in pool.dataset.column_names else ""),
         f"- easy <= {config.easy_max:g}, hard >= {config.hard_min:g}; "
         + (f"swap_n {config.swap_n}" if config.swap_n is not None else f"swap_frac {config.swap_frac:g}")
         + f"; seed {config.seed}; {'reverse (control)' if config.reverse else 'forward'}",
