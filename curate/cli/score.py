@@ -78,6 +78,10 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--tokens", is_flag=True,
               help="Also write per-token influence of every response token (OUT/tokens.parquet, or "
                    "NAME.tokens.parquet next to a file output), keyed by curate_id; tokens sum to the example's score.")
+@click.option("--sentences", type=click.Choice(["sentences", "steps", "blocks"]), default=None,
+              help="Also write counterfactual segment influence I(z) - I(z without y) for each segment y "
+                   "(sentences, blank-line steps, or thought/solution blocks) to OUT/sentences.parquet "
+                   "(or NAME.sentences.parquet); costs one scored variant per segment.")
 @click.option("--trust-remote-code", is_flag=True)
 @output_options
 def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, emit, fmt, push_to_hub,
@@ -114,10 +118,11 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     }
     path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card,
                       emit=emit, fmt=fmt, push_to_hub=push_to_hub)
-    if result.tokens is not None:
-        token_path = path / "tokens.parquet" if path.is_dir() else path.with_name(path.name.split(".")[0] + ".tokens.parquet")
-        result.tokens.write_parquet(token_path)
-        click.echo(str(token_path))
+    for name, side in (("tokens", result.tokens), ("sentences", result.sentences)):
+        if side is not None:
+            side_path = path / f"{name}.parquet" if path.is_dir() else path.with_name(f"{path.name.split('.')[0]}.{name}.parquet")
+            side.write_parquet(side_path)
+            click.echo(str(side_path))
     render_summary(result, dict(zip(loaded.dataset["curate_id"], loaded.dataset["curate_domain"], strict=True)))
     click.echo(str(path))
 

@@ -40,6 +40,9 @@ class ScoreConfig:
         time; when the fit data needs more, the second pass runs as usual. 0 disables it.
     tokens: also compute exact per-token scores (one forward-mode pass per query set; see
         `curate.influence.token_scores`).
+    sentences: also compute counterfactual segment influence, I(z) - I(z without y), per segment y
+        of each response, split by "sentences", "steps" (blank-line paragraphs) or "blocks"
+        (thought / solution); one extra scored example per segment.
     """
 
     model: str
@@ -60,6 +63,7 @@ class ScoreConfig:
     device: str = "auto"
     pair_cache_gb: float = 2.0
     tokens: bool = False
+    sentences: str | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -84,6 +88,10 @@ class ScoreConfig:
                 errors.append(f"{name} must be >= 1")
         if self.max_length is not None and self.max_length < 2:
             errors.append("max_length must be >= 2")
+        from curate.influence.segments import SEGMENTERS
+
+        if self.sentences is not None and self.sentences not in SEGMENTERS:
+            errors.append(f"sentences must be one of {SEGMENTERS}, got {self.sentences!r}")
         if self.pair_cache_gb < 0:
             errors.append("pair_cache_gb must be >= 0")
         if self.group_memory_gb <= 0:

@@ -27,6 +27,7 @@ from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances,
 from curate.influence.passes import PairCache
 from curate.influence.plan import GB, Plan, group_modules, make_plan
 from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
+from curate.influence.segments import segment
 from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 from curate.progress import Progress, Silent
@@ -39,12 +40,15 @@ class ScoreResult:
     curate_tokens, curate_truncated). `plan`: what was run. `columns`: the influence columns.
     `tokens` (with `config.tokens`): per scorable example, `token_ids` of its response and
     `token_influence_<q>`, the influence of each response token's log-likelihood on query set q
-    (lists of equal length that sum to the instance score)."""
+    (lists of equal length that sum to the instance score). `sentences` (with
+    `config.sentences`): per segment of each response, its span and `segment_influence_<q>` =
+    I(z) - I(z without the segment)."""
 
     table: pl.DataFrame
     plan: Plan
     columns: list[str] = field(default_factory=list)
     tokens: pl.DataFrame | None = None
+    sentences: pl.DataFrame | None = None
 
 
 def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:
@@ -134,7 +138,7 @@ def score_pool(
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
                             config.chunk_size, config.batch_tokens)
     stage = open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns}, overwrite=overwrite)
-    tables, token_tables = [], []
+    tables, token_tables, sentence_tables = [], [], []
     n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
     with progress.task("scoring", len(examples), unit="ex") as advance:
         for c in range(n_chunks):
@@ -154,8 +158,57 @@ def score_pool(
                     table.write_parquet(tmp)
                     tmp.replace(token_path)
                 token_tables.append(pl.read_parquet(token_path))
+            if config.sentences:
+                sentence_path = stage / f"chunk-{c:05d}.{config.sentences}.parquet"
+                if not sentence_path.exists():
+                    table = _sentence_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns)
+                    tmp = sentence_path.with_suffix(".tmp")
+                    table.write_parquet(tmp)
+                    tmp.replace(sentence_path)
+                sentence_tables.append(pl.read_parquet(sentence_path))
             advance(len(chunk))
-    return ScoreResult(pl.concat(tables), plan, columns, pl.concat(token_tables) if token_tables else None)
+    return ScoreResult(pl.concat(tables), plan, columns, pl.concat(token_tables) if token_tables else None,
+                       pl.concat(sentence_tables) if sentence_tables else None)
+
+
+def _sentence_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
+    """Counterfactual segment influence I(y) = I(z) - I(z without y) (Infra, eq. 7), for every
+    segment y of every response in the chunk; the variants are scored in the same batches."""
+    originals, variants, spans = [], [], []  # spans: (example index, k, start, end)
+    for i, ex in enumerate(chunk):
+        originals.append(ex)
+        response = ex.response
+        for k, (a, b) in enumerate(segment(response, config.sentences)):
+            rest = response[:a] + response[b:]
+            if not rest.strip():
+                continue  # removing the only segment leaves no response to score
+            messages = (*ex.messages[:-1], {"role": "assistant", "content": rest})
+            variants.append(Example(f"{ex.id}#seg{k}", messages))
+            spans.append((i, k, a, b))
+    items = list(tokenize_all(tokenizer, originals + variants, max_length))
+    scorable = [z for z in items if z.scorable]
+    batches = make_batches(scorable, config.batch_tokens, pad_id)
+    index = {z.id: r for r, z in enumerate(scorable)}
+    scores = torch.zeros(len(scorable), len(columns), dtype=torch.float64)
+    for group in groups:
+        scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(scorable),
+                                per_token=config.per_token_train)
+    main = [j for j, c in enumerate(columns) if "_split" not in c]
+    data: dict[str, list] = {"curate_id": [], "segment": [], "start": [], "end": [], "text": []}
+    data.update({columns[j].replace("curate_influence_", "segment_influence_"): [] for j in main})
+    for (i, k, a, b), variant in zip(spans, variants, strict=True):
+        full, without = index.get(chunk[i].id), index.get(variant.id)
+        if full is None or without is None:
+            continue  # not scorable within --max-length: no counterfactual
+        data["curate_id"].append(chunk[i].id)
+        data["segment"].append(k)
+        data["start"].append(a)
+        data["end"].append(b)
+        data["text"].append(chunk[i].response[a:b])
+        for j in main:
+            key = columns[j].replace("curate_influence_", "segment_influence_")
+            data[key].append(float(scores[full, j] - scores[without, j]))
+    return pl.DataFrame(data, schema_overrides={"segment": pl.Int64, "start": pl.Int64, "end": pl.Int64})
 
 
 def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:

@@ -1,0 +1,67 @@
+"""Segment (sentence/step/block) influence: the segmenters and the counterfactual I(z) - I(z \\ y)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from curate.data.example import Example
+from curate.influence.batches import make_batches
+from curate.influence.capture import select_modules
+from curate.influence.config import ScoreConfig
+from curate.influence.engine import score_pool
+from curate.influence.scoring import score_batches
+from curate.influence.segments import segment
+from curate.influence.tokens import tokenize_example
+from curate.stages import load_tensors
+
+TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
+
+
+def test_segmenters_cover_the_text_without_overlap():
+    text = "First, note 3.5 is big. Then we check!\n\nWait, is x=2? Yes.\nSo done."
+    sentences = [text[a:b] for a, b in segment(text, "sentences")]
+    assert sentences == ["First, note 3.5 is big. ", "Then we check!\n\n", "Wait, is x=2? ", "Yes.\n", "So done."]
+    assert "".join(sentences) == text
+    assert [text[a:b] for a, b in segment(text, "steps")] == ["First, note 3.5 is big. Then we check!\n\n",
+                                                             "Wait, is x=2? Yes.\nSo done."]
+    trace = "<|begin_of_thought|>\n\nthink\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\nanswer\n\n<|end_of_solution|>"
+    assert [trace[a:b].strip() for a, b in segment(trace, "blocks")] == ["think", "answer"]
+    with pytest.raises(ValueError):
+        segment(text, "words")
+
+
+def test_segment_influence_is_the_counterfactual_difference(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).double().eval()
+
+    def ex(i, answer):
+        return Example(f"p:{i}", ({"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": answer}))
+
+    pool = [ex(0, "We add. 0 plus 0 is 0. Check: yes."), ex(1, "One and one. That makes 2.")]
+    queries = {"q": [ex(9, "It is 18.")]}
+    config = ScoreConfig(model="tiny", sentences="sentences", dtype="float64", fisher="empirical")
+    result = score_pool(pool, queries, config, tmp_path / "w", model=model, tokenizer=tok)
+    seg = result.sentences
+    assert seg.height == 3 + 2 and set(seg.columns) >= {"curate_id", "segment", "start", "end", "text"}
+    full = dict(zip(result.table["curate_id"], result.table["curate_influence_q"], strict=True))
+
+    # independent bookkeeping check: score each counterfactual on its own, along the same cached
+    # query direction, and subtract
+    (direction_file,) = (tmp_path / "w" / "queries").glob("q-*.safetensors")
+    directions = load_tensors(direction_file)
+    modules = select_modules(model, "mlp")
+    for row in seg.iter_rows(named=True):
+        original = next(e for e in pool if e.id == row["curate_id"])
+        text = original.response
+        assert text[row["start"] : row["end"]] == row["text"]
+        variant = Example("v", (original.messages[0], {"role": "assistant", "content": text[: row["start"]] + text[row["end"]:]}))
+        (batch,) = make_batches([tokenize_example(tok, variant, None)], 10**6, tok.pad_token_id)
+        without = float(score_batches(model, modules, [batch], directions, 1, per_token=False)[0, 0])
+        assert row["segment_influence_q"] == pytest.approx(full[row["curate_id"]] - without, rel=1e-6, abs=1e-9)
