@@ -46,6 +46,7 @@ class DemoResult:
     tag_report: object
     flip_report: object
     score: object | None = None
+    domains: dict[str, str] = field(default_factory=dict)  # curate_id -> domain of the scored rows
     prune_report: object | None = None
     written: list[Path] = field(default_factory=list)
 
@@ -102,6 +103,7 @@ def run_demo(config: DemoConfig, progress=None, on_stats=None) -> DemoResult:
     score_config = ScoreConfig(model="smollm2-135m", max_length=config.max_length, modules=config.modules,
                                fit_max_length=config.max_length, batch_tokens=2048)
     result.score = score_pool(list(subset.examples()), queries, score_config, out / "score.work", progress=progress)
+    result.domains = dict(zip(subset.dataset["curate_id"], subset.dataset["curate_domain"], strict=True))
     ids = pool.dataset["curate_id"]
     manifest = [ManifestEntry(ids[i], "removed", f"demo:subset not among the --examples {config.examples} scored rows")
                 for i in left_out]

@@ -36,7 +36,7 @@ def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
     progress.note("[bold]difficulty flip[/bold]")
     render_op(result.flip_report)
     if result.score is not None:
-        render_summary(result.score)
+        render_summary(result.score, result.domains)
         progress.note("[bold]influence pruning (keep 50%)[/bold]")
         render_op(result.prune_report)
     for path in result.written:
