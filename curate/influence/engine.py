@@ -138,37 +138,35 @@ def score_pool(
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
                             config.chunk_size, config.batch_tokens)
     stage = open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns}, overwrite=overwrite)
-    tables, token_tables, sentence_tables = [], [], []
+    # Per chunk, the score table and the optional side tables; each is a resumable file.
+    kinds = {"scores": lambda chunk: _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id,
+                                                  max_length, columns)}
+    if config.tokens:
+        kinds["tokens"] = lambda chunk: _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id,
+                                                     max_length, columns)
+    if config.sentences:
+        kinds[config.sentences] = lambda chunk: _sentence_chunk(model, tokenizer, groups, directions, chunk, config,
+                                                                pad_id, max_length, columns)
+    tables: dict[str, list[pl.DataFrame]] = {kind: [] for kind in kinds}
     n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
     with progress.task("scoring", len(examples), unit="ex") as advance:
         for c in range(n_chunks):
-            path = stage / f"chunk-{c:05d}.parquet"
             chunk = examples[c * config.chunk_size : (c + 1) * config.chunk_size]
-            if not path.exists():
-                table = _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns)
-                tmp = path.with_suffix(".tmp")
-                table.write_parquet(tmp)
-                tmp.replace(path)
-            tables.append(pl.read_parquet(path))
-            if config.tokens:
-                token_path = stage / f"chunk-{c:05d}.tokens.parquet"
-                if not token_path.exists():
-                    table = _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns)
-                    tmp = token_path.with_suffix(".tmp")
-                    table.write_parquet(tmp)
-                    tmp.replace(token_path)
-                token_tables.append(pl.read_parquet(token_path))
-            if config.sentences:
-                sentence_path = stage / f"chunk-{c:05d}.{config.sentences}.parquet"
-                if not sentence_path.exists():
-                    table = _sentence_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns)
-                    tmp = sentence_path.with_suffix(".tmp")
-                    table.write_parquet(tmp)
-                    tmp.replace(sentence_path)
-                sentence_tables.append(pl.read_parquet(sentence_path))
+            for kind, compute in kinds.items():
+                suffix = "" if kind == "scores" else f".{kind}"
+                tables[kind].append(_chunk_table(stage / f"chunk-{c:05d}{suffix}.parquet", compute, chunk))
             advance(len(chunk))
-    return ScoreResult(pl.concat(tables), plan, columns, pl.concat(token_tables) if token_tables else None,
-                       pl.concat(sentence_tables) if sentence_tables else None)
+    sides = {kind: pl.concat(t) for kind, t in tables.items() if kind != "scores"}
+    return ScoreResult(pl.concat(tables["scores"]), plan, columns, sides.get("tokens"), sides.get(config.sentences))
+
+
+def _chunk_table(path: Path, compute, chunk) -> pl.DataFrame:
+    """The finished chunk at `path`, or `compute(chunk)` written there atomically (resume unit)."""
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        compute(chunk).write_parquet(tmp)
+        tmp.replace(path)
+    return pl.read_parquet(path)
 
 
 def _sentence_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
