@@ -1,0 +1,212 @@
+"""Run a checked recipe: each step is a named, resumable stage under `<output>.steps/NN-op/`.
+
+A stage holds the step's pool (`pool.parquet` with its manifest and card) and `step.json`, written
+last, with the step's fingerprint (the previous step's, the op, its resolved parameters and the
+stat of every input file it reads) and its summary. A rerun loads a stage whose fingerprint
+matches instead of recomputing it; a stage whose fingerprint differs is recomputed, and so is every
+step after it. The final output's manifest is the net effect of all steps on the input pool.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.progress import Progress
+from curate.recipes.check import Recipe, Step
+from curate.stages import atomic_write_bytes, fingerprint
+
+
+@dataclass
+class StepSummary:
+    """One step as run: `counts` and `notes` from its report, whether it was `skipped` (resumed)."""
+
+    index: int
+    op: str
+    folder: Path | None
+    rows: int
+    counts: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skipped: bool = False
+
+
+@dataclass
+class RunResult:
+    output: Path | None  # None for a dry run
+    steps: list[StepSummary]
+
+
+def file_stat(path: Path) -> list:
+    """What identifies an input's content cheaply: (name, size, mtime) of its file(s)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+class _Runner:
+    def __init__(self, recipe: Recipe, progress: Progress) -> None:
+        self.recipe = recipe
+        self.progress = progress
+        self.root = recipe.output.with_name(recipe.output.name + ".steps")
+        self.donors = {n for s in recipe.steps for n in ([s.refs["donor"]] if "donor" in s.refs else [])}
+        self.loaded: dict[str, Any] = {}  # input name -> Pool (tagged versions replace the raw ones)
+        self.manifests: list[list] = []
+
+    def input_pool(self, name: str):
+        from curate.data import load_pool
+        from curate.ops import load_donor
+
+        if name not in self.loaded:
+            path = self.recipe.inputs[name]
+            self.loaded[name] = load_donor(path, source=name) if name in self.donors else load_pool(path)
+        return self.loaded[name]
+
+    def run(self) -> RunResult:
+        from curate.data import load_pool
+
+        pool = self.input_pool("pool")
+        fp = fingerprint(file_stat(self.recipe.inputs["pool"]))
+        summaries = []
+        for step in self.recipe.steps:
+            if step.op == "write":
+                summaries.append(self.write(step, pool))
+                continue
+            fp = fingerprint(fp, step.op, step.params, step.refs,
+                             {n: file_stat(self.recipe.inputs[n]) for n in _ref_names(step)})
+            folder = self.root / f"{step.index:02d}-{step.op}"
+            marker = folder / "step.json"
+            data = folder / "pool.parquet"
+            done = json.loads(marker.read_text()) if marker.exists() else None
+            if done is not None and done.get("fingerprint") == fp and data.exists():
+                self.progress.note(f"step {step.index} {step.op}: done before, skipped ({folder})")
+                for name in step.refs.get("also", []):
+                    self.loaded[name] = load_pool(folder / f"{name}.parquet")
+                summary = StepSummary(step.index, step.op, folder, 0, done["counts"], done["notes"], skipped=True)
+            else:
+                self.progress.note(f"step {step.index} {step.op}" + (" (inputs or settings changed: recomputing)"
+                                                                     if done is not None else ""))
+                if marker.exists():
+                    marker.unlink()
+                counts, notes = self.compute(step, pool, folder, data, redo=done is not None)
+                atomic_write_bytes(marker, json.dumps({"fingerprint": fp, "op": step.op, "counts": counts,
+                                                       "notes": notes}, indent=2, default=str).encode())
+                summary = StepSummary(step.index, step.op, folder, 0, counts, notes)
+            pool = load_pool(data)
+            summary.rows = len(pool)
+            self.manifests.append(_read_manifest(data))
+            summaries.append(summary)
+        return self.finish(pool, summaries)
+
+    def compute(self, step: Step, pool, folder: Path, data: Path, redo: bool) -> tuple[dict, list]:
+        """Run one step and write its pool to `data`; returns (counts, notes)."""
+        from curate.data import load_pool, write_pool
+        from curate.ops import flip, load_benchmarks, prune
+
+        command = f"curate run {self.recipe.path} (step {step.index}: {step.op})"
+        if step.op == "tag":
+            from curate.tagging import tag_pool
+
+            for name in step.refs.get("also", []):
+                other = self.input_pool(name)
+                annotations, report = tag_pool(other, step.config, progress=self.progress)
+                path = write_pool(other, folder / f"{name}.parquet", annotations=annotations, command=command,
+                                  extra_card=report.card())
+                self.loaded[name] = load_pool(path)
+            annotations, report = tag_pool(pool, step.config, progress=self.progress)
+            write_pool(pool, data, annotations=annotations, command=command, extra_card=report.card())
+            return {"rows": report.rows, "difficulty sources": report.sources, "unparsed": report.unparsed}, []
+        if step.op == "score":
+            from curate.cli.score import SIGN_AND_SCALE
+            from curate.influence.engine import score_pool
+
+            queries = {n: list(self.input_pool(n).examples()) for n in step.refs["queries"]}
+            result = score_pool(list(pool.examples()), queries, step.config, folder / "work",
+                                overwrite=redo, progress=self.progress)
+            write_pool(pool, data, annotations=result.table, command=command,
+                       extra_card={"Influence scores": SIGN_AND_SCALE})
+            return {"rows": len(result.table), "columns": result.columns}, []
+        if step.op in ("flip", "prune"):
+            benchmarks = load_benchmarks(step.config.decontaminate)
+            if step.op == "flip":
+                result = flip(pool, self.input_pool(step.refs["donor"]), step.config, benchmarks)
+            else:
+                result = prune(pool, step.config, benchmarks)
+        else:  # strip, when curate.ops has it
+            import curate.ops
+
+            result = curate.ops.strip(pool, step.config, progress=self.progress)
+        write_pool(result.pool, data, manifest=result.manifest, command=command, extra_card=result.report.card)
+        return dict(result.report.counts), list(result.report.notes)
+
+    def write(self, step: Step, pool) -> StepSummary:
+        from curate.data import write_pool
+
+        out = self.recipe.path.parent / step.params["path"]
+        path = write_pool(pool, out, fmt=step.params.get("format"), emit=step.params.get("emit", "input"),
+                          manifest=net_manifest(self.manifests, pool), command=f"curate run {self.recipe.path}",
+                          extra_card=self.card([]))
+        self.progress.note(f"step {step.index} write: {path}")
+        return StepSummary(step.index, "write", path, len(pool))
+
+    def finish(self, pool, summaries: list[StepSummary]) -> RunResult:
+        from curate.data import write_pool
+
+        path = write_pool(pool, self.recipe.output, fmt=self.recipe.format, emit=self.recipe.emit,
+                          manifest=net_manifest(self.manifests, pool), command=f"curate run {self.recipe.path}",
+                          extra_card=self.card(summaries))
+        return RunResult(path, summaries)
+
+    def card(self, summaries: list[StepSummary]) -> dict[str, str]:
+        rows = ["| step | op | rows out | counts | stage |", "|---|---|---|---|---|"]
+        for s in summaries:
+            counts = ", ".join(f"{k}: {v}" for k, v in s.counts.items())
+            rows.append(f"| {s.index} | {s.op}{' (resumed)' if s.skipped else ''} | {s.rows} | {counts} | `{s.folder}` |")
+        notes = [f"- step {s.index} {s.op}: {n}" for s in summaries for n in s.notes]
+        return {"Recipe": f"`{self.recipe.path}`:\n\n```yaml\n{self.recipe.text.rstrip()}\n```",
+                "Recipe steps": "\n".join(rows + ([""] + notes if notes else []))}
+
+
+def _ref_names(step: Step) -> list[str]:
+    names = []
+    for value in step.refs.values():
+        names += [value] if isinstance(value, str) else list(value)
+    return sorted(set(names))
+
+
+def _read_manifest(data: Path) -> list:
+    from curate.data.manifest import read_manifest
+    from curate.data.write import output_paths
+
+    return read_manifest(output_paths(data, "parquet")[1])
+
+
+def net_manifest(manifests: list[list], pool) -> list:
+    """The net effect of the steps' manifests, in order, on the input pool: a row removed after it
+    was added is dropped from the record; a replacement that was later replaced names the last
+    row; a row replaced and then removed is removed (with the last reason)."""
+    from curate.data import ManifestEntry
+
+    origin: dict[str, str | None] = {}  # current id -> original id (None: added by a step)
+    fate: dict[str, ManifestEntry] = {}  # original id -> its latest entry
+    added: dict[str, ManifestEntry] = {}
+    for entries in manifests:
+        for e in entries:
+            was = origin.pop(e.curate_id, e.curate_id)
+            if e.action == "added":
+                origin[e.curate_id] = None
+                added[e.curate_id] = e
+            elif e.action == "replaced":
+                origin[e.replaced_by] = was
+                if was is None:
+                    added.pop(e.curate_id, None)
+                    added[e.replaced_by] = ManifestEntry(e.replaced_by, "added", e.reason)
+                else:
+                    fate[was] = ManifestEntry(was, "replaced", e.reason, e.replaced_by)
+            elif was is None:  # removed: an added row gone again leaves no trace
+                added.pop(e.curate_id, None)
+            else:
+                fate[was] = ManifestEntry(was, "removed", e.reason)
+    present = set(pool.dataset["curate_id"])
+    out = list(fate.values()) + [e for k, e in added.items() if k in present]
+    return [e for e in out if e.action != "replaced" or e.replaced_by in present]
