@@ -12,5 +12,7 @@ from curate.ops.donor import load_donor
 from curate.ops.flip import FlipConfig, flip
 from curate.ops.prune import PruneConfig, prune
 from curate.ops.result import OpReport, OpResult
+from curate.ops.strip import StripConfig, strip
 
-__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "flip", "load_benchmarks", "load_donor", "prune"]
+__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "StripConfig", "flip", "load_benchmarks",
+           "load_donor", "prune", "strip"]
