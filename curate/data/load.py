@@ -83,7 +83,7 @@ def read_file(path: Path) -> datasets.Dataset:
     try:
         if fmt in ("jsonl", "json"):
             return _from_rows(_read_json(path, lines=fmt == "jsonl"), path)
-        return datasets.Dataset(_read_arrow(path, fmt))
+        return datasets.Dataset(_read_arrow(path, fmt), fingerprint=_file_fingerprint(path))
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read: {err}") from None
 
@@ -130,6 +130,16 @@ def _read_json_lines(lines: Iterable[str], path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _file_fingerprint(path: Path) -> str:
+    """A cheap datasets fingerprint from the file's identity. Without one, datasets hashes the whole
+    in-memory table by pickling it, which fails past 2 GiB in one column ("offset overflow") and
+    costs seconds on large pools."""
+    from curate.stages import fingerprint
+
+    stat = path.stat()
+    return fingerprint(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def _from_rows(rows: list[dict[str, Any]], path: Path) -> datasets.Dataset:
     """Rows -> Dataset with the union of keys (in first-seen order); absent keys become null."""
     import datasets
@@ -138,7 +148,8 @@ def _from_rows(rows: list[dict[str, Any]], path: Path) -> datasets.Dataset:
     names = list(dict.fromkeys(k for row in rows for k in row))
     columns = {n: [row.get(n) for row in rows] for n in names}
     try:
-        return datasets.Dataset.from_dict(columns)
+        table = pa.table({n: pa.array(v) for n, v in columns.items()}) if columns else pa.table({})
+        return datasets.Dataset(table, fingerprint=_file_fingerprint(path))
     except (pa.ArrowException, TypeError, ValueError) as err:
         for name, values in columns.items():
             try:
