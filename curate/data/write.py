@@ -214,7 +214,11 @@ def _with_features(table: pa.Table, features: datasets.Features) -> datasets.Dat
         own = features.get(name)
         if own is not None and datasets.Features({name: own}).type.field(name).type == table.schema.field(name).type:
             merged[name] = own
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=merged))
+    # A random fingerprint: this dataset is written out at once, and datasets would otherwise hash
+    # the whole table by pickling it (slow, and it fails past 2 GiB in one column).
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=merged), fingerprint=generate_random_fingerprint())
 
 
 def _write_jsonl(table: pa.Table, path: Path) -> None:
