@@ -47,7 +47,7 @@ from curate.data.canonical import SHAREGPT_ROLES
 from curate.errors import UsageError
 from curate.influence.segments import segment
 from curate.ops.result import OpReport, OpResult
-from curate.tagging.prompts import BEHAVIORS, PROMPT_VARS
+from curate.tagging.prompts import BEHAVIORS
 
 if TYPE_CHECKING:
     from curate.progress import Progress
@@ -56,7 +56,6 @@ BUILT_BEHAVIORS = ("exploration",)
 UNITS = ("steps", "sentences")
 PROMPT_NAME = "strip_exploration"
 # The tagger's prompt table names the variables each prompt may use; register ours beside them.
-PROMPT_VARS.setdefault(PROMPT_NAME, frozenset({"segments", "n"}))
 
 ANSWER_MARKERS = (r"\\boxed\s*\{", r"\bthe (?:final )?answer is\b", r"\bso the (?:final )?answer\b", r"\bfinal answer\b")
 EXPLORATION_MARKERS = (
@@ -331,7 +330,7 @@ def rater_deletions(traces: dict[int, Trace], config: StripConfig,
     from curate.tagging.client import Counters
     from curate.tagging.config import TagConfig
     from curate.tagging.prompts import load_prompts
-    from curate.tagging.tagger import Job, _public_url, _run
+    from curate.tagging.tagger import Job, public_url, run_jobs
 
     prompt = load_prompts([PROMPT_NAME], config.prompts_dir)[PROMPT_NAME]
     rater = TagConfig(tasks=("behaviors",), base_urls=config.base_urls, model=config.model,
@@ -352,7 +351,7 @@ def rater_deletions(traces: dict[int, Trace], config: StripConfig,
     results: dict = {}
     cache = ResponseCache(config.cache or ":memory:")
     try:
-        _run(iter(jobs), len(jobs), "stripping", rater, cache, counters, results, progress)
+        run_jobs(iter(jobs), len(jobs), "stripping", rater, cache, counters, results, progress)
     finally:
         cache.close()
     for job in jobs:
@@ -366,7 +365,7 @@ def rater_deletions(traces: dict[int, Trace], config: StripConfig,
         else:
             found[job.row] = delete
     c = counters["strip"]
-    extra = {"rater servers": ", ".join(_public_url(u) for u in config.base_urls),
+    extra = {"rater servers": ", ".join(public_url(u) for u in config.base_urls),
              "prompt": f"`{prompt.name}` v{prompt.version} sha256:{prompt.hash}",
              "sampling": f"`{rater.params}`",
              "requests": f"{c.requests} sent, {c.cache_hits} from cache, {c.retries} retries, {c.failures} failed; "

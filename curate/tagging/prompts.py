@@ -17,12 +17,13 @@ from pathlib import Path
 from curate.errors import UsageError
 
 BEHAVIORS = ("exploration", "verification", "backtracking", "subgoal_setting", "backward_chaining")
-# prompt name -> variables the tagger supplies for it
+# prompt name -> variables its caller supplies (the tagger; `strip_exploration`: curate.ops.strip)
 PROMPT_VARS: dict[str, frozenset[str]] = {
     "difficulty_math": frozenset({"problem", "solution"}),
     "difficulty_code": frozenset({"problem", "solution"}),
     "domain": frozenset({"problem", "response"}),
     **{f"behavior_{b}": frozenset({"trace"}) for b in BEHAVIORS},
+    "strip_exploration": frozenset({"segments", "n"}),
 }
 
 

@@ -214,7 +214,7 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
     else:
         prompts = load_prompts(config.prompt_names(), config.prompts_dir)
         report.model, report.params = config.model, config.params
-        report.base_urls = [_public_url(u) for u in config.base_urls]
+        report.base_urls = [public_url(u) for u in config.base_urls]
         report.prompts = {p.name: {"version": p.version, "hash": p.hash} for p in prompts.values()}
         report.long, report.max_chars = config.long, config.max_chars
         planner = _Planner(config, prompts)
@@ -244,7 +244,7 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
             if "domain" in config.tasks:
                 total = sum(d == "unknown" for d in domains)
                 if total:
-                    _run(domain_jobs(), total, "tagging domains", config, cache, counters, results, progress)
+                    run_jobs(domain_jobs(), total, "tagging domains", config, cache, counters, results, progress)
                 for i in range(n):
                     outcome = results.get((i, "domain"))
                     if outcome:
@@ -257,7 +257,7 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
             total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
                 sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
                 if "behaviors" in config.tasks else 0)
-            _run(main_jobs(), total, "tagging", config, cache, counters, results, progress)
+            run_jobs(main_jobs(), total, "tagging", config, cache, counters, results, progress)
         finally:
             cache.close()
         for i in range(n):
@@ -316,8 +316,8 @@ def estimate(pool: Pool, config: TagConfig) -> Estimate:
     return Estimate(requests=len(unique), cached=cached, chars=sum(len(j.rendered) for j in unique.values()))
 
 
-def _run(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
-         counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress) -> None:
+def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
+             counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress) -> None:
     """Resolve `jobs` from the cache or the server; outcomes land in `results[(row, task)]` in job order."""
 
     async def main() -> None:
@@ -399,7 +399,7 @@ def _error(reason: str | None, slot: Any) -> dict[str, Any]:
     return {"reason": reason, "raw": raw[:_RAW_LIMIT] if raw else raw}
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """A base URL without any user:password part, for the card."""
     from urllib.parse import urlsplit, urlunsplit
 
