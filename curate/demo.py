@@ -2,6 +2,7 @@
 
 Steps (each capability joins as it is built): inspect the pool; tag it offline (native labels,
 rules); difficulty-flip it with the bundled donor, decontaminated against the demo's query sets;
+strip post-answer exploration from the flipped pool (offline rules, the Infra ablation);
 score a subset by influence on a math and a code query set with SmolLM2-135M-Instruct; prune that
 subset by influence. Every step writes a dataset with its manifest and card under `out`.
 """
@@ -45,6 +46,7 @@ class DemoResult:
     stats: dict
     tag_report: object
     flip_report: object
+    strip_report: object | None = None
     score: object | None = None
     domains: dict[str, str] = field(default_factory=dict)  # curate_id -> domain of the scored rows
     prune_report: object | None = None
@@ -75,7 +77,7 @@ def _tagged(path: Path, out: Path, source: str, progress) -> tuple:
 def run_demo(config: DemoConfig, progress=None, on_stats=None) -> DemoResult:
     """Run the demo. `on_stats` receives the pool's inspect numbers as soon as they are known."""
     from curate.data import ManifestEntry, load_pool, pool_stats, write_pool
-    from curate.ops import FlipConfig, PruneConfig, flip, load_benchmarks, prune
+    from curate.ops import FlipConfig, PruneConfig, StripConfig, flip, load_benchmarks, prune, strip
 
     out = Path(config.out)
     stats = pool_stats(load_pool(SAMPLE / "pool.jsonl", source="sample")).as_dict()
@@ -89,6 +91,10 @@ def run_demo(config: DemoConfig, progress=None, on_stats=None) -> DemoResult:
     result = DemoResult(stats, tag_report, flipped.report, written=[tagged_path, donor_path])
     result.written.append(write_pool(flipped.pool, out / "flipped", manifest=flipped.manifest,
                                      command="curate demo", extra_card=flipped.report.card))
+    stripped = strip(flipped.pool, StripConfig(offline=True))
+    result.strip_report = stripped.report
+    result.written.append(write_pool(stripped.pool, out / "no-exploration", manifest=stripped.manifest,
+                                     command="curate demo", extra_card=stripped.report.card))
     if not config.score:
         return result
 

@@ -30,6 +30,7 @@ def test_demo_without_model_writes_pool_manifest_and_card(tmp_path):
     assert flipped.height == tagged.height  # the flip keeps the pool's size
     replaced = [json.loads(line) for line in (tmp_path / "flipped" / "manifest.jsonl").read_text().splitlines()]
     assert any(e["action"] == "replaced" for e in replaced)
+    assert load_from_disk(tmp_path / "no-exploration").num_rows == tagged.height  # strip never drops rows
 
 
 def test_demo_subset_balances_domains():

@@ -35,6 +35,8 @@ def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
     render_tags(result.tag_report)
     progress.note("[bold]difficulty flip[/bold]")
     render_op(result.flip_report)
+    progress.note("[bold]exploration pruning (offline rules)[/bold]")
+    render_op(result.strip_report)
     if result.score is not None:
         render_summary(result.score, result.domains)
         progress.note("[bold]influence pruning (keep 50%)[/bold]")
