@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "query": (None, "Build query sets of correctly (and incorrectly) answered benchmark problems."),
     "flip": ("curate.cli.flip:flip", "Difficulty flip: harder math in, easier code in, from a donor pool."),
     "prune": ("curate.cli.prune:prune", "Keep the top fraction of a pool by influence or a baseline."),
+    "reweight": ("curate.cli.reweight:reweight", "Repeat or drop rows by a weight column (shift a mixture)."),
     "strip": ("curate.cli.strip:strip", "Remove post-answer exploration from reasoning traces."),
     "run": ("curate.cli.run:run", "Run a declarative YAML recipe of operations (--dry-run checks it)."),
     "validate": (None, "Fine-tune a base model on each variant (TRL SFT) and evaluate it."),

@@ -12,7 +12,8 @@ from curate.ops.donor import load_donor
 from curate.ops.flip import FlipConfig, flip
 from curate.ops.prune import PruneConfig, prune
 from curate.ops.result import OpReport, OpResult
+from curate.ops.reweight import ReweightConfig, reweight
 from curate.ops.strip import StripConfig, strip
 
-__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "StripConfig", "flip", "load_benchmarks",
-           "load_donor", "prune", "strip"]
+__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "ReweightConfig", "StripConfig", "flip", "load_benchmarks",
+           "load_donor", "prune", "reweight", "strip"]

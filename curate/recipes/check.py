@@ -56,6 +56,7 @@ def op_table() -> dict[str, OpSpec]:
     }
     if hasattr(ops, "strip") and hasattr(ops, "StripConfig"):
         table["strip"] = OpSpec(ops.StripConfig)
+    table["reweight"] = OpSpec(ops.ReweightConfig)
     return table
 
 

@@ -132,10 +132,14 @@ class _Runner:
                 result = flip(pool, self.input_pool(step.refs["donor"]), step.config, benchmarks)
             else:
                 result = prune(pool, step.config, benchmarks)
-        else:  # strip, when curate.ops has it
+        elif step.op == "strip":
             import curate.ops
 
             result = curate.ops.strip(pool, step.config, progress=self.progress)
+        else:
+            from curate.ops import reweight
+
+            result = reweight(pool, step.config)
         write_pool(result.pool, data, manifest=result.manifest, command=command, extra_card=result.report.card)
         return dict(result.report.counts), list(result.report.notes)
 
