@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,92 @@ def test_cli_writes_pool_and_manifest(tmp_path, pool, write_jsonl):
     assert len(result) == 40  # round(0.5 * 79) after one row is decontaminated
     assert sum(e.reason.startswith("decontam:bench.jsonl") for e in entries) == 1
     assert len(entries) == 80 - 40
+
+
+# --- embedding (RDS+) on a tiny Llama with the packaged tokenizer --------------------------------
+
+TOKENIZER = SAMPLE.parent / "smollm2_tokenizer"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def embed_files(tmp_path, write_jsonl):
+    """An 8-row pool (6 math, 2 code) and a query file holding a copy of its row 2."""
+    rows = [json.loads(line) for line in (SAMPLE / "pool.jsonl").read_text().splitlines()]
+    pool_rows = rows[:6] + rows[48:50]
+    return write_jsonl(tmp_path / "pool.jsonl", pool_rows), write_jsonl(tmp_path / "q.jsonl", [pool_rows[2]])
+
+
+def test_embedding_is_mean_of_last_hidden_states(tiny_model_dir, embed_files):
+    import torch
+
+    from curate.influence.tokens import tokenize_example
+    from curate.models import load_model
+    from curate.ops.embed import embed_examples
+
+    model, tok = load_model(str(tiny_model_dir))
+    examples = list(load_pool(embed_files[0]).examples())
+    batched = embed_examples(model, tok, examples, 600, batch_tokens=10_000)  # one padded batch
+    single = embed_examples(model, tok, examples, 600, batch_tokens=1)  # one example per batch
+    assert batched.shape == (8, 16) and batched.dtype == torch.float32
+    lengths = {len(tokenize_example(tok, e, 600).input_ids) for e in examples}
+    assert len(lengths) > 3  # 442 to 600 tokens (some cut), so the batched run really pads
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for row, example in enumerate(examples):
+            ids = torch.tensor([tokenize_example(tok, example, 600).input_ids])
+            by_hand = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].mean(dim=0)
+            torch.testing.assert_close(single[row], by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_to_mean_direction_ranks_like_mean_cosine():
+    import torch
+
+    from curate.ops.embed import cosine_scores
+
+    gen = torch.Generator().manual_seed(0)
+    pool_emb, queries = torch.randn(50, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    scores = cosine_scores(pool_emb, queries)
+    mean_cos = torch.nn.functional.cosine_similarity(pool_emb[:, None].double(), queries[None].double(), dim=-1).mean(1)
+    ratio = mean_cos / scores
+    assert (ratio > 0).all() and torch.allclose(ratio, ratio[0].expand_as(ratio))
+    torch.testing.assert_close(cosine_scores(queries[:1], queries[:1]), torch.ones(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("keep, n", [("0.1", 1), ("0.3", 2), ("0.5", 4)])
+def test_cli_embedding_keeps_query_copies(tiny_model_dir, embed_files, tmp_path, keep, n):
+    pool_path, query_path = embed_files
+    out = tmp_path / "out.parquet"
+    main(["prune", str(pool_path), "--keep", keep, "--strategy", "embedding", "--model", str(tiny_model_dir),
+          "--query", str(query_path), "--max-length", "1024", "--batch-tokens", "1024", "--device", "cpu", "-o", str(out)])
+    kept = list(load_pool(out).dataset["curate_id"])
+    assert len(kept) == n
+    assert load_pool(pool_path).dataset[2]["curate_id"] in kept  # the copy of the query has cosine 1
+    entries = read_manifest(tmp_path / "out.manifest.jsonl")
+    assert len(entries) == 8 - n
+    assert all(e.reason.startswith("prune:embedding score ") and ", rank " in e.reason for e in entries)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--strategy", "embedding", "--query", "q.jsonl"], "strategy embedding needs a model"),
+    (["--strategy", "embedding", "--model", "m"], "strategy embedding needs at least one query file"),
+    (["--strategy", "random", "--model", "m"], "model/queries apply to strategy embedding, not random"),
+    (["--query", "q.jsonl"], "model/queries apply to strategy embedding, not score"),
+])
+def test_cli_embedding_config_errors(tmp_path, capsys, args, expected):
+    msg = cli_error(["prune", str(SAMPLE / "pool.jsonl"), "--keep", "0.5", *args, "-o", str(tmp_path / "o.parquet")], capsys)
+    assert expected in msg

@@ -13,7 +13,9 @@ Strategies (every score is "higher = keep"; `lowest=True` keeps the lowest inste
 - `random`: uniform, seeded; independent of row order (rows are drawn in curate_id order).
 - `mid-perplexity`: keep the middle of `curate_nll` (score = -|pct(nll) - 0.5|).
 - `length`: `curate_tokens` when the pool has it, else response characters; longest kept.
-  (`embedding`, cosine to the validation set, needs a model and is not built.)
+- `embedding` (RDS+, Humane et al.): cosine of the row's mean-pooled last hidden state under
+  `model` to the mean direction of the normalised embeddings of the `queries` examples
+  (`curate.ops.embed`; ranks like the mean cosine to each query).
 
 Counts: exactly `round(keep * N)` rows are kept (half rounds up), or `keep_n`. With `per_domain`
 the total is split over `curate_domain` values in proportion to their sizes by largest remainder
@@ -37,7 +39,7 @@ from curate.ops.select import apportion, order_rows, percentile, round_half_up, 
 if TYPE_CHECKING:
     import polars as pl
 
-STRATEGIES = ("score", "rank", "correct-incorrect", "random", "mid-perplexity", "length")
+STRATEGIES = ("score", "rank", "correct-incorrect", "random", "mid-perplexity", "length", "embedding")
 INFLUENCE_PREFIX = "curate_influence_"
 
 
@@ -57,10 +59,16 @@ class PruneConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the random strategy."})
     decontaminate: tuple[str, ...] = field(default=(), metadata={"help": "Benchmark files to decontaminate against."})
     ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": "Shared word n-gram that counts as overlap."})
+    model: str | None = field(default=None, metadata={"help": "Model path, Hub id or alias (embedding)."})
+    queries: tuple[str, ...] = field(default=(), metadata={"help": "Query set files to embed (embedding)."})
+    max_length: int = field(default=2048, metadata={"help": "Tokens per example embedded; longer ones are cut."})
+    batch_tokens: int = field(default=4096, metadata={"help": "Padded tokens per embedding batch."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda:1, ... (embedding)."})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by", tuple(self.by))
         object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
+        object.__setattr__(self, "queries", tuple(self.queries))
         problems = []
         if (self.keep is None) == (self.keep_n is None):
             problems.append("give exactly one of keep (a fraction) and keep_n (a count)")
@@ -81,6 +89,17 @@ class PruneConfig:
             problems.append(f"strategy {self.strategy} takes no by columns")
         if self.strategy == "length" and len(self.by) > 1:
             problems.append("strategy length takes at most one by column")
+        if self.strategy == "embedding":
+            if not self.model:
+                problems.append("strategy embedding needs a model")
+            if not self.queries:
+                problems.append("strategy embedding needs at least one query file")
+            if self.by:
+                problems.append("strategy embedding takes no by columns")
+        elif self.model or self.queries:
+            problems.append(f"model/queries apply to strategy embedding, not {self.strategy}")
+        if self.max_length < 1 or self.batch_tokens < 1:
+            problems.append(f"max_length={self.max_length}, batch_tokens={self.batch_tokens}: must be at least 1")
         if self.ngram < 4:
             problems.append(f"ngram={self.ngram}: must be at least 4")
         if problems:
@@ -178,6 +197,8 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
         order = f.sort("curate_id")
         draws = np.random.default_rng(config.seed).random(len(order))
         return order.with_columns(pl.Series("s", draws)).sort("pos")["s"]
+    if strategy == "embedding":
+        return _embedding_scores(pool, config, rows)
     if strategy == "mid-perplexity":
         f = frame_of(["curate_nll"])
         return f.select(-(percentile("curate_nll") - 0.5).abs()).to_series()
@@ -188,6 +209,21 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
     from curate.ops.text import response_chars
 
     return response_chars(pool).cast(pl.Float64).gather(rows)
+
+
+def _embedding_scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
+    """Cosine of each row in `rows` to the queries (see `curate.ops.embed`)."""
+    import polars as pl
+
+    from curate.data import load_pool
+    from curate.ops.embed import embedding_scores
+
+    wanted = set(rows.to_list())
+    examples = [e for i, e in enumerate(pool.examples()) if i in wanted]  # ascending, as `rows` is
+    queries = [e for path in config.queries for e in load_pool(path).examples()]
+    scores = embedding_scores(config.model, examples, queries, max_length=config.max_length,
+                              batch_tokens=config.batch_tokens, device=config.device)
+    return pl.Series("score", scores, dtype=pl.Float64)
 
 
 def _missing(name: str | None, columns: list[str]) -> str:
@@ -211,7 +247,8 @@ def _report(config, pool, ordered, kept, nulls, dirty, sign) -> OpReport:
         pl.len().alias("rows"), (pl.col("rank") <= pl.col("quota")).sum().alias("kept"),
         pl.col("score").filter(pl.col("rank") <= pl.col("quota")).min().alias("lowest kept"),
     ).sort("curate_domain")
-    what = {"correct-incorrect": f"correct `{config.correct}`, incorrect `{config.incorrect}`"}.get(
+    what = {"correct-incorrect": f"correct `{config.correct}`, incorrect `{config.incorrect}`",
+            "embedding": f"model `{config.model}`, queries {', '.join(f'`{q}`' for q in config.queries)}"}.get(
         config.strategy, ", ".join(f"`{c}`" for c in config.by) or "default columns")
     lines = [
         f"- strategy: `{config.strategy}` ({what}){'; lowest kept' if config.lowest else ''}",
