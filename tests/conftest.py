@@ -1,4 +1,4 @@
-"""Shared fixtures for the data-layer tests: the tiny hand-made files in tests/fixtures/data/."""
+"""Shared fixtures: the tiny hand-made data files in tests/fixtures/data/ and a tiny saved Llama."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
+TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
 
 
 @pytest.fixture
@@ -27,3 +28,19 @@ def write_jsonl() -> Callable[[Path, list[dict]], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama (hidden 16) with the packaged SmolLM2 tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

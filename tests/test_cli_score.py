@@ -12,26 +12,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
 
 from curate.cli import main
 
 SAMPLE = Path(__file__).parents[1] / "curate" / "resources" / "sample"
-TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture
