@@ -102,9 +102,14 @@ def build_pool(
 
     input_columns = tuple(c for c in columns if c not in CURATE_COLUMNS)
     dataset = dataset.remove_columns([c for c in columns if c in CURATE_COLUMNS])
-    dataset = dataset.add_column("curate_id", unique_ids(keys))
-    dataset = dataset.add_column("curate_domain", domains)
-    dataset = dataset.add_column("curate_domain_source", sources)
+    # The new columns are a function of the rows (already fingerprinted), the shape and the source:
+    # derive their fingerprints instead of letting datasets pickle 3 x N values to hash them.
+    from curate.stages import fingerprint
+
+    base = fingerprint(dataset._fingerprint, shape.name, dict(shape.columns), source)
+    dataset = dataset.add_column("curate_id", unique_ids(keys), new_fingerprint=f"{base}-id")
+    dataset = dataset.add_column("curate_domain", domains, new_fingerprint=f"{base}-domain")
+    dataset = dataset.add_column("curate_domain_source", sources, new_fingerprint=f"{base}-source")
     # A pool curate wrote keeps its column order; otherwise the three go last.
     order = [*columns, *(c for c in CURATE_COLUMNS if c not in columns)]
     return Pool(dataset.select_columns(order), shape, source, origin, split, input_columns)
