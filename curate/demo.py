@@ -1,10 +1,10 @@
 """`run_demo`: the pipeline on the bundled sample pool, offline, with the packaged model.
 
-Steps (each capability joins as it is built): inspect the pool; tag it offline (native labels,
-rules); difficulty-flip it with the bundled donor, decontaminated against the demo's query sets;
-strip post-answer exploration from the flipped pool (offline rules, the Infra ablation);
-score a subset by influence on a math and a code query set with SmolLM2-135M-Instruct; prune that
-subset by influence. Every step writes a dataset with its manifest and card under `out`.
+Steps (each capability joins as it is built): inspect the pool; run the sample recipe
+(`recipes/sample.yaml`: offline tags, difficulty flip with the bundled donor decontaminated
+against the demo's query sets, exploration stripping, length pruning); score a subset by
+influence on a math and a code query set with SmolLM2-135M-Instruct; prune that subset by
+influence. Every step writes a dataset with its manifest and card under `out`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SAMPLE = Path(__file__).parent / "resources" / "sample"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sample.yaml"
 QUERY_SETS = {"math": SAMPLE / "queries" / "math.jsonl", "code": SAMPLE / "queries" / "code.jsonl"}
 
 
@@ -44,9 +45,7 @@ class DemoResult:
     """What each step produced: reports for the CLI to render, and the paths written."""
 
     stats: dict
-    tag_report: object
-    flip_report: object
-    strip_report: object | None = None
+    recipe: object  # curate.recipes.RunResult of recipes/sample.yaml
     score: object | None = None
     domains: dict[str, str] = field(default_factory=dict)  # curate_id -> domain of the scored rows
     prune_report: object | None = None
@@ -63,38 +62,21 @@ def demo_subset(pool, n: int) -> tuple[list[int], list[int]]:
     return keep, [i for i in range(len(pool)) if i not in kept]
 
 
-def _tagged(path: Path, out: Path, source: str, progress) -> tuple:
-    """Tag a sample file offline and write it; returns (reloaded tagged pool, report, path)."""
-    from curate.data import load_pool, write_pool
-    from curate.tagging import TagConfig, tag_pool
-
-    pool = load_pool(path, source=source)
-    annotations, report = tag_pool(pool, TagConfig(offline=True), progress=progress)
-    written = write_pool(pool, out, annotations=annotations, command="curate demo", extra_card=report.card())
-    return load_pool(written), report, written
-
-
 def run_demo(config: DemoConfig, progress=None, on_stats=None) -> DemoResult:
     """Run the demo. `on_stats` receives the pool's inspect numbers as soon as they are known."""
     from curate.data import ManifestEntry, load_pool, pool_stats, write_pool
-    from curate.ops import FlipConfig, PruneConfig, StripConfig, flip, load_benchmarks, prune, strip
+    from curate.errors import DataError
+    from curate.ops import PruneConfig, prune
+    from curate.recipes import run_recipe
 
     out = Path(config.out)
-    stats = pool_stats(load_pool(SAMPLE / "pool.jsonl", source="sample")).as_dict()
+    pool = load_pool(SAMPLE / "pool.jsonl", source="sample")
     if on_stats is not None:
-        on_stats(stats)
-
-    pool, tag_report, tagged_path = _tagged(SAMPLE / "pool.jsonl", out / "tagged", "sample", progress)
-    donor, _, donor_path = _tagged(SAMPLE / "donor.jsonl", out / "donor-tagged", "donor", progress)
-    benchmarks = load_benchmarks(list(QUERY_SETS.values()))
-    flipped = flip(pool, donor, FlipConfig(decontaminate=tuple(str(p) for p in QUERY_SETS.values())), benchmarks)
-    result = DemoResult(stats, tag_report, flipped.report, written=[tagged_path, donor_path])
-    result.written.append(write_pool(flipped.pool, out / "flipped", manifest=flipped.manifest,
-                                     command="curate demo", extra_card=flipped.report.card))
-    stripped = strip(flipped.pool, StripConfig(offline=True))
-    result.strip_report = stripped.report
-    result.written.append(write_pool(stripped.pool, out / "no-exploration", manifest=stripped.manifest,
-                                     command="curate demo", extra_card=stripped.report.card))
+        on_stats(pool_stats(pool).as_dict())
+    if not RECIPE.exists():
+        raise DataError(f"{RECIPE} not found: `curate demo` runs from a source checkout (make demo)")
+    recipe = run_recipe(RECIPE, progress=progress, output=out / "recipe" / "sample.parquet")
+    result = DemoResult(pool_stats(pool).as_dict(), recipe, written=[recipe.output])
     if not config.score:
         return result
 

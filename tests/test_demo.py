@@ -15,22 +15,22 @@ from curate.data import load_pool
 from curate.demo import SAMPLE, demo_subset
 
 
-def test_demo_without_model_writes_pool_manifest_and_card(tmp_path):
+def test_demo_without_model_runs_the_sample_recipe(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path), "--no-score"])
     assert result.exit_code == 0, result.output
-    written = load_from_disk(tmp_path / "tagged")
-    source = [json.loads(line) for line in (SAMPLE / "pool.jsonl").read_text().splitlines()]
-    assert written.num_rows == len(source)
-    assert written["conversations"] == [r["conversations"] for r in source]
-    assert (tmp_path / "tagged" / "manifest.jsonl").exists()
-    assert "curate demo" in (tmp_path / "tagged" / "README.md").read_text()
-    tagged = pl.from_arrow(written.data.table)
-    assert tagged["curate_difficulty"].null_count() == 0  # every row gets a difficulty offline
-    flipped = pl.from_arrow(load_from_disk(tmp_path / "flipped").data.table)
-    assert flipped.height == tagged.height  # the flip keeps the pool's size
-    replaced = [json.loads(line) for line in (tmp_path / "flipped" / "manifest.jsonl").read_text().splitlines()]
-    assert any(e["action"] == "replaced" for e in replaced)
-    assert load_from_disk(tmp_path / "no-exploration").num_rows == tagged.height  # strip never drops rows
+    out = tmp_path / "recipe" / "sample.parquet"
+    final = pl.read_parquet(out)
+    assert final.height == 72  # prune keeps round(0.9 x 80) after the size-preserving flip
+    assert {"system", "conversations", "level", "curate_difficulty"} <= set(final.columns)
+    assert final["curate_difficulty"].null_count() == 0  # every row got a difficulty offline
+    manifest = [json.loads(line) for line in (tmp_path / "recipe" / "sample.manifest.jsonl").read_text().splitlines()]
+    # net effect on the input pool: every row is kept, replaced (by a row in the output) or removed
+    assert sum(e["action"] == "removed" for e in manifest) == 80 - 72
+    replaced = [e for e in manifest if e["action"] == "replaced"]
+    assert replaced and {e["replaced_by"] for e in replaced} <= set(final["curate_id"])
+    assert "recipes/sample.yaml" in (tmp_path / "recipe" / "sample.README.md").read_text()
+    stages = sorted(p.name for p in (tmp_path / "recipe" / "sample.parquet.steps").iterdir())
+    assert stages == ["01-tag", "02-flip", "03-strip", "04-prune"]
 
 
 def test_demo_subset_balances_domains():

