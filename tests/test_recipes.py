@@ -126,19 +126,19 @@ def test_sample_recipe_runs_end_to_end_and_resumes(tmp_path):
     manifest = (tmp_path / "result" / "sample.manifest.jsonl").read_text().splitlines()
     assert any('"replaced"' in line for line in manifest) and any('"removed"' in line for line in manifest)
     stages = out.with_name("sample.parquet.steps")
-    assert sorted(p.name for p in stages.iterdir()) == ["01-tag", "02-flip", "03-prune"]
+    assert sorted(p.name for p in stages.iterdir()) == ["01-tag", "02-flip", "03-strip", "04-prune"]
     for stage in stages.iterdir():
         assert (stage / "pool.parquet").exists() and (stage / "pool.manifest.jsonl").exists()
         assert (stage / "pool.README.md").exists() and (stage / "step.json").exists()
 
     again = runner.invoke(cli, ["run", str(recipe), "-o", str(out)])
     assert again.exit_code == 0, again.output
-    assert again.output.count("done before, skipped") == 3
+    assert again.output.count("done before, skipped") == 4
     assert pl.read_parquet(out).equals(frame)
 
     # a changed parameter recomputes that step (and the ones after it), not the ones before
     recipe.write_text(recipe.read_text().replace("keep: 0.9", "keep: 0.5"))
     third = runner.invoke(cli, ["run", str(recipe), "-o", str(out)])
     assert third.exit_code == 0, third.output
-    assert third.output.count("done before, skipped") == 2
+    assert third.output.count("done before, skipped") == 3
     assert pl.read_parquet(out).height == 40
