@@ -65,3 +65,23 @@ def test_cli_reweight_writes_copies_and_manifest(tmp_path):
     assert [r["w"] for r in out] == [1, 2, 2]
     manifest = [json.loads(line) for line in (tmp_path / "out.manifest.jsonl").read_text().splitlines()]
     assert sorted(e["action"] for e in manifest) == ["added", "removed"]
+
+
+def test_write_path_decontaminates_and_lists_dropped_rows(tmp_path):
+    import json
+
+    from curate.cli import main
+
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:4]]
+    for row in rows:
+        row["w"] = 1
+    src = tmp_path / "pool.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problem = rows[1]["conversations"][0]["value"].removeprefix("Return your final response within \\boxed{}. ")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"problem": problem, "solution": "s", "answer": "1", "level": 1}) + "\n")
+    main(["reweight", str(src), "--by", "w", "-o", str(tmp_path / "out.jsonl"), "--decontaminate", str(bench)])
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(out) == 3 and all(r["conversations"] != rows[1]["conversations"] for r in out)
+    manifest = [json.loads(line) for line in (tmp_path / "out.manifest.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in manifest] == ["removed"] and manifest[0]["reason"].startswith("decontam:bench.jsonl")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from curate.cli.options import output_options
+from curate.cli.options import decontaminated, output_options
 
 
 @click.command()
@@ -18,7 +18,7 @@ from curate.cli.options import output_options
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
 @click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
 @output_options
-def reweight(pool, out, by, keep_size, seed, split, maps, emit, fmt, push_to_hub) -> None:
+def reweight(pool, out, by, keep_size, seed, split, maps, emit, fmt, push_to_hub, decontaminate) -> None:
     """Each row of POOL appears floor(w) times plus once more with probability frac(w); weight 0
     drops it. Copies get ids `<curate_id>#w<k>`; the manifest lists every copy and drop."""
     from curate.cli.prune import render
@@ -26,8 +26,9 @@ def reweight(pool, out, by, keep_size, seed, split, maps, emit, fmt, push_to_hub
     from curate.ops import ReweightConfig
     from curate.ops import reweight as run
 
-    result = run(load_pool(pool, split=split, mapping=parse_mapping(maps)), ReweightConfig(by, keep_size, seed))
-    path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]],
+    loaded, removed = decontaminated(load_pool(pool, split=split, mapping=parse_mapping(maps)), decontaminate)
+    result = run(loaded, ReweightConfig(by, keep_size, seed))
+    path = write_pool(result.pool, out, manifest=removed + result.manifest, command=["curate", *sys.argv[1:]],
                       extra_card=result.report.card, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     render(result.report)
     click.echo(str(path))

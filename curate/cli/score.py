@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from curate.cli.options import output_options
+from curate.cli.options import decontaminated, output_options
 
 SIGN_AND_SCALE = """\
 `curate_influence_<q>` = grad f_q(theta)^T (EK-FAC + damping I)^{-1} grad log p(z; theta), where
@@ -85,7 +85,7 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--trust-remote-code", is_flag=True)
 @output_options
 def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, emit, fmt, push_to_hub,
-          **settings) -> None:
+          decontaminate, **settings) -> None:
     """Score every example of POOL by EK-FAC influence on each query set.
 
     Writes POOL in its own schema plus curate_influence_<NAME> (one per --query),
@@ -102,7 +102,7 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     quiet_third_party_progress()
     query_paths = _parse_queries(queries)
     config = ScoreConfig(model=model, **settings)
-    loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
+    loaded, removed = decontaminated(load_pool(pool, split=split, mapping=parse_mapping(maps)), decontaminate)
     query_pools = {q: load_pool(p, source=q) for q, p in query_paths.items()}
     progress = RichProgress()
     result = score_pool(list(loaded.examples()), {q: list(p.examples()) for q, p in query_pools.items()},
@@ -117,7 +117,7 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
         "Influence plan": "```\n" + _plain(result.plan.render()) + "\n```",
     }
     path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card,
-                      emit=emit, fmt=fmt, push_to_hub=push_to_hub)
+                      emit=emit, fmt=fmt, push_to_hub=push_to_hub, manifest=removed)
     for name, side in (("tokens", result.tokens), ("sentences", result.sentences)):
         if side is not None:
             side_path = path / f"{name}.parquet" if path.is_dir() else path.with_name(f"{path.name.split('.')[0]}.{name}.parquet")

@@ -7,7 +7,7 @@
 Each operation returns an `OpResult(pool, manifest, report)`; nothing here writes files.
 """
 
-from curate.ops.decontam import Benchmark, load_benchmarks
+from curate.ops.decontam import Benchmark, decontaminate, load_benchmarks
 from curate.ops.donor import load_donor
 from curate.ops.flip import FlipConfig, flip
 from curate.ops.prune import PruneConfig, prune
@@ -15,5 +15,5 @@ from curate.ops.result import OpReport, OpResult
 from curate.ops.reweight import ReweightConfig, reweight
 from curate.ops.strip import StripConfig, strip
 
-__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "ReweightConfig", "StripConfig", "flip", "load_benchmarks",
+__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "ReweightConfig", "StripConfig", "decontaminate", "flip", "load_benchmarks",
            "load_donor", "prune", "reweight", "strip"]

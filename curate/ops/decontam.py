@@ -87,3 +87,22 @@ def summarise(found: pl.DataFrame, what: str) -> Mapping[str, int]:
     """{reason: rows} for a report."""
     counts = found.group_by("reason").len().sort("reason")
     return {f"{what} {r}": n for r, n in counts.iter_rows()}
+
+
+def decontaminate(pool: Pool, paths: Sequence[str | Path], ngram: int = DEFAULT_NGRAM):
+    """Drop every row of `pool` that overlaps one of the benchmark files: an `OpResult` whose
+    manifest lists each dropped row with its `decontam:<bench>:<how>` reason (nothing to do
+    without paths). Used by the write path of every command; flip and prune also call
+    `contaminated_rows` themselves, for their donor and their keep fraction."""
+    from curate.data import ManifestEntry
+    from curate.ops.result import OpReport, OpResult
+
+    found = contaminated_rows(pool, load_benchmarks(paths), ngram) if paths else None
+    if found is None or found.is_empty():
+        return OpResult(pool, [], OpReport(counts={"decontaminated": 0}))
+    dropped = set(found["row"].to_list())
+    kept = pool.with_dataset(pool.dataset.select([i for i in range(len(pool)) if i not in dropped]))
+    manifest = [ManifestEntry(i, "removed", r) for i, r in found.select("curate_id", "reason").iter_rows()]
+    counts = {"decontaminated": len(dropped), **summarise(found, "dropped")}
+    return OpResult(kept, manifest, OpReport(counts=counts, card={"Decontamination": ", ".join(
+        f"{k}: {v}" for k, v in counts.items())}))
