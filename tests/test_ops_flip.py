@@ -14,6 +14,7 @@ from curate.errors import DataError
 from curate.ops import FlipConfig, flip, load_donor
 from curate.ops.decontam import Benchmark, normalise
 from curate.ops.text import problem_texts, response_chars
+from tests.cli_helpers import cli_error
 
 SAMPLE = Path(__file__).parent.parent / "curate" / "resources" / "sample"
 ROBOT = "A robot moving forward at a constant speed takes 2.5 hours to travel 1 kilometer."
@@ -124,15 +125,6 @@ def test_short_donor_swaps_what_it_can(pool, donor):
     result = flip(pool, donor, FlipConfig(**SCALE, swap_n=40, domains=("math",)))
     assert result.report.counts["math swapped"] < 40
     assert any("swapped" in n and "donor has only" in n for n in result.report.notes)
-
-
-def cli_error(args, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code != 0
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error:")
-    return last
 
 
 def test_donor_without_code_is_an_error(tmp_path, write_jsonl, capsys):

@@ -14,6 +14,7 @@ from curate.data import load_pool, read_manifest
 from curate.errors import UsageError
 from curate.ops import PruneConfig, prune
 from curate.ops.select import apportion
+from tests.cli_helpers import cli_error
 
 SAMPLE = Path(__file__).parent.parent / "curate" / "resources" / "sample"
 
@@ -92,15 +93,6 @@ def test_config_reports_all_problems_at_once():
     with pytest.raises(UsageError) as err:
         PruneConfig(keep=1.5, strategy="nope", ngram=2)
     assert "keep=1.5" in str(err.value) and "strategy='nope'" in str(err.value) and "ngram=2" in str(err.value)
-
-
-def cli_error(args, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code != 0
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error:")
-    return last
 
 
 @pytest.mark.parametrize("keep", ["0", "1.5"])
