@@ -65,3 +65,29 @@ def test_segment_influence_is_the_counterfactual_difference(tmp_path):
         (batch,) = make_batches([tokenize_example(tok, variant, None)], 10**6, tok.pad_token_id)
         without = float(score_batches(model, modules, [batch], directions, 1, per_token=False)[0, 0])
         assert row["segment_influence_q"] == pytest.approx(full[row["curate_id"]] - without, rel=1e-6, abs=1e-9)
+
+
+def test_linear_segments_are_sums_of_token_scores(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).double().eval()
+    pool = [Example("p:0", ({"role": "user", "content": "Add 2 and 2."},
+                            {"role": "assistant", "content": "We add. 2 plus 2 is 4.\n\nCheck: yes, 4."}))]
+    queries = {"q": [Example("q:0", ({"role": "user", "content": "Add 3 and 3."}, {"role": "assistant", "content": "6."}))]}
+    config = ScoreConfig(model="tiny", sentences="sentences", sentence_method="linear", tokens=True,
+                         dtype="float64", fisher="empirical")
+    result = score_pool(pool, queries, config, tmp_path / "w", model=model, tokenizer=tok)
+    seg = result.sentences
+    assert seg["method"].unique().to_list() == ["linear"] and seg.height == 3
+    assert "".join(seg["text"]) == pool[0].response  # sentences tile the response
+    token_row = result.tokens.row(0, named=True)
+    ids, scores = token_row["token_ids"], token_row["token_influence_q"]
+    # the segments hold every response-text token; the rest are the template's end-of-turn tokens
+    tail = tok.apply_chat_template(list(pool[0].messages), tokenize=False).split(pool[0].response)[-1]
+    n_tail = len(tok(tail, add_special_tokens=False)["input_ids"])
+    assert len(ids) > n_tail
+    assert sum(seg["segment_influence_q"]) == pytest.approx(sum(scores[: len(ids) - n_tail]), rel=1e-9, abs=1e-12)
+    assert sum(scores) == pytest.approx(result.table["curate_influence_q"][0], rel=1e-5)

@@ -82,6 +82,9 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
               help="Also write counterfactual segment influence I(z) - I(z without y) for each segment y "
                    "(sentences, blank-line steps, or thought/solution blocks) to OUT/sentences.parquet "
                    "(or NAME.sentences.parquet); costs one scored variant per segment.")
+@click.option("--sentence-method", type=click.Choice(["ablation", "linear"]), default="ablation", show_default=True,
+              help="ablation: I(z) - I(z without y), as Infra; linear: sum of the segment's exact token "
+                   "scores (one pass per query set, ignores the segment's role as context).")
 @click.option("--trust-remote-code", is_flag=True)
 @output_options
 def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, emit, fmt, push_to_hub,

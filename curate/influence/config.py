@@ -42,7 +42,10 @@ class ScoreConfig:
         `curate.influence.token_scores`).
     sentences: also compute counterfactual segment influence, I(z) - I(z without y), per segment y
         of each response, split by "sentences", "steps" (blank-line paragraphs) or "blocks"
-        (thought / solution); one extra scored example per segment.
+        (thought / solution).
+    sentence_method: "ablation" (Infra: I(z) - I(z without y), one extra scored example per
+        segment) or "linear" (the sum of the segment's exact token scores; one forward-mode pass
+        per query set; see `curate.influence.segment_scores`).
     """
 
     model: str
@@ -64,6 +67,7 @@ class ScoreConfig:
     pair_cache_gb: float = 2.0
     tokens: bool = False
     sentences: str | None = None
+    sentence_method: str = "ablation"
 
     def __post_init__(self) -> None:
         errors = []
@@ -88,10 +92,12 @@ class ScoreConfig:
                 errors.append(f"{name} must be >= 1")
         if self.max_length is not None and self.max_length < 2:
             errors.append("max_length must be >= 2")
-        from curate.influence.segments import SEGMENTERS
+        from curate.influence.segments import SEGMENT_METHODS, SEGMENTERS
 
         if self.sentences is not None and self.sentences not in SEGMENTERS:
             errors.append(f"sentences must be one of {SEGMENTERS}, got {self.sentences!r}")
+        if self.sentence_method not in SEGMENT_METHODS:
+            errors.append(f"sentence_method must be one of {SEGMENT_METHODS}, got {self.sentence_method!r}")
         if self.pair_cache_gb < 0:
             errors.append("pair_cache_gb must be >= 0")
         if self.group_memory_gb <= 0:

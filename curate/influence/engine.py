@@ -27,7 +27,7 @@ from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances,
 from curate.influence.passes import PairCache
 from curate.influence.plan import GB, Plan, group_modules, make_plan
 from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
-from curate.influence.segments import segment
+from curate.influence.segment_scores import segment_table
 from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 from curate.progress import Progress, Silent
@@ -145,8 +145,8 @@ def score_pool(
         kinds["tokens"] = lambda chunk: _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id,
                                                      max_length, columns)
     if config.sentences:
-        kinds[config.sentences] = lambda chunk: _sentence_chunk(model, tokenizer, groups, directions, chunk, config,
-                                                                pad_id, max_length, columns)
+        kinds[config.sentences] = lambda chunk: segment_table(model, tokenizer, groups, directions, chunk, config,
+                                                              pad_id, max_length, columns)
     tables: dict[str, list[pl.DataFrame]] = {kind: [] for kind in kinds}
     n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
     with progress.task("scoring", len(examples), unit="ex") as advance:
@@ -167,46 +167,6 @@ def _chunk_table(path: Path, compute, chunk) -> pl.DataFrame:
         compute(chunk).write_parquet(tmp)
         tmp.replace(path)
     return pl.read_parquet(path)
-
-
-def _sentence_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
-    """Counterfactual segment influence I(y) = I(z) - I(z without y) (Infra, eq. 7), for every
-    segment y of every response in the chunk; the variants are scored in the same batches."""
-    originals, variants, spans = [], [], []  # spans: (example index, k, start, end)
-    for i, ex in enumerate(chunk):
-        originals.append(ex)
-        response = ex.response
-        for k, (a, b) in enumerate(segment(response, config.sentences)):
-            rest = response[:a] + response[b:]
-            if not rest.strip():
-                continue  # removing the only segment leaves no response to score
-            messages = (*ex.messages[:-1], {"role": "assistant", "content": rest})
-            variants.append(Example(f"{ex.id}#seg{k}", messages))
-            spans.append((i, k, a, b))
-    items = list(tokenize_all(tokenizer, originals + variants, max_length))
-    scorable = [z for z in items if z.scorable]
-    batches = make_batches(scorable, config.batch_tokens, pad_id)
-    index = {z.id: r for r, z in enumerate(scorable)}
-    scores = torch.zeros(len(scorable), len(columns), dtype=torch.float64)
-    for group in groups:
-        scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(scorable),
-                                per_token=config.per_token_train)
-    main = [j for j, c in enumerate(columns) if "_split" not in c]
-    data: dict[str, list] = {"curate_id": [], "segment": [], "start": [], "end": [], "text": []}
-    data.update({columns[j].replace("curate_influence_", "segment_influence_"): [] for j in main})
-    for (i, k, a, b), variant in zip(spans, variants, strict=True):
-        full, without = index.get(chunk[i].id), index.get(variant.id)
-        if full is None or without is None:
-            continue  # not scorable within --max-length: no counterfactual
-        data["curate_id"].append(chunk[i].id)
-        data["segment"].append(k)
-        data["start"].append(a)
-        data["end"].append(b)
-        data["text"].append(chunk[i].response[a:b])
-        for j in main:
-            key = columns[j].replace("curate_influence_", "segment_influence_")
-            data[key].append(float(scores[full, j] - scores[without, j]))
-    return pl.DataFrame(data, schema_overrides={"segment": pl.Int64, "start": pl.Int64, "end": pl.Int64})
 
 
 def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:

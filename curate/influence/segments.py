@@ -15,6 +15,7 @@ _STEP_BREAK = re.compile(r"\n\s*\n")
 _MARKERS = re.compile(r"<\|begin_of_thought\|>|<\|end_of_thought\|>|<\|begin_of_solution\|>|<\|end_of_solution\|>|<think>|</think>")
 
 SEGMENTERS = ("sentences", "steps", "blocks")
+SEGMENT_METHODS = ("ablation", "linear")  # see curate.influence.segment_scores
 
 
 def _spans_between(text: str, breaks: re.Pattern) -> list[tuple[int, int]]:
