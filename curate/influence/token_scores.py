@@ -7,7 +7,8 @@ gives all of them, and they sum exactly to the example's instance score. Masked 
 get no score. (Splitting weight gradients by the position where a weight was used, as
 kronfluence's per-token mode does, answers a different question.)
 
-Forward-mode AD has no flash/fused SDPA kernel: the pass runs SDPA's math backend.
+Forward-mode AD has no flash/fused SDPA kernel: the pass runs `curate_blockwise` attention
+(`curate.influence.blockwise_attention`), plain ops in query blocks, so memory stays O(T x block).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def token_scores(
     the influence on query function f of that token's likelihood. Rows sum to the instance score.
     """
     from torch.func import functional_call, jvp
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from curate.influence.blockwise_attention import using_blockwise
 
     n_functions = next(iter(directions.values())).shape[0]
     out: list[torch.Tensor | None] = [None] * n_rows
@@ -64,7 +66,7 @@ def token_scores(
                                                              "attention_mask": batch.attention_mask}).logits[:, :-1]
                 return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
-            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            with torch.no_grad(), using_blockwise(model):
                 _, tangent = jvp(logp_of, (primals,), (tangents,))
             per_function.append(tangent.to(torch.float64))
         stacked = torch.stack(per_function, dim=1)  # [B, F, T-1]
