@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "run": ("curate.cli.run:run", "Run a declarative YAML recipe of operations (--dry-run checks it)."),
     "validate": (None, "Fine-tune a base model on each variant (TRL SFT) and evaluate it."),
     "audit": (None, "Check the stability of influence scores and their counterfactual effect."),
-    "report": (None, "Render influence analyses as an HTML or Markdown report."),
+    "report": ("curate.cli.report:report", "Render influence analyses as an HTML or Markdown report."),
     "merge": (None, "Join score and tag tables onto a pool by curate_id."),
     "demo": ("curate.cli.demo:demo", "Run the pipeline offline on the bundled sample pool."),
 }
