@@ -4,7 +4,8 @@ Steps (each capability joins as it is built): inspect the pool; run the sample r
 (`recipes/sample.yaml`: offline tags, difficulty flip with the bundled donor decontaminated
 against the demo's query sets, exploration stripping, length pruning); score a subset by
 influence on a math and a code query set with SmolLM2-135M-Instruct; prune that subset by
-influence. Every step writes a dataset with its manifest and card under `out`.
+influence, and render the influence report (`out/report.html`). Every step writes a dataset with
+its manifest and card under `out`.
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def run_demo(config: DemoConfig, progress=None, on_stats=None) -> DemoResult:
                              command="curate demo", extra_card={"Influence scores": SIGN_AND_SCALE})
     result.written.append(scored_path)
 
+    from curate.report import render_report
+
+    result.written.append(render_report(scored_path, out / "report.html"))
     pruned = prune(load_pool(scored_path), PruneConfig(keep=0.5))
     result.prune_report = pruned.report
     result.written.append(write_pool(pruned.pool, out / "pruned", manifest=pruned.manifest,

@@ -52,3 +52,4 @@ def test_full_demo_scores_with_the_packaged_model(tmp_path):
     manifest = (tmp_path / "scored" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 80 - 4  # every row left out of the demo subset is listed
     assert load_from_disk(tmp_path / "pruned").num_rows == 2
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
