@@ -28,32 +28,16 @@ if TYPE_CHECKING:
 
     from curate.data import Pool
 
-_OT_COLUMNS = {"problem", "deepseek_reasoning", "deepseek_solution", "ground_truth_solution"}
 PREFIXES = {"math": MATH_PREFIX, "code": CODE_PREFIX}
 
 
 def load_donor(path: str | Path, split: str | None = None, source: str = "donor") -> Pool:
-    """Load a donor pool; in OpenThoughts metadata shape a null `deepseek_solution` is filled
-    from `ground_truth_solution` (the reference solution becomes the solution block)."""
-    import datasets
-    import pyarrow.compute as pc
+    """Load a donor pool (ids qualified by `source`). OpenThoughts metadata rows with a null
+    `deepseek_solution` render with their `ground_truth_solution` (the data layer's canonical view
+    does that), so the donor's own columns are left as they are."""
+    from curate.data import load_pool
 
-    from curate.data.load import read_dataset
-    from curate.data.pool import build_pool
-    from curate.data.shapes import resolve_shape
-
-    dataset, origin, split, _ = read_dataset(path, split)
-    if len(dataset) == 0:
-        raise DataError(f"{origin}: empty donor (0 rows)")
-    if _OT_COLUMNS <= set(dataset.column_names):
-        table = dataset.with_format("arrow")[:]
-        i = table.column_names.index("deepseek_solution")
-        gts = table.column("ground_truth_solution")
-        solution = pc.coalesce(table.column(i).cast(gts.type), gts)
-        dataset = datasets.Dataset(table.set_column(i, "deepseek_solution", solution))
-    peek = dataset.select(range(min(5, len(dataset)))).to_list()
-    shape = resolve_shape(dataset.column_names, peek, where=origin)
-    return build_pool(dataset, shape, source, origin, split)
+    return load_pool(path, split=split, source=source)
 
 
 def render_rows(pool: Pool, donor: Pool, rows: list[int], problems: list[str]) -> datasets.Dataset:
