@@ -11,6 +11,9 @@ answers are a property of the content (always the same reply), so they are cache
         server.requests       # [{"body", "t", "path", "authorization", "fault"}]
         server.max_in_flight
 
+`answer_batch(server.url, "requests.jsonl", "results.jsonl")` plays the OpenAI Batch API /
+`vllm run-batch`: it POSTs each request line's body to the server and writes the results file.
+
 Run standalone (benchmarks): `python tests/openai_server.py` prints the URL and serves until killed.
 """
 
@@ -189,6 +192,38 @@ class FakeOpenAI:
     def bodies(self) -> list[str]:
         """The user message of every request that arrived, in order."""
         return [r["body"]["messages"][-1]["content"] for r in self.requests if r["body"]]
+
+
+def answer_batch(url: str, requests_path, results_path, fail: frozenset[str] | set[str] = frozenset()) -> int:
+    """Answer a Batch request file (`{"custom_id", "method", "url", "body"}` lines) by POSTing each
+    body to the server at `url` (…/v1), writing the Batch output format
+    (`{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`). Custom ids in
+    `fail` get an error line instead (as a batch whose request expired). Returns the line count."""
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    root = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+    out = []
+    for n, line in enumerate(Path(requests_path).read_text(encoding="utf-8").splitlines()):
+        request = json.loads(line)
+        cid = request["custom_id"]
+        if cid in fail:
+            out.append({"id": f"batch_req_{n}", "custom_id": cid, "response": None,
+                        "error": {"code": "batch_expired", "message": "This request could not be executed."}})
+            continue
+        post = urllib.request.Request(root + request["url"], data=json.dumps(request["body"]).encode(),
+                                      headers={"Content-Type": "application/json"}, method=request["method"])
+        try:
+            with urllib.request.urlopen(post, timeout=30) as reply:
+                status, body = reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as err:
+            status, body = err.code, json.loads(err.read() or b"{}")
+        out.append({"id": f"batch_req_{n}", "custom_id": cid,
+                    "response": {"status_code": status, "request_id": f"req_{n}", "body": body}, "error": None})
+    Path(results_path).write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
+    return len(out)
 
 
 if __name__ == "__main__":

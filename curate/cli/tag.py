@@ -21,16 +21,19 @@ def _native_map(items: tuple[str, ...]) -> dict[str, int]:
 
 @click.command()
 @click.argument("pool")
-@click.option("-o", "--output", "out", required=True, help="Output: a folder (save_to_disk), .parquet or .jsonl.")
+@click.option("-o", "--output", "out", help="Output: a folder (save_to_disk), .parquet or .jsonl (required "
+              "unless --export-batch).")
 @click.option("--tasks", default="difficulty,behaviors,domain", show_default=True,
               help="Comma-separated: difficulty, behaviors, domain.")
 @click.option("--offline", is_flag=True, help="No server: native labels, rule estimates and marker phrases.")
 @click.option("--base-url", "base_urls", multiple=True, envvar="CURATE_TAG_BASE_URL",
-              help="OpenAI-compatible server (…/v1). Repeat to share the load over several.")
+              help="OpenAI-compatible server (…/v1). Repeat (or comma-separate) to share the load over several.")
 @click.option("--model", default="", help="Rater model name on the server (e.g. Qwen/Qwen2.5-32B-Instruct).")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
               help="Environment variable holding the API key (never written anywhere).")
 @click.option("--concurrency", type=int, default=32, show_default=True, help="Requests in flight, over all servers.")
+@click.option("--server-concurrency", type=int, help="Requests in flight on any one server [default: no bound "
+              "beyond --concurrency].")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="Bound on each rater reply.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per request.")
@@ -45,23 +48,73 @@ def _native_map(items: tuple[str, ...]) -> dict[str, int]:
 @click.option("--price-in", type=float, default=0.0, show_default=True, help="$ per 1M input tokens.")
 @click.option("--price-out", type=float, default=0.0, show_default=True, help="$ per 1M output tokens.")
 @click.option("--dry-run", is_flag=True, help="Print the request count and token estimate, send nothing.")
+@click.option("--shard", help="i/N: tag only shard i (0-based) of N contiguous row ranges; output holds those rows.")
+@click.option("--export-batch", "export_path", type=click.Path(dir_okay=False), metavar="REQUESTS.jsonl",
+              help="Write the requests not yet cached as OpenAI Batch JSONL and stop (sends nothing).")
+@click.option("--import-batch", "import_paths", type=click.Path(dir_okay=False), multiple=True, metavar="RESULTS.jsonl",
+              help="Store a Batch results file's answers in the cache, then tag (repeatable).")
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
 @click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
-def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, **settings) -> None:
+def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, export_path, import_paths,
+        **settings) -> None:
     """Tag every row of POOL with curate_difficulty (1-10), curate_behavior_<name> counts and, for
     rows whose domain is unknown, curate_domain.
 
     Every request and response is kept in a SQLite cache: a killed run restarted with the same
     command sends no completed request again.
+
+    \b
+    At scale:
+      --shard i/N    N jobs (a SLURM array, spot machines) over one cache file
+                     (shared disk; SQLite WAL), each writing its rows; then the
+                     same command without --shard assembles the whole output
+                     from the cache, sending nothing.
+      --base-url A --base-url B    spread requests over several servers.
+
+    \b
+    As a batch (OpenAI Batch API or vLLM's run-batch; both read and write the
+    same JSONL):
+      curate tag POOL -o OUT --model M --export-batch requests.jsonl
+      vllm run-batch -i requests.jsonl -o results.jsonl --model M
+        (or upload requests.jsonl to the OpenAI Batch API with endpoint
+         /v1/chat/completions and download its output file)
+      curate tag POOL -o OUT --model M --import-batch results.jsonl
+    The import refuses a results file made for another pool, prompt, model or
+    setting; failed lines are reported and exported again next time. Rows of
+    unknown domain get their difficulty request only once their domain answer
+    is imported: run --import-batch with --export-batch for a second round.
     """
     from curate.data import load_pool, parse_mapping, write_pool
+    from curate.errors import UsageError
     from curate.progress import RichProgress
-    from curate.tagging import TagConfig, estimate, tag_pool
+    from curate.tagging import TagConfig, estimate, export_batch, import_batch, shard_pool, tag_pool
 
+    if not out and not export_path:
+        raise UsageError("give -o/--output (or --export-batch to only write Batch requests)")
+    if (export_path or import_paths) and (settings["offline"] or dry_run):
+        raise UsageError("--export-batch/--import-batch need a rater --model, not --offline or --dry-run")
+    if not cache and not settings["offline"] and out:
+        cache = f"{out.rstrip('/')}.tagcache.sqlite"
+    cache_only = bool(export_path) or (bool(import_paths) and not base_urls)
     config = TagConfig(tasks=tasks, base_urls=base_urls, native_map=_native_map(native_map),
-                       cache=None if settings["offline"] else (cache or f"{out.rstrip('/')}.tagcache.sqlite"),
-                       **settings)
+                       cache=None if settings["offline"] else cache, cache_only=cache_only, **settings)
     loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
+    batch_card = []
+    for path in import_paths:
+        done = import_batch(loaded, config, path)
+        click.echo(f"{path}: {done.lines} results, {done.stored} stored, {done.already} already cached, "
+                   f"{len(done.failed)} failed", err=True)
+        for line in done.failed[:20]:
+            click.echo(f"  failed {line}", err=True)
+        batch_card.append(f"- `{path}`: {done.lines} results, {done.stored} stored, {done.already} already "
+                          f"cached, {len(done.failed)} failed (left for a later run)")
+    if export_path:
+        done = export_batch(loaded, config, export_path)
+        click.echo(f"{done.requests} requests written ({done.cached} already cached)"
+                   + (f"; {done.deferred} rows wait for their domain answer: import these results, then export "
+                      "again" if done.deferred else ""), err=True)
+        click.echo(done.path)
+        return
     if dry_run:
         if config.offline:
             click.echo(f"offline: {len(loaded)} rows, no requests", err=True)
@@ -72,8 +125,11 @@ def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, **
                    f"(chars/4); at most ~${cost:.4f} with every reply at --max-tokens", err=True)
         return
     annotations, report = tag_pool(loaded, config, progress=RichProgress())
-    path = write_pool(loaded, out, annotations=annotations, command=["curate", *sys.argv[1:]],
-                      extra_card=report.card())
+    card = report.card()
+    if batch_card:
+        card["Batch import"] = "\n".join(batch_card)
+    path = write_pool(shard_pool(loaded, config), out, annotations=annotations, command=["curate", *sys.argv[1:]],
+                      extra_card=card)
     render_summary(report)
     click.echo(str(path))
 
@@ -93,4 +149,9 @@ def render_summary(report) -> None:
                           str(c.tokens_in), str(c.tokens_out), str(report.unparsed.get(name, 0)))
         console.print(table)
         console.print(f"wall {report.wall_s:.1f} s, estimated cost ${report.cost:.4f}")
+    if report.shard:
+        console.print(f"shard {report.shard[0]}/{report.shard[1]}: rows {report.shard_rows[0]}-"
+                      f"{report.shard_rows[1] - 1} of {report.shard_rows[2]}")
+    if report.not_cached:
+        console.print(f"{report.not_cached} request(s) not answered yet (no server, cache only): left null")
     console.print(f"difficulty sources: {report.sources}")

@@ -2,7 +2,7 @@
 
 Key: sha256 over (model, prompt hash, rendered input, sampling parameters). One row per completed
 response, committed as it arrives (WAL journal), so a run killed at any moment keeps everything
-that finished. Failed requests (retries exhausted) are not stored: a rerun tries them again.
+that finished; several processes may write the same file at once (shards of one job). Failed requests (retries exhausted) are not stored: a rerun tries them again.
 The rendered input is kept zlib-compressed for audit; the API key is never stored.
 """
 
@@ -60,16 +60,27 @@ class ResponseCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=30.0)
+        # Several processes (`--shard i/N` jobs) may share the file: WAL lets readers run beside
+        # the one writer, and the 60 s busy timeout makes a writer wait its turn, not fail.
+        self.db = sqlite3.connect(str(self.path), timeout=60.0)
+        self.db.execute("PRAGMA busy_timeout=60000")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
         self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL)")
-        done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
-        for name, sql in MIGRATIONS:
-            if name not in done:
-                self.db.execute(sql)
-                self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
         self.db.commit()
+        # Migrations under a write lock, re-read inside it: two processes opening a new file at the
+        # same moment apply each migration once.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
+            for name, sql in MIGRATIONS:
+                if name not in done:
+                    self.db.execute(sql)
+                    self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
 
     def lookup(self, keys: Iterable[str]) -> dict[str, Cached]:
         """The cached responses among `keys` (in batches of 500 keys per query)."""
@@ -85,13 +96,18 @@ class ResponseCache:
         return out
 
     def put(self, key: str, *, model: str, prompt: str, prompt_hash: str, params: dict[str, Any],
-            rendered: str, content: str | None, tokens_in: int, tokens_out: int, base_url: str) -> None:
-        """Store one completed response and commit at once."""
+            rendered: str, content: str | None, tokens_in: int, tokens_out: int, base_url: str,
+            commit: bool = True) -> None:
+        """Store one completed response and commit at once (or with the next `commit()`)."""
         self.db.execute(
             "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (key, model, prompt, prompt_hash, json.dumps(params, sort_keys=True),
              zlib.compress(rendered.encode(), 1), content, tokens_in, tokens_out, base_url, time.time()),
         )
+        if commit:
+            self.db.commit()
+
+    def commit(self) -> None:
         self.db.commit()
 
     def inputs(self) -> list[str]:

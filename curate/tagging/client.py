@@ -1,8 +1,13 @@
 """The rater client: `AsyncOpenAI` against one or more OpenAI-compatible servers.
 
-- Load: each attempt goes to the base URL with the fewest requests in flight.
+- Load: each attempt goes to the server with the fewest requests in flight (relative to its own
+  limit) among the healthy ones. A server whose attempt failed (5xx, 429, timeout, dropped
+  connection) cools down for a backoff that doubles with its run of failures, and a retry avoids
+  the server that failed it while another is up, so one dead server costs a few retries, not the
+  run; a failed server is still used when no other is available.
 - Bound: at most `concurrency` HTTP requests in flight in total (a semaphore held only while a
-  request is on the wire, not while backing off).
+  request is on the wire, not while backing off), and at most `server_concurrency` on any one
+  server when given.
 - Retries (ours, counted; the openai client's own are off with `max_retries=0`): on 429 (waiting
   at least the server's `Retry-After` / `retry-after-ms`), 408/409, 5xx, timeouts, dropped
   connections and malformed bodies; exponential backoff `base * 2**attempt`, capped, times a
@@ -48,6 +53,26 @@ class Counters:
     errors: dict[str, int] = field(default_factory=dict)
 
 
+def request_body(model: str, rendered: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of one chat request: the online call and the batch export both send this."""
+    return {"model": model, "messages": [{"role": "user", "content": rendered}], **params}
+
+
+@dataclass
+class Server:
+    """One base URL: its clients, requests in flight, limit, and health (for load balancing)."""
+
+    url: str
+    clients: list[Any]
+    limit: int
+    load: int = 0
+    requests: int = 0
+    failures: int = 0  # attempts that failed (any reason)
+    streak: int = 0  # consecutive failed attempts; 0 after a success
+    down_until: float = 0.0  # monotonic time before which it is only a last resort
+    turn: int = 0  # round-robin over its clients
+
+
 class RetryableError(Exception):
     def __init__(self, reason: str, wait: float | None = None) -> None:
         super().__init__(reason)
@@ -59,17 +84,18 @@ class Rater:
 
     def __init__(self, *, base_urls: list[str], api_key: str, model: str, params: dict[str, Any],
                  concurrency: int, timeout: float, max_retries: int, backoff: float, max_backoff: float,
-                 cache: ResponseCache, seed: int = 0) -> None:
+                 cache: ResponseCache, seed: int = 0, server_concurrency: int | None = None) -> None:
         from openai import AsyncOpenAI
 
         # Several clients per server when concurrency is high: the HTTP connection pool scans its
         # connections for every request, so one pool of 256 costs more CPU than eight of 32.
-        per_url = max(1, -(-concurrency // (32 * len(base_urls))))
-        self.base_urls = [url for url in base_urls for _ in range(per_url)]
-        self.clients = [
-            AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout) for url in self.base_urls
+        limit = min(concurrency, server_concurrency or concurrency)
+        per_url = max(1, -(-limit // 32))
+        self.servers = [
+            Server(url, [AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout)
+                         for _ in range(per_url)], limit)
+            for url in base_urls
         ]
-        self.load = [0] * len(self.clients)
         self.model = model
         self.params = params
         self.max_retries = max_retries
@@ -77,13 +103,55 @@ class Rater:
         self.max_backoff = max_backoff
         self.cache = cache
         self.semaphore = asyncio.Semaphore(concurrency)
+        self.freed = asyncio.Condition()  # notified when a server's load drops (per-server limits)
         self.inflight: dict[str, asyncio.Future] = {}
         self.completed: dict[str, Outcome] = {}  # this run's responses, for copies queued after the first finished
         self.rng = random.Random(seed)
 
     async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
+        for server in self.servers:
+            for client in server.clients:
+                await client.close()
+
+    def _pick(self, avoid: Server | None) -> Server | None:
+        """The least-loaded server under its limit: healthy ones first, `avoid` (the server that
+        failed this request's last attempt) only when nothing else is free. None: all are full."""
+        free = [s for s in self.servers if s.load < s.limit]
+        if not free:
+            return None
+        clock = now()
+        for pool in ([s for s in free if s.down_until <= clock and s is not avoid],
+                     [s for s in free if s is not avoid], free):
+            if pool:
+                return min(pool, key=lambda s: (s.load / s.limit, s.down_until))
+        return None
+
+    async def _acquire(self, avoid: Server | None) -> Server:
+        async with self.freed:
+            while (server := self._pick(avoid)) is None:
+                await self.freed.wait()
+            server.load += 1
+            return server
+
+    async def _release(self, server: Server) -> None:
+        server.load -= 1
+        async with self.freed:
+            self.freed.notify()
+
+    def _failed(self, server: Server) -> None:
+        server.failures += 1
+        server.streak += 1
+        pause = min(self.max_backoff, self.backoff * 2 ** (server.streak - 1))
+        server.down_until = max(server.down_until, now() + pause)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """{url: {"requests", "failures"}} over this rater's life (attempts, not distinct requests)."""
+        out: dict[str, dict[str, int]] = {}
+        for s in self.servers:
+            entry = out.setdefault(s.url, {"requests": 0, "failures": 0})
+            entry["requests"] += s.requests
+            entry["failures"] += s.failures
+        return out
 
     async def complete(self, key: str, rendered: str, prompt: Any, counters: Counters,
                        on_stored: Callable[[], None] | None = None) -> Outcome:
@@ -112,21 +180,25 @@ class Rater:
             del self.inflight[key]
 
     async def _send(self, key: str, rendered: str, prompt: Any, counters: Counters) -> Outcome:
-        messages = [{"role": "user", "content": rendered}]
+        body = request_body(self.model, rendered, self.params)
         last = "no attempt"
+        avoid: Server | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 counters.retries += 1
-            index = min(range(len(self.clients)), key=self.load.__getitem__)
             try:
                 async with self.semaphore:
-                    self.load[index] += 1
+                    server = await self._acquire(avoid)
+                    server.requests += 1
                     counters.requests += 1
                     try:
-                        content, t_in, t_out = await self._call(index, messages)
+                        server.turn = (server.turn + 1) % len(server.clients)
+                        content, t_in, t_out = await self._call(server.clients[server.turn], body)
                     finally:
-                        self.load[index] -= 1
+                        await self._release(server)
             except RetryableError as err:
+                self._failed(server)
+                avoid = server
                 last = str(err)
                 counters.errors[last.split(":")[0]] = counters.errors.get(last.split(":")[0], 0) + 1
                 if attempt == self.max_retries:
@@ -135,28 +207,28 @@ class Rater:
                 await asyncio.sleep(max(delay, err.wait or 0.0))
                 continue
             except FatalError as err:
+                server.failures += 1
                 last = str(err)
                 counters.errors[last.split(":")[0]] = counters.errors.get(last.split(":")[0], 0) + 1
                 break
+            server.streak, server.down_until = 0, 0.0
             counters.tokens_in += t_in
             counters.tokens_out += t_out
             self.cache.put(key, model=self.model, prompt=prompt.name, prompt_hash=prompt.hash,
                            params=self.params, rendered=rendered, content=content,
-                           tokens_in=t_in, tokens_out=t_out, base_url=self.base_urls[index])
+                           tokens_in=t_in, tokens_out=t_out, base_url=server.url)
             return Outcome(content, t_in, t_out)
         counters.failures += 1
         return Outcome(None, error=f"request failed after {attempt + 1} attempt(s): {last}")
 
-    async def _call(self, index: int, messages: list[dict[str, str]]) -> tuple[str | None, int, int]:
+    async def _call(self, client: Any, body: dict[str, Any]) -> tuple[str | None, int, int]:
         import openai
 
         try:
             # `post` with a plain dict body: the same endpoint, retries and errors as
             # `chat.completions.create`, without its per-request type transform of the messages
             # (about 1 ms of CPU per request, the client's largest cost at hundreds of requests/s).
-            data = await self.clients[index].post(
-                "/chat/completions", body={"model": self.model, "messages": messages, **self.params}, cast_to=object
-            )
+            data = await client.post("/chat/completions", body=body, cast_to=object)
         except openai.APIStatusError as err:
             status = err.status_code
             if status == 429:
@@ -170,14 +242,20 @@ class Rater:
             raise RetryableError(f"connection: {_short(str(err.__cause__ or err))}") from None
         except (ValueError, TypeError, KeyError) as err:  # a body that is not the JSON we expect
             raise RetryableError(f"malformed: {_short(str(err))}") from None
-        try:
-            content = data["choices"][0]["message"]["content"]
-        except (TypeError, KeyError, IndexError):
-            raise RetryableError("malformed: no choices[0].message.content in the response") from None
-        if content is not None and not isinstance(content, str):
-            raise RetryableError("malformed: message content is not text")
-        usage = data.get("usage") or {}
-        return content, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return completion_content(data)
+
+
+def completion_content(data: Any) -> tuple[str | None, int, int]:
+    """(content, prompt tokens, completion tokens) of a chat.completion body; `RetryableError`
+    when it is not one (the online client retries it, a batch import reports the line)."""
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (TypeError, KeyError, IndexError):
+        raise RetryableError("malformed: no choices[0].message.content in the response") from None
+    if content is not None and not isinstance(content, str):
+        raise RetryableError("malformed: message content is not text")
+    usage = data.get("usage") or {}
+    return content, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
 class FatalError(Exception):

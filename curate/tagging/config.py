@@ -17,10 +17,11 @@ class TagConfig:
 
     tasks: tuple[str, ...] = TASKS  # which tags to produce: difficulty, behaviors, domain
     offline: bool = False  # native labels + rules, no server
-    base_urls: tuple[str, ...] = ()  # OpenAI-compatible servers (…/v1) sharing the load
+    base_urls: tuple[str, ...] = ()  # OpenAI-compatible servers (…/v1) sharing the load (a string: comma list)
     model: str = ""  # rater model name as the server knows it
     api_key_env: str = "OPENAI_API_KEY"  # env var holding the key (the key itself is never stored)
     concurrency: int = 32  # HTTP requests in flight, over all base URLs
+    server_concurrency: int | None = None  # requests in flight on any one server (None: only the total bound)
     temperature: float = 0.0
     max_tokens: int = 512  # rater reply bound
     timeout: float = 120.0  # seconds per request before it counts as a timeout
@@ -36,23 +37,35 @@ class TagConfig:
     price_in: float = 0.0  # $ per 1M input tokens, for the cost estimate
     price_out: float = 0.0  # $ per 1M output tokens
     seed: int = 0  # backoff jitter
+    shard: tuple[int, int] | str | None = None  # (i, N) or "i/N": tag only rows of shard i (0-based) of N
+    cache_only: bool = False  # send nothing: answers come from the cache only (batch export/import)
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
             self.tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
         self.tasks = tuple(self.tasks)
-        self.base_urls = tuple(self.base_urls)
+        if isinstance(self.base_urls, str):
+            self.base_urls = (self.base_urls,)
+        # "--base-url a,b" and repeated --base-url both work: split every item on commas.
+        self.base_urls = tuple(u.strip() for item in self.base_urls for u in item.split(",") if u.strip())
         errors = []
+        if self.shard is not None:
+            try:
+                self.shard = parse_shard(self.shard)
+            except UsageError as err:
+                errors.append(str(err))
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             errors.append(f"tasks {', '.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
         if not self.offline:
-            if not self.base_urls:
+            if not self.base_urls and not self.cache_only:
                 errors.append("give --base-url (an OpenAI-compatible server) or --offline")
             if not self.model:
                 errors.append("give --model (the rater model's name on the server) or --offline")
         if self.concurrency < 1:
             errors.append(f"concurrency {self.concurrency}: must be >= 1")
+        if self.server_concurrency is not None and self.server_concurrency < 1:
+            errors.append(f"server_concurrency {self.server_concurrency}: must be >= 1")
         if self.max_chars < 200:
             errors.append(f"max_chars {self.max_chars}: must be >= 200")
         if self.long not in LONG_POLICIES:
@@ -73,6 +86,10 @@ class TagConfig:
         """Sampling parameters sent with every request (and part of every cache key)."""
         return {"temperature": self.temperature, "max_tokens": self.max_tokens}
 
+    def shard_range(self, rows: int) -> range:
+        """The row indices this run tags: all `rows`, or its shard's contiguous range."""
+        return shard_range(rows, *self.shard) if self.shard else range(rows)
+
     def prompt_names(self) -> list[str]:
         names = []
         if "domain" in self.tasks:
@@ -82,3 +99,24 @@ class TagConfig:
         if "behaviors" in self.tasks:
             names += [f"behavior_{b}" for b in BEHAVIORS]
         return names
+
+
+def parse_shard(value: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """`"i/N"` (or `(i, N)`) as `(i, N)` with 0 <= i < N; anything else is a one-line `UsageError`."""
+    if isinstance(value, str):
+        index, sep, count = value.strip().partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise UsageError(f"shard {value!r}: expected i/N with integers 0 <= i < N, e.g. 0/4")
+        value = (int(index), int(count))
+    index, count = value
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise UsageError(f"shard {index}/{count}: expected i/N with integers 0 <= i < N, e.g. 0/4")
+    return index, count
+
+
+def shard_range(rows: int, index: int, count: int) -> range:
+    """Rows of shard `index` of `count`: contiguous, in order, sizes differing by at most one
+    (the first `rows % count` shards get the extra row)."""
+    size, extra = divmod(rows, count)
+    start = index * size + min(index, extra)
+    return range(start, start + size + (index < extra))

@@ -9,6 +9,11 @@ most `max_chars` characters. `truncate` keeps the first and last `max_chars // 2
 a marker line; `split` (behaviour traces only) sends consecutive windows of `max_chars` characters
 and sums their counts (a window that cannot be parsed leaves the row's count null). Problems and
 solutions in difficulty/domain prompts are always truncated.
+
+`config.shard = (i, N)` tags only the rows of shard i (`shard_pool`); shards run into one cache, and
+a later run over the whole pool finds every answer there and sends nothing. `config.cache_only`
+sends nothing at all: answers come from the cache (a batch import), the rest stay null with the
+reason `NOT_CACHED`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 
 _CHUNK_ROWS = 512
 _RAW_LIMIT = 2000  # characters of an unparsed reply kept in curate_tag_errors
+NOT_CACHED = "not answered yet: not in the cache, and this run sends nothing (batch export/import)"
 
 
 @dataclass
@@ -65,6 +71,10 @@ class TagReport:
     wall_s: float = 0.0
     price_in: float = 0.0
     price_out: float = 0.0
+    shard: tuple[int, int] | None = None  # (i, N) when only shard i of N was tagged
+    shard_rows: tuple[int, int, int] | None = None  # (first row, end row, rows of the whole pool)
+    servers: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> attempts, failures
+    not_cached: int = 0  # cache-only runs: requests left unanswered
 
     @property
     def cost(self) -> float:
@@ -75,8 +85,12 @@ class TagReport:
     def card(self) -> dict[str, str]:
         """{title: markdown} sections for the dataset card (the API key is never in here)."""
         lines = [f"- mode: {self.mode}", f"- rows: {self.rows}"]
+        if self.shard and self.shard_rows:
+            i, n = self.shard
+            lines.append(f"- shard: {i}/{n} (rows {self.shard_rows[0]}-{self.shard_rows[1] - 1} of "
+                         f"{self.shard_rows[2]}, 0-based)")
         if self.mode == "llm":
-            lines += [f"- rater model: `{self.model}`", f"- servers: {', '.join(self.base_urls)}",
+            lines += [f"- rater model: `{self.model}`", f"- servers: {', '.join(self.base_urls) or '(none: cache only)'}",
                       f"- sampling: `{json.dumps(self.params, sort_keys=True)}`",
                       f"- long texts: `{self.long}` at {self.max_chars} characters per field "
                       "(per row in `curate_tag_long`)"]
@@ -92,6 +106,12 @@ class TagReport:
                             f"{c.deduped} | {c.tokens_in} | {c.tokens_out} |")
             rows.append(f"\nwall time {self.wall_s:.1f} s; estimated cost ${self.cost:.4f} "
                         f"(${self.price_in}/1M in, ${self.price_out}/1M out)")
+            if len(self.servers) > 1:
+                rows.append("\nper server (attempts / failed): " + ", ".join(
+                    f"{u} {s['requests']}/{s['failures']}" for u, s in self.servers.items()))
+            if self.not_cached:
+                rows.append(f"\n{self.not_cached} request(s) not answered yet (cache only): null, "
+                            "reason in curate_tag_errors")
             sections["Tagging accounting"] = "\n".join(rows)
         return sections
 
@@ -162,8 +182,16 @@ class _Planner:
         return jobs, label
 
 
-def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) -> tuple[pl.DataFrame, TagReport]:
-    """Tag every row of `pool`.
+def shard_pool(pool: Pool, config: TagConfig) -> Pool:
+    """The rows of `config.shard` (contiguous, in order; `TagConfig.shard_range`), or `pool`."""
+    if not config.shard:
+        return pool
+    return pool.with_dataset(pool.dataset.select(config.shard_range(len(pool))))
+
+
+def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
+             cache: ResponseCache | None = None, plan: list[Job] | None = None) -> tuple[pl.DataFrame, TagReport]:
+    """Tag every row of `pool` (of its shard, with `config.shard`: the frame then holds those rows).
 
     Returns `(annotations, report)`: a polars frame keyed by `curate_id` with `curate_difficulty`
     (Int64, 1-10), `curate_difficulty_raw`, `curate_difficulty_source` (native/llm/rule),
@@ -171,9 +199,14 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
     `curate_domain`/`curate_domain_source` (only rows whose domain was unknown and got a label;
     null elsewhere, so `write_pool` keeps the pool's own), `curate_tag_long` and `curate_tag_errors`
     (JSON `{task: {"reason", "raw"}}` or null); and a `TagReport`.
+
+    `cache`: an open cache to use instead of `config.cache` (left open); `plan`: every request
+    planned is appended to it (a batch export or import reads the plan).
     """
     progress = progress or Silent()
     started = time.perf_counter()
+    total_rows = len(pool)
+    pool = shard_pool(pool, config)
     examples = list(pool.examples())
     native_col = pool.shape.columns.get("difficulty")
     native_raw = pool.dataset[native_col] if native_col and native_col in pool.dataset.column_names else [None] * len(examples)
@@ -189,6 +222,9 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
     errors: list[dict[str, Any]] = [{} for _ in range(n)]
     domains = [e.domain or "unknown" for e in examples]
     report = TagReport(mode="offline" if config.offline else "llm", rows=n)
+    if config.shard:
+        rows = config.shard_range(total_rows)
+        report.shard, report.shard_rows = config.shard, (rows.start, rows.stop, total_rows)
 
     def set_native(i: int) -> bool:
         level = offline.native_difficulty(native_raw[i], table)
@@ -239,12 +275,16 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
                     out["curate_tag_long"][i] = label
                     yield from jobs
 
-        cache = ResponseCache(config.cache or ":memory:")
+        own_cache = cache is None
+        if cache is None:
+            cache = ResponseCache(config.cache or ":memory:")
+        extra = {"plan": plan, "server_stats": report.servers}
         try:
             if "domain" in config.tasks:
                 total = sum(d == "unknown" for d in domains)
                 if total:
-                    run_jobs(domain_jobs(), total, "tagging domains", config, cache, counters, results, progress)
+                    run_jobs(domain_jobs(), total, "tagging domains", config, cache, counters, results, progress,
+                             **extra)
                 for i in range(n):
                     outcome = results.get((i, "domain"))
                     if outcome:
@@ -257,9 +297,12 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
             total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
                 sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
                 if "behaviors" in config.tasks else 0)
-            run_jobs(main_jobs(), total, "tagging", config, cache, counters, results, progress)
+            run_jobs(main_jobs(), total, "tagging", config, cache, counters, results, progress, **extra)
         finally:
-            cache.close()
+            if own_cache:
+                cache.close()
+        report.not_cached = sum(1 for slots in results.values() for slot in slots
+                                if slot[0] is not None and slot[0].error == NOT_CACHED)
         for i in range(n):
             if "difficulty" in config.tasks and (i, "difficulty") in results:
                 outcome = results[i, "difficulty"][0]
@@ -293,8 +336,9 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None) ->
 
 def estimate(pool: Pool, config: TagConfig) -> Estimate:
     """What `tag_pool` would send, without sending anything. Rows of unknown domain count as one
-    math difficulty request each (their real prompt depends on the domain answer)."""
-    examples = list(pool.examples())
+    math difficulty request each (their real prompt depends on the domain answer). With
+    `config.shard`, only that shard's rows."""
+    examples = list(shard_pool(pool, config).examples())
     planner = _Planner(config, load_prompts(config.prompt_names(), config.prompts_dir))
     jobs: list[Job] = []
     for i, ex in enumerate(examples):
@@ -317,15 +361,41 @@ def estimate(pool: Pool, config: TagConfig) -> Estimate:
 
 
 def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
-             counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress) -> None:
-    """Resolve `jobs` from the cache or the server; outcomes land in `results[(row, task)]` in job order."""
+             counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress,
+             *, plan: list[Job] | None = None, server_stats: dict[str, dict[str, int]] | None = None) -> None:
+    """Resolve `jobs` from the cache or the server; outcomes land in `results[(row, task)]` in job order.
+
+    `plan` receives every job; `server_stats` accumulates {url: {"requests", "failures"}}. With
+    `config.cache_only` nothing is sent: a miss gets an outcome with the error `NOT_CACHED`.
+    """
+    if config.cache_only:
+        with progress.task(title, total=total, unit="req") as advance:
+            chunk: list[Job] = []
+            for job in [*jobs, None]:
+                if job is not None:
+                    chunk.append(job)
+                if chunk and (job is None or len(chunk) >= _CHUNK_ROWS * 6):
+                    hits = cache.lookup({j.key for j in chunk})
+                    for j in chunk:
+                        hit = hits.get(j.key)
+                        if hit is not None:
+                            counters[j.task].cache_hits += 1
+                        outcome = (Outcome(hit.content, hit.tokens_in, hit.tokens_out, cached=True) if hit
+                                   else Outcome(None, error=NOT_CACHED))
+                        results.setdefault((j.row, j.task), []).append([outcome])  # type: ignore[arg-type]
+                        advance(1)
+                    if plan is not None:
+                        plan.extend(chunk)
+                    chunk = []
+        return
 
     async def main() -> None:
         api_key = os.environ.get(config.api_key_env) or "EMPTY"  # local servers often need none
         rater = Rater(base_urls=list(config.base_urls), api_key=api_key, model=config.model,
                       params=config.params, concurrency=config.concurrency, timeout=config.timeout,
                       max_retries=config.max_retries, backoff=config.backoff,
-                      max_backoff=config.max_backoff, cache=cache, seed=config.seed)
+                      max_backoff=config.max_backoff, cache=cache, seed=config.seed,
+                      server_concurrency=config.server_concurrency)
         queue: asyncio.Queue = asyncio.Queue(maxsize=4 * config.concurrency)
 
         async def worker() -> None:
@@ -342,6 +412,8 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
             with progress.task(title, total=total, unit="req") as advance:
                 chunk: list[Job] = []
                 for job in jobs:
+                    if plan is not None:
+                        plan.append(job)
                     chunk.append(job)
                     if len(chunk) >= _CHUNK_ROWS * 6:
                         await _dispatch(chunk, cache, counters, results, queue, advance, workers)
@@ -354,6 +426,11 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
             for w in workers:
                 w.cancel()
             await rater.close()
+            if server_stats is not None:
+                for url, stats in rater.stats().items():
+                    entry = server_stats.setdefault(public_url(url), {"requests": 0, "failures": 0})
+                    for name, value in stats.items():
+                        entry[name] += value
 
     asyncio.run(main())
 
