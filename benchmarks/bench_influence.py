@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-METHODS = ("forward", "fwd_bwd", "curate_fit_nocache", "curate_fit", "curate_score", "kf_fit", "kf_score", "kf_score_pairwise")
+METHODS = ("forward", "fwd_bwd", "curate_fit_nocache", "curate_fit", "curate_score", "curate_e2e", "kf_fit", "kf_score",
+           "kf_score_pairwise")
 
 
 def rss_mb() -> float:
@@ -105,6 +106,37 @@ def run_method(method: str, args) -> dict:
                 logp, _ = response_logprobs(model, b)
                 (-logp.sum()).backward()
                 model.zero_grad(set_to_none=True)
+
+    elif method == "curate_e2e":
+        # What `curate score --fisher empirical` does when the pool is its own fit set: fit with
+        # the pair cache, precondition the query gradients, score the pool from the kept pairs.
+        from curate.influence.batches import make_batches
+        from curate.influence.capture import select_modules
+        from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
+        from curate.influence.passes import PairCache
+        from curate.influence.scoring import query_gradient_sums, replay_scores, split_functions
+
+        modules = select_modules(model, "mlp")
+        batches = make_batches(train, args.batch * args.length, pad_id=0)
+        cache = PairCache(2 * 1024**3)
+        covs = fit_covariances(model, modules, batches, sample_seed=None, cache=cache)
+        t1 = time.perf_counter()
+        bases = {n: eigenbases(c) for n, c in covs.items()}
+        del covs
+        lams = fit_lambdas(model, modules, batches, bases, sample_seed=None, cache=cache)
+        factors = {n: ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1]) for n in modules}
+        t2 = time.perf_counter()
+        q_batches = make_batches(queries, args.batch * args.length, pad_id=0)
+        sums = query_gradient_sums(model, modules, q_batches, [0] * len(queries), 1, per_token=False)
+        directions = {n: f.precondition(split_functions(sums[n], [len(queries)]), f.damping("auto")).to(torch.float32)
+                      for n, f in factors.items()}
+        t3 = time.perf_counter()
+        scores = replay_scores(cache, directions, len(train), per_token=False) if cache.usable else None
+        if scores is None:
+            raise SystemExit("curate_e2e: the pairs did not fit the 2 GB cache")
+        t4 = time.perf_counter()
+        torch.save(scores[:, 0].clone(), work / "curate_e2e_scores.pt")
+        detail = {"covariance": t1 - t0, "eigen+lambda": t2 - t1, "query_directions": t3 - t2, "replay_scoring": t4 - t3}
 
     elif method in ("curate_fit", "curate_fit_nocache", "curate_score"):
         from safetensors.torch import load_file, save_file
@@ -218,13 +250,16 @@ def bench_model(name: str, args) -> dict:
         import torch
 
         work_path = Path(work)
-        ours = torch.load(work_path / "curate_scores.pt") if (work_path / "curate_scores.pt").exists() else None
-        for kf in ("kf_score", "kf_score_pairwise"):
-            if ours is not None and (work_path / f"{kf}.pt").exists():
-                theirs = torch.load(work_path / f"{kf}.pt")
-                r = float(torch.corrcoef(torch.stack([ours, theirs]))[0, 1])
-                results[f"pearson_{kf}"] = r
-                print(f"  {name:8s} Pearson(curate, {kf}) = {r:.6f}")
+        for mine in ("curate_scores", "curate_e2e_scores"):
+            if not (work_path / f"{mine}.pt").exists():
+                continue
+            ours = torch.load(work_path / f"{mine}.pt")
+            for kf in ("kf_score", "kf_score_pairwise"):
+                if (work_path / f"{kf}.pt").exists():
+                    theirs = torch.load(work_path / f"{kf}.pt")
+                    r = float(torch.corrcoef(torch.stack([ours, theirs]))[0, 1])
+                    results[f"pearson_{mine}_{kf}"] = r
+                    print(f"  {name:8s} Pearson({mine}, {kf}) = {r:.6f}")
     return results
 
 
@@ -241,6 +276,8 @@ def report(name: str, res: dict) -> None:
           + (f"   (vs per-query pairwise: {s['curate_score'] / s['kf_score_pairwise']:.2f})" if "kf_score_pairwise" in s else ""))
     print(f"  end-to-end curate / kronfluence       {ours_total / kf_total:.2f}"
           + (f"   (vs per-query pairwise: {ours_total / (s['kf_fit'] + s['kf_score_pairwise']):.2f})" if "kf_score_pairwise" in s else ""))
+    if "curate_e2e" in s:
+        print(f"  end-to-end, pool = fit set (curate_e2e) / kronfluence  {s['curate_e2e'] / kf_total:.2f}")
     print(f"  curate scoring pass / plain forward   {scoring_pass / fwd:.2f}")
     print(f"  curate scoring pass / forward+backward {scoring_pass / fb:.2f}")
     for m in METHODS:

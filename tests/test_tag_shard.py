@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from curate.cli import cli
 from curate.data import load_pool
 from curate.errors import UsageError
-from curate.tagging import TagConfig, parse_shard, shard_range, tag_pool
+from curate.shard import Shard
+from curate.tagging import TagConfig, tag_pool
 from tests.cli_helpers import cli_error
 from tests.openai_server import FakeOpenAI, Faults
 from tests.test_tag_server import ROOT, _small_pool
@@ -23,16 +24,17 @@ from tests.test_tag_server import ROOT, _small_pool
 
 @pytest.mark.parametrize("rows, count", [(11, 2), (10, 3), (2, 4), (0, 3), (7, 1)])
 def test_shards_are_contiguous_balanced_and_cover_every_row(rows, count):
-    ranges = [shard_range(rows, i, count) for i in range(count)]
+    ranges = [Shard(i, count).span(rows) for i in range(count)]
     assert [i for r in ranges for i in r] == list(range(rows))
     assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
 
 
 def test_shard_syntax_is_checked_in_one_line(capsys):
-    assert parse_shard("1/4") == (1, 4) and parse_shard((0, 2)) == (0, 2)
+    assert Shard.parse("1/4") == Shard(1, 4) and Shard.parse((0, 2)) == Shard(0, 2) and str(Shard(1, 4)) == "1/4"
+    assert list(Shard(0, 3).span(11)) == [0, 1, 2, 3] and list(Shard(2, 3).span(11)) == [8, 9, 10]
     for bad in ("2/2", "1", "a/3", "-1/2", "0/0", "1/2/3"):
         with pytest.raises(UsageError, match="expected i/N"):
-            parse_shard(bad)
+            Shard.parse(bad)
     message = cli_error(["tag", "pool.jsonl", "-o", "x.jsonl", "--offline", "--shard", "3/3"], capsys)
     assert "shard 3/3: expected i/N" in message
 

@@ -150,7 +150,7 @@ def render_summary(report) -> None:
         console.print(table)
         console.print(f"wall {report.wall_s:.1f} s, estimated cost ${report.cost:.4f}")
     if report.shard:
-        console.print(f"shard {report.shard[0]}/{report.shard[1]}: rows {report.shard_rows[0]}-"
+        console.print(f"shard {report.shard}: rows {report.shard_rows[0]}-"
                       f"{report.shard_rows[1] - 1} of {report.shard_rows[2]}")
     if report.not_cached:
         console.print(f"{report.not_cached} request(s) not answered yet (no server, cache only): left null")

@@ -37,7 +37,9 @@ class ScoreConfig:
     device: "auto" (cuda when available, else cpu), or a torch device string.
     pair_cache_gb: memory (GB) for keeping the covariance pass's activations and output
         gradients, so the eigenvalue correction replays them instead of running the model a second
-        time; when the fit data needs more, the second pass runs as usual. 0 disables it.
+        time; when the fit data needs more, the second pass runs as usual. With the empirical
+        Fisher the same pairs also score the fit examples (their covariance pass is their
+        scoring pass), so a pool that is its own fit set runs through the model once. 0 disables it.
     tokens: also compute exact per-token scores (one forward-mode pass per query set; see
         `curate.influence.token_scores`).
     sentences: also compute counterfactual segment influence, I(z) - I(z without y), per segment y
@@ -109,9 +111,12 @@ class ScoreConfig:
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device
+        import os
+
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        # Under torchrun / accelerate each process takes the GPU of its local rank.
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
 
     @property
     def sample_seed(self) -> int | None:

@@ -23,15 +23,15 @@ from curate.errors import UsageError
 from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
-from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
-from curate.influence.passes import PairCache
-from curate.influence.plan import GB, Plan, group_modules, make_plan
-from curate.influence.scoring import query_gradient_sums, score_batches, split_functions
+from curate.influence.distributed import Collective
+from curate.influence.fitting import fit_factors, query_directions, tokens_fingerprint
+from curate.influence.plan import Plan, group_modules, make_plan
+from curate.influence.scoring import score_batches
 from curate.influence.segment_scores import segment_table
 from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 from curate.progress import Progress, Silent
-from curate.stages import fingerprint, load_tensors, open_stage, save_tensors
+from curate.stages import fingerprint
 
 
 @dataclass
@@ -69,22 +69,6 @@ def model_identity(model) -> str:
     return fingerprint(*parts)
 
 
-def _tokens_fingerprint(items: Sequence[Tokenized]) -> str:
-    return fingerprint([(z.id, z.loss_start, z.input_ids) for z in items])
-
-
-def _split_assignment(n: int, splits: int, seed: int) -> list[int]:
-    """Seeded, balanced assignment of n query rows to `splits` disjoint splits (all 0 if none)."""
-    if splits < 2:
-        return [0] * n
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    split_of = [0] * n
-    for rank, row in enumerate(order):
-        split_of[row] = rank % splits
-    return split_of
-
-
 def score_pool(
     examples: Sequence[Example],
     queries: dict[str, Sequence[Example]],
@@ -103,6 +87,9 @@ def score_pool(
     """
     progress = progress or Silent()
     work_dir = Path(work_dir)
+    coll = Collective.from_env(config.resolved_device)
+    if not coll.is_main:
+        progress = Silent()
     if model is None:
         from curate.models import load_model
 
@@ -120,53 +107,63 @@ def score_pool(
     query_items = {q: _scorable_queries(q, tokenize_all(tokenizer, ex, max_length)) for q, ex in queries.items()}
     pool_lengths = [(z.full_length, z.truncated, z.scorable) for z in tokenize_all(tokenizer, examples, max_length)]
     plan = make_plan(model, modules, groups, config, pool_lengths, fit_items, query_items, max_length)
-    progress.note(plan.render())
+    progress.note(plan.render() + (f"\n{coll.shard.world_size} ranks (torch.distributed)" if coll.distributed else ""))
 
-    factors_fp = fingerprint(model_fp, list(modules), _tokens_fingerprint(fit_items), config.fisher, config.seed, config.dtype)
-    factor_files = _fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp, overwrite, progress)
+    factors_fp = fingerprint(model_fp, list(modules), tokens_fingerprint(fit_items), config.fisher, config.seed, config.dtype)
+    factor_files, replay = fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp,
+                                       overwrite, progress, coll)
 
     directions: dict[str, torch.Tensor] = {}  # layer -> [F, out, in'] over all query sets
     query_fps = []
     for q, items in query_items.items():
-        qdir, qfp = _query_directions(model, groups, factor_files, items, config, pad_id, work_dir / "queries", q,
-                                      factors_fp, progress)
+        qdir, qfp = query_directions(model, groups, factor_files, items, config, pad_id, work_dir / "queries", q,
+                                      factors_fp, progress, coll)
         query_fps.append(qfp)
         for name, v in qdir.items():
             directions[name] = v if name not in directions else torch.cat([directions[name], v])
     columns = influence_columns(list(queries), config.query_splits)
+    local = replay.scores(directions, per_token=config.per_token_train) if replay else {}
+    del replay
+    replayed = {z: v for part in coll.gather_objects(local) for z, v in part.items()}
 
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
                             config.chunk_size, config.batch_tokens)
-    stage = open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns}, overwrite=overwrite)
+    stage = coll.open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns}, overwrite=overwrite)
     # Per chunk, the score table and the optional side tables; each is a resumable file.
     kinds = {"scores": lambda chunk: _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id,
-                                                  max_length, columns)}
+                                                  max_length, columns, replayed)}
     if config.tokens:
         kinds["tokens"] = lambda chunk: _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id,
                                                      max_length, columns)
     if config.sentences:
         kinds[config.sentences] = lambda chunk: segment_table(model, tokenizer, groups, directions, chunk, config,
                                                               pad_id, max_length, columns)
-    tables: dict[str, list[pl.DataFrame]] = {kind: [] for kind in kinds}
     n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
-    with progress.task("scoring", len(examples), unit="ex") as advance:
-        for c in range(n_chunks):
-            chunk = examples[c * config.chunk_size : (c + 1) * config.chunk_size]
+
+    def chunk_of(c: int):
+        return examples[c * config.chunk_size : (c + 1) * config.chunk_size]
+
+    def chunk_path(c: int, kind: str) -> Path:
+        return stage / f"chunk-{c:05d}{'' if kind == 'scores' else f'.{kind}'}.parquet"
+
+    # This rank's contiguous range of chunks; then, after every rank has written its part, all.
+    mine = coll.shard.span(n_chunks)
+    with progress.task("scoring", sum(len(chunk_of(c)) for c in mine), unit="ex") as advance:
+        for c in mine:
             for kind, compute in kinds.items():
-                suffix = "" if kind == "scores" else f".{kind}"
-                tables[kind].append(_chunk_table(stage / f"chunk-{c:05d}{suffix}.parquet", compute, chunk))
-            advance(len(chunk))
-    sides = {kind: pl.concat(t) for kind, t in tables.items() if kind != "scores"}
-    return ScoreResult(pl.concat(tables["scores"]), plan, columns, sides.get("tokens"), sides.get(config.sentences))
+                _chunk_table(chunk_path(c, kind), compute, chunk_of(c))
+            advance(len(chunk_of(c)))
+    coll.barrier()
+    tables = {kind: pl.concat([pl.read_parquet(chunk_path(c, kind)) for c in range(n_chunks)]) for kind in kinds}
+    return ScoreResult(tables["scores"], plan, columns, tables.get("tokens"), tables.get(config.sentences))
 
 
-def _chunk_table(path: Path, compute, chunk) -> pl.DataFrame:
-    """The finished chunk at `path`, or `compute(chunk)` written there atomically (resume unit)."""
+def _chunk_table(path: Path, compute, chunk) -> None:
+    """Write `compute(chunk)` to `path` atomically unless it is there (the resume unit)."""
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         compute(chunk).write_parquet(tmp)
         tmp.replace(path)
-    return pl.read_parquet(path)
 
 
 def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
@@ -192,77 +189,34 @@ def _scorable_queries(name: str, items) -> list[Tokenized]:
     return items
 
 
-def _fit_factors(model, groups, fit_items, config, pad_id, folder, factors_fp, overwrite, progress):
-    stage = open_stage(folder, {"factors": factors_fp, "model": config.model, "groups": [list(g) for g in groups],
-                                "fisher": config.fisher, "seed": config.seed, "fit_on": config.fit_on,
-                                "fit_max_length": config.fit_max_length, "dtype": config.dtype,
-                                "fit_examples": len(fit_items)}, overwrite=overwrite)
-    batches = make_batches(fit_items, config.batch_tokens, pad_id)
-    files: dict[str, Path] = {}
-    for g, group in enumerate(groups):
-        paths = {n: stage / f"{n}.safetensors" for n in group}
-        if not all(p.exists() for p in paths.values()):
-            cache = PairCache(int(config.pair_cache_gb * GB))
-            with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
-                covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed,
-                                       on_batch=lambda b, lp: adv(1), cache=cache)
-            bases = {n: eigenbases(c) for n, c in covs.items()}
-            del covs
-            with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches), unit="batch") as adv:
-                lams = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
-                                   on_batch=lambda b, lp: adv(1), cache=cache)
-            del cache
-            for n in group:
-                f = ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1])
-                save_tensors(paths[n], f.to_dict())
-        files.update(paths)
-    return files
+def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns,
+                 replayed: dict[Tokenized, tuple[torch.Tensor, float]]) -> pl.DataFrame:
+    """Scores, NLL and token counts of one chunk of examples (one pass per module group).
 
-
-def _query_directions(model, groups, factor_files, items, config, pad_id, folder, name, factors_fp, progress):
-    """Preconditioned gradients of one query set's functions: layer -> [1 (+K), out, in'] float32."""
-    qfp = fingerprint(factors_fp, _tokens_fingerprint(items), config.normalize, config.query_splits,
-                      config.seed, config.damping)
-    path = folder / f"{name}-{qfp}.safetensors"
-    if path.exists():
-        return load_tensors(path), qfp
-    splits = max(config.query_splits, 1)
-    split_of = _split_assignment(len(items), splits, config.seed)
-    sizes = [split_of.count(k) for k in range(splits)]
-    if min(sizes) == 0:
-        raise UsageError(f"query set {name!r} has {len(items)} examples, fewer than --query-splits {splits}")
-    batches = make_batches(items, config.batch_tokens, pad_id)
-    out = {}
-    with progress.task(f"query gradients: {name}", len(batches) * len(groups), unit="batch") as adv:
-        for group in groups:
-            sums = query_gradient_sums(model, group, batches, split_of, splits,
-                                       per_token=config.per_token_query, on_batch=lambda b, lp: adv(1))
-            for n, s in sums.items():
-                f = ModuleFactors(**load_tensors(factor_files[n]))  # one module's factors in memory at a time
-                out[n] = f.precondition(split_functions(s.cpu(), sizes), f.damping(config.damping)).to(torch.float32)
-    save_tensors(path, out)
-    return out, qfp
-
-
-def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
-    """Scores, NLL and token counts of one chunk of examples (one pass per module group)."""
+    Examples found in `replayed` (fit examples scored from the fit pass's pairs, tokenised
+    identically) take those scores and skip the model.
+    """
     items = list(tokenize_all(tokenizer, chunk, max_length))
+    scores = torch.full((len(items), len(columns)), float("nan"), dtype=torch.float64)
+    nll = torch.full((len(items),), float("nan"), dtype=torch.float64)
+    for i, z in enumerate(items):
+        if z in replayed:
+            scores[i], nll[i] = replayed[z]
     # Rows with no response token inside the bound get null scores (reported, never dropped).
-    batches = make_batches([z for z in items if z.scorable], config.batch_tokens, pad_id)
-    rows = [i for i, z in enumerate(items) if z.scorable]
+    rows = [i for i, z in enumerate(items) if z.scorable and z not in replayed]
+    batches = make_batches([items[i] for i in rows], config.batch_tokens, pad_id)
     for b in batches:
         b.rows = [rows[r] for r in b.rows]
-    nll = torch.full((len(items),), float("nan"), dtype=torch.float64)
 
     def record_nll(batch, logp):
         per_token = -logp.sum(dim=1).to(torch.float64) / batch.loss_mask.sum(dim=1).to(torch.float64)
         nll[torch.tensor(batch.rows)] = per_token.cpu()
 
-    scores = torch.zeros(len(items), len(columns), dtype=torch.float64)
-    for g, group in enumerate(groups):
-        scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(items),
-                                per_token=config.per_token_train, on_batch=record_nll if g == 0 else None)
-    scores[[i for i, z in enumerate(items) if not z.scorable]] = float("nan")
+    if rows:
+        scores[rows] = 0.0
+        for g, group in enumerate(groups):
+            scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(items),
+                                    per_token=config.per_token_train, on_batch=record_nll if g == 0 else None)
     data = {"curate_id": [z.id for z in items]}
     data.update({c: scores[:, j].tolist() for j, c in enumerate(columns)})
     data["curate_nll"] = nll.tolist()

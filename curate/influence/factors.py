@@ -135,7 +135,7 @@ def fit_lambdas(
                 g = torch.einsum("bto,bti->boi", s @ q_s, a @ q_a)
             else:
                 g = q_s.T @ torch.einsum("bto,bti->boi", s, a) @ q_a
-            sq = (g.to(torch.float64) ** 2).sum(dim=0)
+            sq = (g * g).sum(dim=0).to(torch.float64)  # per batch in the model's dtype, summed in float64
             prev, n = sums.get(name, (0.0, 0))
             sums[name] = (prev + sq, n + g.shape[0])
 

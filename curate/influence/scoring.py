@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from curate.influence.batches import Batch
-from curate.influence.passes import run_pass
+from curate.influence.passes import PairCache, run_pass
 
 
 def _per_token_weights(batch: Batch) -> torch.Tensor:
@@ -73,27 +73,24 @@ def split_functions(sums: torch.Tensor, split_sizes: Sequence[int]) -> torch.Ten
     return torch.cat([full, per_split])
 
 
-def score_batches(
-    model: nn.Module,
-    modules: dict[str, nn.Linear],
-    batches: Sequence[Batch],
+def score_sink(
     directions: dict[str, torch.Tensor],
-    n_rows: int,
+    out: torch.Tensor,
     *,
-    per_token: bool,
-    on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Scores [n_rows, F] (float64) of the batched examples along directions V: layer -> [F, out, in'].
+    weights: Callable[[Batch], torch.Tensor] | None = None,
+) -> Callable[[Batch], Callable[[str, torch.Tensor, torch.Tensor], None]]:
+    """A sink adding each batch row's scores to `out` [n_rows, F] (float64, in place).
 
-    Each row's score for function f is -sum_layers sum_t s_t^T V_f a_t = <V_f, grad log p(z)>.
-    The contraction projects whichever side of the layer is narrower, so the transient is
-    [B, T, F, min(out, in')].
+    Each row's score for function f is -sum_layers sum_t s_t^T V_f a_t = <V_f, grad log p(z)>
+    for directions V: layer -> [F, out, in']. The contraction projects whichever side of the
+    layer is narrower, so the transient is [B, T, F, min(out, in')]. `weights(batch)` ([B])
+    scales the rows' contributions (for pairs whose loss was not already weighted).
     """
-    out = torch.zeros(n_rows, next(iter(directions.values())).shape[0], dtype=torch.float64)
     cast: dict[str, torch.Tensor] = {}
 
     def sink(batch: Batch):
         rows = torch.tensor(batch.rows)
+        scale = None if weights is None else weights(batch).to(torch.float64).cpu().view(-1, 1)
 
         def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
             v = cast.get(name)
@@ -107,9 +104,39 @@ def score_batches(
             else:  # project a: [BT, in] @ [in, F*out] -> [B, T, F, out], dot s
                 proj = (a.reshape(b * t, d_in) @ v.permute(2, 0, 1).reshape(d_in, f * d_out)).view(b, t, f, d_out)
                 contrib = torch.einsum("btfo,bto->bf", proj, s)
-            out.index_add_(0, rows, -contrib.to(torch.float64).cpu())
+            contrib = -contrib.to(torch.float64).cpu()
+            out.index_add_(0, rows, contrib if scale is None else contrib * scale)
 
         return accumulate
 
-    run_pass(model, modules, batches, sink, weights=_per_token_weights if per_token else None, on_batch=on_batch)
+    return sink
+
+
+def score_batches(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    batches: Sequence[Batch],
+    directions: dict[str, torch.Tensor],
+    n_rows: int,
+    *,
+    per_token: bool,
+    on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Scores [n_rows, F] (float64) of the batched examples along directions V: layer -> [F, out, in'],
+    by one forward+backward over `batches` (see `score_sink`)."""
+    out = torch.zeros(n_rows, next(iter(directions.values())).shape[0], dtype=torch.float64)
+    run_pass(model, modules, batches, score_sink(directions, out), weights=_per_token_weights if per_token else None,
+             on_batch=on_batch)
+    return out
+
+
+def replay_scores(cache: PairCache, directions: dict[str, torch.Tensor], n_rows: int, *, per_token: bool) -> torch.Tensor:
+    """The scores `score_batches` would give the cached batches, from the (s, a) pairs a pass kept.
+
+    Valid when the cached pass used the data's own labels and unweighted summed log-likelihoods
+    (the empirical-Fisher covariance pass): then its s are exactly the scoring pass's, and the
+    model need not run again. Rows index the list the cached batches were made from.
+    """
+    out = torch.zeros(n_rows, next(iter(directions.values())).shape[0], dtype=torch.float64)
+    cache.replay(score_sink(directions, out, weights=_per_token_weights if per_token else None))
     return out

@@ -10,10 +10,10 @@
 """
 
 from curate.tagging.batch import BatchExport, BatchImport, export_batch, import_batch
-from curate.tagging.config import LONG_POLICIES, TASKS, TagConfig, parse_shard, shard_range
+from curate.tagging.config import LONG_POLICIES, TASKS, TagConfig
 from curate.tagging.prompts import BEHAVIORS, Prompt, load_prompts
 from curate.tagging.tagger import Estimate, TagReport, estimate, shard_pool, tag_pool
 
 __all__ = ["BEHAVIORS", "LONG_POLICIES", "TASKS", "BatchExport", "BatchImport", "Estimate", "Prompt", "TagConfig",
-           "TagReport", "estimate", "export_batch", "import_batch", "load_prompts", "parse_shard", "shard_pool",
-           "shard_range", "tag_pool"]
+           "TagReport", "estimate", "export_batch", "import_batch", "load_prompts", "shard_pool",
+           "tag_pool"]

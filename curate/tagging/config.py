@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from curate.errors import UsageError
+from curate.shard import Shard
 from curate.tagging.prompts import BEHAVIORS
 
 TASKS = ("difficulty", "behaviors", "domain")
@@ -37,7 +38,7 @@ class TagConfig:
     price_in: float = 0.0  # $ per 1M input tokens, for the cost estimate
     price_out: float = 0.0  # $ per 1M output tokens
     seed: int = 0  # backoff jitter
-    shard: tuple[int, int] | str | None = None  # (i, N) or "i/N": tag only rows of shard i (0-based) of N
+    shard: Shard | str | None = None  # "i/N" or a Shard: tag only rows of shard i (0-based) of N
     cache_only: bool = False  # send nothing: answers come from the cache only (batch export/import)
 
     def __post_init__(self) -> None:
@@ -51,7 +52,7 @@ class TagConfig:
         errors = []
         if self.shard is not None:
             try:
-                self.shard = parse_shard(self.shard)
+                self.shard = Shard.parse(self.shard)
             except UsageError as err:
                 errors.append(str(err))
         bad = [t for t in self.tasks if t not in TASKS]
@@ -88,7 +89,7 @@ class TagConfig:
 
     def shard_range(self, rows: int) -> range:
         """The row indices this run tags: all `rows`, or its shard's contiguous range."""
-        return shard_range(rows, *self.shard) if self.shard else range(rows)
+        return self.shard.span(rows) if self.shard else range(rows)
 
     def prompt_names(self) -> list[str]:
         names = []
@@ -99,24 +100,3 @@ class TagConfig:
         if "behaviors" in self.tasks:
             names += [f"behavior_{b}" for b in BEHAVIORS]
         return names
-
-
-def parse_shard(value: str | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """`"i/N"` (or `(i, N)`) as `(i, N)` with 0 <= i < N; anything else is a one-line `UsageError`."""
-    if isinstance(value, str):
-        index, sep, count = value.strip().partition("/")
-        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
-            raise UsageError(f"shard {value!r}: expected i/N with integers 0 <= i < N, e.g. 0/4")
-        value = (int(index), int(count))
-    index, count = value
-    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-        raise UsageError(f"shard {index}/{count}: expected i/N with integers 0 <= i < N, e.g. 0/4")
-    return index, count
-
-
-def shard_range(rows: int, index: int, count: int) -> range:
-    """Rows of shard `index` of `count`: contiguous, in order, sizes differing by at most one
-    (the first `rows % count` shards get the extra row)."""
-    size, extra = divmod(rows, count)
-    start = index * size + min(index, extra)
-    return range(start, start + size + (index < extra))

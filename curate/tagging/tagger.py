@@ -10,7 +10,7 @@ a marker line; `split` (behaviour traces only) sends consecutive windows of `max
 and sums their counts (a window that cannot be parsed leaves the row's count null). Problems and
 solutions in difficulty/domain prompts are always truncated.
 
-`config.shard = (i, N)` tags only the rows of shard i (`shard_pool`); shards run into one cache, and
+`config.shard = Shard(i, N)` tags only the rows of shard i (`shard_pool`); shards run into one cache, and
 a later run over the whole pool finds every answer there and sends nothing. `config.cache_only`
 sends nothing at all: answers come from the cache (a batch import), the rest stay null with the
 reason `NOT_CACHED`.
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from curate.progress import Progress, Silent
+from curate.shard import Shard
 from curate.tagging import offline
 from curate.tagging.cache import ResponseCache, request_key
 from curate.tagging.client import Counters, Outcome, Rater
@@ -71,7 +72,7 @@ class TagReport:
     wall_s: float = 0.0
     price_in: float = 0.0
     price_out: float = 0.0
-    shard: tuple[int, int] | None = None  # (i, N) when only shard i of N was tagged
+    shard: Shard | None = None  # when only shard i of N was tagged
     shard_rows: tuple[int, int, int] | None = None  # (first row, end row, rows of the whole pool)
     servers: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> attempts, failures
     not_cached: int = 0  # cache-only runs: requests left unanswered
@@ -86,8 +87,7 @@ class TagReport:
         """{title: markdown} sections for the dataset card (the API key is never in here)."""
         lines = [f"- mode: {self.mode}", f"- rows: {self.rows}"]
         if self.shard and self.shard_rows:
-            i, n = self.shard
-            lines.append(f"- shard: {i}/{n} (rows {self.shard_rows[0]}-{self.shard_rows[1] - 1} of "
+            lines.append(f"- shard: {self.shard} (rows {self.shard_rows[0]}-{self.shard_rows[1] - 1} of "
                          f"{self.shard_rows[2]}, 0-based)")
         if self.mode == "llm":
             lines += [f"- rater model: `{self.model}`", f"- servers: {', '.join(self.base_urls) or '(none: cache only)'}",

@@ -1,0 +1,205 @@
+"""The factor and query-direction stages of `score_pool`, and the replay that skips a pool pass.
+
+`fit_factors` fits EK-FAC factors group by group (covariance pass, eigendecomposition, Lambda*
+pass) into one safetensors file per module. `query_directions` preconditions one query set's
+gradients with them. With the empirical Fisher the covariance pass runs the fit examples with
+their own labels and unweighted losses, which is exactly the scoring pass over those examples:
+when its (s, a) pairs fit in `pair_cache_gb` they are kept (`FitReplay`) and the fit examples
+are scored from them, so a pool that is its own fit set is run through the model once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from curate.errors import UsageError
+from curate.influence.batches import Batch, make_batches
+from curate.influence.config import ScoreConfig
+from curate.influence.distributed import Collective, Shard
+from curate.influence.factors import (
+    Covariance,
+    ModuleFactors,
+    eigenbases,
+    fit_covariances,
+    fit_lambdas,
+)
+from curate.influence.passes import PairCache
+from curate.influence.plan import GB
+from curate.influence.scoring import query_gradient_sums, replay_scores, split_functions
+from curate.influence.tokens import Tokenized
+from curate.progress import Progress
+from curate.stages import fingerprint, load_tensors, save_tensors
+
+
+def tokens_fingerprint(items: Sequence[Tokenized]) -> str:
+    return fingerprint([(z.id, z.loss_start, z.input_ids) for z in items])
+
+
+@dataclass
+class FitReplay:
+    """The empirical-Fisher covariance pass's (s, a) pairs, one cache per module group.
+
+    `items`: the fit examples, in the row order of the cached batches. `nll`: [n_fit] mean
+    response NLL per token (nats) of each, recorded in the same pass.
+    """
+
+    items: list[Tokenized]
+    caches: list[PairCache]
+    nll: torch.Tensor
+
+    def scores(self, directions: dict[str, torch.Tensor], *, per_token: bool) -> dict[Tokenized, tuple[torch.Tensor, float]]:
+        """Fit example -> (scores [F] float64 summed over all groups, NLL), without the model, for
+        the examples in the cached batches (all of them on one process; this rank's part under
+        torch.distributed)."""
+        total = sum(replay_scores(c, directions, len(self.items), per_token=per_token) for c in self.caches)
+        rows = sorted({r for batch, _ in self.caches[0].entries for r in batch.rows})
+        return {self.items[r]: (total[r], float(self.nll[r])) for r in rows}
+
+
+def _dims(module) -> tuple[int, int]:
+    """(out, in') of a tracked Linear: in' counts the bias column."""
+    return module.out_features, module.in_features + (module.bias is not None)
+
+
+def _reduce_covariances(covs: dict[str, Covariance], group, coll: Collective, device) -> dict[str, Covariance]:
+    """Sum every rank's covariance sums (a rank with no batches contributes zeros)."""
+    out = {}
+    for n, module in group.items():
+        d_out, d_in = _dims(module)
+        c = covs.get(n) or Covariance(torch.zeros(d_in, d_in, dtype=torch.float64, device=device),
+                                      torch.zeros(d_out, d_out, dtype=torch.float64, device=device))
+        count = coll.all_reduce(torch.tensor([float(c.count)], dtype=torch.float64, device=device))
+        out[n] = Covariance(coll.all_reduce(c.a_sum), coll.all_reduce(c.s_sum), int(count.item()))
+    return out
+
+
+def _spread_eigenbases(covs: dict[str, Covariance], coll: Collective) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(Q_A, Q_S) per module, module i decomposed on rank i mod N and broadcast to the others."""
+    bases = {}
+    for i, (n, c) in enumerate(covs.items()):
+        owner = coll.owner(i)
+        if coll.shard.rank == owner:
+            q_a, q_s = (q.contiguous() for q in eigenbases(c))
+        else:
+            q_a, q_s = torch.empty_like(c.a_sum), torch.empty_like(c.s_sum)
+        bases[n] = (coll.broadcast(q_a, owner), coll.broadcast(q_s, owner))
+    return bases
+
+
+def _reduce_lambdas(sums: dict[str, tuple[torch.Tensor, int]], group, coll: Collective, device) -> dict[str, torch.Tensor]:
+    """Lambda* per module: the all-reduced sums over examples divided by the number of examples."""
+    out = {}
+    for n, module in group.items():
+        total, count = sums.get(n, (torch.zeros(*_dims(module), dtype=torch.float64, device=device), 0))
+        count_t = coll.all_reduce(torch.tensor([float(count)], dtype=torch.float64, device=device))
+        out[n] = coll.all_reduce(total) / count_t
+    return out
+
+
+def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: Path, factors_fp: str, overwrite: bool,
+                progress: Progress, coll: Collective | None = None) -> tuple[dict[str, Path], FitReplay | None]:
+    """Fit (or reuse) every group's factors; module -> file, and the replay when one was kept.
+
+    Under `coll` (torch.distributed) each rank runs its range of the fit batches and holds the
+    reduced factors; rank 0 writes them.
+    """
+    coll = coll or Collective(Shard())
+    stage = coll.open_stage(folder, {"factors": factors_fp, "model": config.model,
+                                     "groups": [list(g) for g in groups], "fisher": config.fisher,
+                                     "seed": config.seed, "fit_on": config.fit_on,
+                                     "fit_max_length": config.fit_max_length, "dtype": config.dtype,
+                                     "fit_examples": len(fit_items)}, overwrite=overwrite)
+    batches = coll.shard.take(make_batches(fit_items, config.batch_tokens, pad_id))
+    device = next(model.parameters()).device
+    budget = int(config.pair_cache_gb * GB)
+    # Only the empirical Fisher's covariance pass is a scoring pass; a resumed fit has no pairs.
+    keep = config.fisher == "empirical"
+    kept: list[PairCache] = []
+    nll = torch.full((len(fit_items),), float("nan"), dtype=torch.float64)
+    files: dict[str, Path] = {}
+    for g, group in enumerate(groups):
+        paths = {n: stage / f"{n}.safetensors" for n in group}
+        files.update(paths)
+        if all(p.exists() for p in paths.values()):
+            keep = False
+            continue
+        cache = PairCache(budget - sum(c.bytes for c in kept) if keep else budget)
+        with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
+
+            def on_batch(batch: Batch, logp: torch.Tensor, adv=adv) -> None:
+                adv(1)
+                nll[batch.rows] = (-logp.sum(dim=1).double() / batch.loss_mask.sum(dim=1).double()).cpu()
+
+            covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch, cache=cache)
+        bases = _spread_eigenbases(_reduce_covariances(covs, group, coll, device), coll)
+        del covs
+        with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches), unit="batch") as adv:
+            sums = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
+                               on_batch=lambda b, lp: adv(1), cache=cache)
+        lams = _reduce_lambdas(sums, group, coll, device)
+        if coll.is_main:
+            for n in group:
+                save_tensors(paths[n], ModuleFactors(bases[n][0], bases[n][1], lams[n]).to_dict())
+        coll.barrier()
+        if keep and cache.usable:
+            kept.append(cache)
+        else:
+            keep = False
+            kept.clear()
+    replay = FitReplay(list(fit_items), kept, nll) if keep and kept else None
+    return files, replay
+
+
+def split_assignment(n: int, splits: int, seed: int) -> list[int]:
+    """Seeded, balanced assignment of n query rows to `splits` disjoint splits (all 0 if none)."""
+    if splits < 2:
+        return [0] * n
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    split_of = [0] * n
+    for rank, row in enumerate(order):
+        split_of[row] = rank % splits
+    return split_of
+
+
+def query_directions(model, groups, factor_files, items, config: ScoreConfig, pad_id, folder: Path, name: str,
+                     factors_fp: str, progress: Progress, coll: Collective | None = None
+                     ) -> tuple[dict[str, torch.Tensor], str]:
+    """Preconditioned gradients of one query set's functions: layer -> [1 (+K), out, in'], float32
+    (float64 for a float64 model).
+
+    Under `coll` each rank takes a range of the query batches; the sums are all-reduced, every
+    rank preconditions them (the same arithmetic on the same inputs) and rank 0 writes the file.
+    """
+    coll = coll or Collective(Shard())
+    qfp = fingerprint(factors_fp, tokens_fingerprint(items), config.normalize, config.query_splits,
+                      config.seed, config.damping)
+    path = folder / f"{name}-{qfp}.safetensors"
+    if path.exists():
+        return load_tensors(path), qfp
+    splits = max(config.query_splits, 1)
+    split_of = split_assignment(len(items), splits, config.seed)
+    sizes = [split_of.count(k) for k in range(splits)]
+    if min(sizes) == 0:
+        raise UsageError(f"query set {name!r} has {len(items)} examples, fewer than --query-splits {splits}")
+    batches = coll.shard.take(make_batches(items, config.batch_tokens, pad_id))
+    device = next(model.parameters()).device
+    kept_dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    out = {}
+    with progress.task(f"query gradients: {name}", len(batches) * len(groups), unit="batch") as adv:
+        for group in groups:
+            sums = query_gradient_sums(model, group, batches, split_of, splits,
+                                       per_token=config.per_token_query, on_batch=lambda b, lp: adv(1))
+            for n, module in group.items():
+                s = sums.get(n, torch.zeros(splits, *_dims(module), dtype=torch.float64, device=device))
+                s = coll.all_reduce(s)
+                f = ModuleFactors(**load_tensors(factor_files[n]))  # one module's factors in memory at a time
+                out[n] = f.precondition(split_functions(s.cpu(), sizes), f.damping(config.damping)).to(kept_dtype)
+    if coll.is_main:
+        save_tensors(path, out)
+    return out, qfp
