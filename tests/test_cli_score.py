@@ -119,3 +119,24 @@ def test_bad_options_give_one_line_errors(tiny_model_dir, pool_file, tmp_path, c
     code = run(["score", str(pool_file), "-o", str(tmp_path / "o.parquet"), "--model", str(tiny_model_dir), *bad])
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and len(err.splitlines()) == 1
+
+
+def test_shard_jobs_and_merge_through_the_cli(tiny_model_dir, pool_file, query_file, tmp_path, capsys):
+    out = tmp_path / "scored.parquet"
+    args = ["score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir), "--query", f"math={query_file}",
+            "--max-length", "300", "--chunk-size", "3", "--batch-tokens", "1024"]
+    work = f"{out}.work"
+    steps = []
+    for _ in range(3):  # covariances, eigenvalue corrections, scores
+        for i in range(2):
+            assert run([*args, "--shard", f"{i}/2"]) == 0
+            steps.append(capsys.readouterr().err.strip().splitlines()[-1])
+        assert not out.exists()
+        assert run(["merge", work]) == 0
+        steps.append(capsys.readouterr().err.strip().splitlines()[-1])
+    assert "covariance part 1/2" in steps[1] and "eigenbases" in steps[2]
+    assert "factors complete" in steps[5] and "all 3 chunks written" in steps[8]
+    assert run(args) == 0  # without --shard: everything is on disk, the output is written
+    assert pl.read_parquet(out)["curate_influence_math"].drop_nulls().len() >= 3
+    assert run(["merge", str(tmp_path)]) != 0
+    assert "no factors stage" in capsys.readouterr().err

@@ -86,6 +86,11 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
               help="ablation: I(z) - I(z without y), as Infra; linear: sum of the segment's exact token "
                    "scores (one pass per query set, ignores the segment's role as context).")
 @click.option("--trust-remote-code", is_flag=True)
+@click.option("--shard", default=None, metavar="i/N",
+              help="Run as job i of N independent jobs (SLURM arrays, spot machines) sharing --work-dir: each "
+                   "run does its part of the next step and stops; `curate merge WORK` combines the parts; "
+                   "repeat until the jobs report scores, then run without --shard to write the output. "
+                   "(Under torchrun / accelerate launch the ranks divide the work without this.)")
 @output_options
 def score(pool, out, model, queries, query_answers, split, maps, work_dir, overwrite, emit, fmt, push_to_hub,
           decontaminate, **settings) -> None:
@@ -110,6 +115,11 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     progress = RichProgress()
     result = score_pool(list(loaded.examples()), {q: list(p.examples()) for q, p in query_pools.items()},
                         config, Path(work_dir or f"{out.rstrip('/')}.work"), overwrite=overwrite, progress=progress)
+    if result.pending:  # a --shard job did its part
+        click.echo(result.pending, err=True)
+        return
+    if not is_main_process():
+        return  # under torchrun every rank holds the result; rank 0 writes it
     card = {
         "Influence scores": SIGN_AND_SCALE,
         "Influence settings": "\n".join(
@@ -128,6 +138,12 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
             click.echo(str(side_path))
     render_summary(result, dict(zip(loaded.dataset["curate_id"], loaded.dataset["curate_domain"], strict=True)))
     click.echo(str(path))
+
+
+def is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _plain(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from curate.errors import UsageError
+from curate.shard import Shard
 
 FISHER = ("true", "empirical")
 NORMALIZE = ("none", "query", "train", "both")
@@ -48,6 +49,9 @@ class ScoreConfig:
     sentence_method: "ablation" (Infra: I(z) - I(z without y), one extra scored example per
         segment) or "linear" (the sum of the segment's exact token scores; one forward-mode pass
         per query set; see `curate.influence.segment_scores`).
+    shard: "i/N" makes this run one of N independent jobs (no process group): it does its part
+        of the next unfinished step and stops; `curate merge` combines the parts (see
+        `curate.influence.parts`). Under torchrun the ranks divide the work instead.
     """
 
     model: str
@@ -70,6 +74,7 @@ class ScoreConfig:
     tokens: bool = False
     sentences: str | None = None
     sentence_method: str = "ablation"
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -98,6 +103,11 @@ class ScoreConfig:
 
         if self.sentences is not None and self.sentences not in SEGMENTERS:
             errors.append(f"sentences must be one of {SEGMENTERS}, got {self.sentences!r}")
+        if self.shard is not None:
+            try:
+                Shard.parse(self.shard)
+            except UsageError as err:
+                errors.append(str(err))
         if self.sentence_method not in SEGMENT_METHODS:
             errors.append(f"sentence_method must be one of {SEGMENT_METHODS}, got {self.sentence_method!r}")
         if self.pair_cache_gb < 0:

@@ -24,13 +24,19 @@ from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
 from curate.influence.distributed import Collective
-from curate.influence.fitting import fit_factors, query_directions, tokens_fingerprint
+from curate.influence.fitting import (
+    fit_factor_part,
+    fit_factors,
+    query_directions,
+    tokens_fingerprint,
+)
 from curate.influence.plan import Plan, group_modules, make_plan
 from curate.influence.scoring import score_batches
 from curate.influence.segment_scores import segment_table
 from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 from curate.progress import Progress, Silent
+from curate.shard import Shard
 from curate.stages import fingerprint
 
 
@@ -49,6 +55,7 @@ class ScoreResult:
     columns: list[str] = field(default_factory=list)
     tokens: pl.DataFrame | None = None
     sentences: pl.DataFrame | None = None
+    pending: str | None = None  # a `--shard` job that did its part: what it wrote (no table then)
 
 
 def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:
@@ -88,6 +95,9 @@ def score_pool(
     progress = progress or Silent()
     work_dir = Path(work_dir)
     coll = Collective.from_env(config.resolved_device)
+    job = Shard.parse(config.shard) if config.shard else None
+    if job and coll.distributed:
+        raise UsageError("--shard makes independent jobs; under torchrun / accelerate the ranks divide the work")
     if not coll.is_main:
         progress = Silent()
     if model is None:
@@ -110,8 +120,17 @@ def score_pool(
     progress.note(plan.render() + (f"\n{coll.shard.world_size} ranks (torch.distributed)" if coll.distributed else ""))
 
     factors_fp = fingerprint(model_fp, list(modules), tokens_fingerprint(fit_items), config.fisher, config.seed, config.dtype)
-    factor_files, replay = fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp,
-                                       overwrite, progress, coll)
+    columns = influence_columns(list(queries), config.query_splits)
+    if job:
+        factor_files, pending = fit_factor_part(model, groups, fit_items, config, pad_id, work_dir / "factors",
+                                                factors_fp, job, overwrite, progress)
+        if pending:
+            return ScoreResult(pl.DataFrame(), plan, columns, pending=f"{pending}; when all {job.world_size} parts are "
+                               f"written, run `curate merge {work_dir}`")
+        replay = None
+    else:
+        factor_files, replay = fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp,
+                                           overwrite, progress, coll)
 
     directions: dict[str, torch.Tensor] = {}  # layer -> [F, out, in'] over all query sets
     query_fps = []
@@ -121,14 +140,15 @@ def score_pool(
         query_fps.append(qfp)
         for name, v in qdir.items():
             directions[name] = v if name not in directions else torch.cat([directions[name], v])
-    columns = influence_columns(list(queries), config.query_splits)
     local = replay.scores(directions, per_token=config.per_token_train) if replay else {}
     del replay
     replayed = {z: v for part in coll.gather_objects(local) for z, v in part.items()}
 
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
                             config.chunk_size, config.batch_tokens)
-    stage = coll.open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns}, overwrite=overwrite)
+    n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
+    stage = coll.open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns, "chunks": n_chunks},
+                            overwrite=overwrite)
     # Per chunk, the score table and the optional side tables; each is a resumable file.
     kinds = {"scores": lambda chunk: _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id,
                                                   max_length, columns, replayed)}
@@ -138,8 +158,6 @@ def score_pool(
     if config.sentences:
         kinds[config.sentences] = lambda chunk: segment_table(model, tokenizer, groups, directions, chunk, config,
                                                               pad_id, max_length, columns)
-    n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
-
     def chunk_of(c: int):
         return examples[c * config.chunk_size : (c + 1) * config.chunk_size]
 
@@ -147,13 +165,19 @@ def score_pool(
         return stage / f"chunk-{c:05d}{'' if kind == 'scores' else f'.{kind}'}.parquet"
 
     # This rank's contiguous range of chunks; then, after every rank has written its part, all.
-    mine = coll.shard.span(n_chunks)
+    mine = (job or coll.shard).span(n_chunks)
     with progress.task("scoring", sum(len(chunk_of(c)) for c in mine), unit="ex") as advance:
         for c in mine:
             for kind, compute in kinds.items():
                 _chunk_table(chunk_path(c, kind), compute, chunk_of(c))
             advance(len(chunk_of(c)))
     coll.barrier()
+    if job:
+        missing = sum(not chunk_path(c, "scores").exists() for c in range(n_chunks))
+        return ScoreResult(pl.DataFrame(), plan, columns, pending=(
+            f"scores part {job} written ({len(mine)} of {n_chunks} chunks); "
+            + (f"{missing} chunks still missing" if missing else "all chunks written")
+            + ": when every job is done, run the same command without --shard to write the output"))
     tables = {kind: pl.concat([pl.read_parquet(chunk_path(c, kind)) for c in range(n_chunks)]) for kind in kinds}
     return ScoreResult(tables["scores"], plan, columns, tables.get("tokens"), tables.get(config.sentences))
 

@@ -28,6 +28,13 @@ from curate.influence.factors import (
     fit_covariances,
     fit_lambdas,
 )
+from curate.influence.parts import (
+    bases_path,
+    covariance_tensors,
+    lambda_tensors,
+    part_path,
+    save_part,
+)
 from curate.influence.passes import PairCache
 from curate.influence.plan import GB
 from curate.influence.scoring import query_gradient_sums, replay_scores, split_functions
@@ -91,14 +98,26 @@ def _spread_eigenbases(covs: dict[str, Covariance], coll: Collective) -> dict[st
     return bases
 
 
+def _filled_lambda_sums(sums: dict[str, tuple[torch.Tensor, int]], group, device) -> dict[str, tuple[torch.Tensor, int]]:
+    """Every module's (sum, count), zeros for modules a shard with no batches never saw."""
+    return {n: sums.get(n, (torch.zeros(*_dims(m), dtype=torch.float64, device=device), 0)) for n, m in group.items()}
+
+
 def _reduce_lambdas(sums: dict[str, tuple[torch.Tensor, int]], group, coll: Collective, device) -> dict[str, torch.Tensor]:
     """Lambda* per module: the all-reduced sums over examples divided by the number of examples."""
     out = {}
-    for n, module in group.items():
-        total, count = sums.get(n, (torch.zeros(*_dims(module), dtype=torch.float64, device=device), 0))
+    for n, (total, count) in _filled_lambda_sums(sums, group, device).items():
         count_t = coll.all_reduce(torch.tensor([float(count)], dtype=torch.float64, device=device))
         out[n] = coll.all_reduce(total) / count_t
     return out
+
+
+def _factor_stage(coll: Collective, folder: Path, config: ScoreConfig, groups, factors_fp: str, n_fit: int,
+                  overwrite: bool) -> Path:
+    return coll.open_stage(folder, {"factors": factors_fp, "model": config.model, "groups": [list(g) for g in groups],
+                                    "fisher": config.fisher, "seed": config.seed, "fit_on": config.fit_on,
+                                    "fit_max_length": config.fit_max_length, "dtype": config.dtype,
+                                    "fit_examples": n_fit}, overwrite=overwrite)
 
 
 def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: Path, factors_fp: str, overwrite: bool,
@@ -109,11 +128,7 @@ def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: P
     reduced factors; rank 0 writes them.
     """
     coll = coll or Collective(Shard())
-    stage = coll.open_stage(folder, {"factors": factors_fp, "model": config.model,
-                                     "groups": [list(g) for g in groups], "fisher": config.fisher,
-                                     "seed": config.seed, "fit_on": config.fit_on,
-                                     "fit_max_length": config.fit_max_length, "dtype": config.dtype,
-                                     "fit_examples": len(fit_items)}, overwrite=overwrite)
+    stage = _factor_stage(coll, folder, config, groups, factors_fp, len(fit_items), overwrite)
     batches = coll.shard.take(make_batches(fit_items, config.batch_tokens, pad_id))
     device = next(model.parameters()).device
     budget = int(config.pair_cache_gb * GB)
@@ -153,6 +168,45 @@ def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: P
             kept.clear()
     replay = FitReplay(list(fit_items), kept, nll) if keep and kept else None
     return files, replay
+
+
+def fit_factor_part(model, groups, fit_items, config: ScoreConfig, pad_id, folder: Path, factors_fp: str,
+                    job: Shard, overwrite: bool, progress: Progress) -> tuple[dict[str, Path], str | None]:
+    """One independent `--shard i/N` job's next fitting step (see `curate.influence.parts`).
+
+    Returns module -> factor file and None when every group is fitted; otherwise writes this
+    job's part of the first unfinished step (covariances, or the eigenvalue correction once the
+    covariance parts are merged) and returns a message saying what was written.
+    """
+    solo = Collective(Shard())
+    stage = _factor_stage(solo, folder, config, groups, factors_fp, len(fit_items), overwrite)
+    batches = job.take(make_batches(fit_items, config.batch_tokens, pad_id))
+    device = next(model.parameters()).device
+    files = {n: stage / f"{n}.safetensors" for group in groups for n in group}
+    for g, group in enumerate(groups):
+        if all(files[n].exists() for n in group):
+            continue
+        label = f"group {g + 1}/{len(groups)}"
+        meta = dict(group=g, shard=job, factors_fp=factors_fp)
+        if not bases_path(stage, g).exists():
+            path = part_path(stage, "covariances", g, job)
+            if not path.exists():
+                with progress.task(f"factors {label}: covariances, part {job}", len(batches), unit="batch") as adv:
+                    covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed,
+                                           on_batch=lambda b, lp: adv(1))
+                save_part(path, covariance_tensors(_reduce_covariances(covs, group, solo, device)), kind="covariances",
+                          **meta)
+            return files, f"covariance part {job} of {label} written"
+        path = part_path(stage, "lambdas", g, job)
+        if not path.exists():
+            loaded = load_tensors(bases_path(stage, g))
+            bases = {n: (loaded[f"{n}::q_a"].to(device), loaded[f"{n}::q_s"].to(device)) for n in group}
+            with progress.task(f"factors {label}: eigenvalue correction, part {job}", len(batches), unit="batch") as adv:
+                sums = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
+                                   on_batch=lambda b, lp: adv(1))
+            save_part(path, lambda_tensors(_filled_lambda_sums(sums, group, device)), kind="lambdas", **meta)
+        return files, f"eigenvalue-correction part {job} of {label} written"
+    return files, None
 
 
 def split_assignment(n: int, splits: int, seed: int) -> list[int]:
