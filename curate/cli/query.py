@@ -1,0 +1,39 @@
+"""`curate query`: query sets of the benchmark problems a model answers correctly and incorrectly."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--model", required=True, help="Model path, Hub id or alias (smollm2-135m).")
+@click.option("--bench", required=True, metavar="PATH_OR_NAME",
+              help="gsm8k, math500, humaneval, mbpp (packaged 20-problem slices), a local file or a Hub id.")
+@click.option("-o", "--output", "out", required=True, help="Output folder.")
+@click.option("--n", type=int, default=100, show_default=True, help="Rows kept per set at most (seeded sample).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --n and --limit sampling.")
+@click.option("--answers", type=click.Choice(["model", "reference"]), default="model", show_default=True,
+              help="Assistant turn: the model's own verified answer, or the benchmark's reference solution.")
+@click.option("--max-new-tokens", type=int, default=512, show_default=True, help="Tokens per greedy answer.")
+@click.option("--limit", type=int, help="Grade only a seeded subset of this many problems.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per generate call.")
+@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True,
+              help="Seconds per sandboxed code run.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
+def query(model, bench, out, **settings) -> None:
+    """Generate and grade answers to a benchmark, then write DIR/correct.jsonl and DIR/incorrect.jsonl
+    (messages rows for `curate score --query NAME=DIR/correct.jsonl`) and DIR/summary.json."""
+    from curate.cli import quiet_third_party_progress
+    from curate.evaluation import build_query_sets
+    from curate.progress import RichProgress
+
+    quiet_third_party_progress()
+    summary = build_query_sets(model, bench, out, progress=RichProgress(), **settings)
+    counts, sampled = summary["counts"], summary["sampled"]
+    click.echo(f"graded {summary['graded']}: accuracy {summary['accuracy']:.1%}; "
+               f"correct {counts['correct']} (kept {sampled['correct']}), "
+               f"incorrect {counts['incorrect']} (kept {sampled['incorrect']}); "
+               f"sandbox: {', '.join(summary['isolation'] or ['not used'])}", err=True)
+    if not sampled["correct"]:
+        click.echo("warning: no problem was answered correctly; correct.jsonl is empty", err=True)
+    click.echo(out)

@@ -1,0 +1,38 @@
+"""Generation, grading and evaluation: benchmarks as `Problem`s, a code sandbox, math-verify
+grading, `evaluate` (pass@1 / avg@k with bootstrap intervals) and query sets for `curate score`.
+
+    from curate.evaluation import EvalConfig, evaluate, load_benchmark
+    result = evaluate(model, tokenizer, load_benchmark("gsm8k"), EvalConfig(max_new_tokens=256))
+    result.summary()["gsm8k"]["pass@1"]
+
+Importing this package is cheap: torch, transformers and math-verify load on first use.
+"""
+
+from curate.evaluation.benchmarks import PACKAGED, Problem, load_benchmark
+from curate.evaluation.evaluate import EvalConfig, EvalResult, ProblemRecord, evaluate
+from curate.evaluation.generate import Generation, generate
+from curate.evaluation.grading import Grade, extract_code, grade, grade_code, grade_math
+from curate.evaluation.query import build_query_sets, write_query_sets
+from curate.evaluation.sandbox import SandboxResult, isolation_level, run_python
+
+__all__ = [
+    "PACKAGED",
+    "EvalConfig",
+    "EvalResult",
+    "Generation",
+    "Grade",
+    "Problem",
+    "ProblemRecord",
+    "SandboxResult",
+    "build_query_sets",
+    "evaluate",
+    "extract_code",
+    "generate",
+    "grade",
+    "grade_code",
+    "grade_math",
+    "isolation_level",
+    "load_benchmark",
+    "run_python",
+    "write_query_sets",
+]

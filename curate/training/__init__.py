@@ -1,0 +1,12 @@
+"""Short supervised fine-tuning runs (TRL `SFTTrainer`) for validating curated variants.
+
+    result = train_variant("smollm2-135m", pool, TrainConfig(max_steps=100), Path("run/flip"))
+    model, tokenizer = load_trained(Path(result.model_dir), "smollm2-135m")
+
+Importing this package is cheap: torch, transformers and trl load on first use.
+"""
+
+from curate.training.config import TrainConfig
+from curate.training.sft import TrainResult, build_trainer, load_trained, sft_dataset, train_variant
+
+__all__ = ["TrainConfig", "TrainResult", "build_trainer", "load_trained", "sft_dataset", "train_variant"]

@@ -1,0 +1,354 @@
+"""`curate validate`: fine-tune one base model on each variant of a pool, evaluate each, compare.
+
+    config = ValidateConfig(base_model="smollm2-135m", variants={"pool": "pool.jsonl", "flip": "flip/"},
+                            evals=("gsm8k", "mbpp"), train=TrainConfig(max_steps=200))
+    results = validate(config, Path("runs/flip"))
+
+Every variant is trained from the same base model with the same `TrainConfig` (seed, optimizer
+steps, examples per step; see `curate.training`), then every model (the untrained base first,
+unless `base_eval=False`) answers the same benchmark problems (`curate.evaluation`). The first
+variant is the baseline: each other one is reported as its pass@1 minus the baseline's, with a
+paired bootstrap 95% interval over problems.
+
+Layout of the run folder (`RUN_DIR`):
+
+    RUN_DIR/<variant>/   manifest.json, checkpoint-*/, log.jsonl, model/, train.json,
+                         generations.jsonl, eval.json
+    RUN_DIR/base/        manifest.json, generations.jsonl, eval.json
+    RUN_DIR/results.json every variant's training summary and evaluation, the comparison
+    RUN_DIR/results.png  pass@1 per benchmark and model with its 95% interval
+
+Each folder's `manifest.json` records its inputs' fingerprint (base model, dataset content,
+settings): a rerun skips finished work (`train.json`, `eval.json` present), resumes interrupted
+training from its last checkpoint, and refuses a folder made from other inputs unless `overwrite`.
+
+Several GPUs: training is data-parallel under accelerate (examples per step = batch size x grad
+accum x processes); evaluation runs on the main process only. For FSDP:
+
+    accelerate launch --config_file fsdp.yaml -m curate validate --model Qwen/Qwen2.5-7B-Instruct \\
+        pool=pool.jsonl flip=flip.jsonl --eval math500,gsm8k,humaneval,mbpp --max-steps 500 -o runs/flip
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.errors import DataError, StageMismatchError, UsageError
+from curate.progress import Progress, Silent
+from curate.stages import atomic_write_bytes, fingerprint
+from curate.training.config import TrainConfig
+
+BASE = "base"
+
+
+@dataclass
+class ValidateConfig:
+    """Settings of `validate`.
+
+    base_model: local folder, Hub id or alias (`smollm2-135m`) every variant starts from.
+    variants: name -> dataset (any pool `curate.data.load_pool` reads), in order; the first is the
+        baseline of the comparison. Names are folder names: letters, digits, `-`, `_`, `.`.
+    evals: benchmark names (`gsm8k`, `math500`, `humaneval`, `mbpp`: packaged slices) or paths/Hub ids.
+    train: the SFT settings shared by every variant.
+    limit: problems per benchmark (a seeded subset; None = all). samples: generations per problem
+        (pass@1 is averaged over them: avg@k). max_new_tokens: generation budget (tokens);
+        temperature: 0 = greedy. eval_batch_size: prompts per generation batch. timeout_s: seconds
+        per code test run. seed: the benchmark subset and the sampling.
+    base_eval: also evaluate the untrained base model (row `base`).
+    allow_contamination: run even when an evaluated problem appears in a variant (recorded in
+        results.json); otherwise that refuses to start. ngram: shared word run that counts as
+        overlap (see `curate.ops.decontam`).
+    overwrite: replace folders made from other inputs instead of refusing.
+    """
+
+    base_model: str
+    variants: dict[str, str]
+    evals: tuple[str, ...] = ("gsm8k", "mbpp")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    limit: int | None = None
+    samples: int = 1
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    eval_batch_size: int = 8
+    timeout_s: float = 10.0
+    seed: int = 0
+    base_eval: bool = True
+    allow_contamination: bool = False
+    ngram: int = 13
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.variants:
+            errors.append("give at least one variant NAME=DATASET")
+        for name in self.variants:
+            if not name or name == BASE or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+                errors.append(f"bad variant name {name!r} (letters, digits, -_. ; not {BASE!r})")
+        if not self.evals:
+            errors.append("give at least one benchmark to evaluate on")
+        if len(set(self.evals)) != len(self.evals):
+            errors.append(f"a benchmark is named twice in {list(self.evals)}")
+        if self.limit is not None and self.limit < 1:
+            errors.append(f"limit must be >= 1, got {self.limit}")
+        if self.samples < 1 or self.max_new_tokens < 1 or self.eval_batch_size < 1:
+            errors.append("samples, max_new_tokens and eval_batch_size must be >= 1")
+        if self.temperature < 0 or self.timeout_s <= 0:
+            errors.append("temperature must be >= 0 and timeout_s > 0")
+        if self.samples > 1 and self.temperature == 0:
+            errors.append("samples > 1 needs temperature > 0 (greedy answers would all be the same)")
+        if self.ngram < 1:
+            errors.append(f"ngram must be >= 1, got {self.ngram}")
+        if errors:
+            raise UsageError("; ".join(errors))
+
+    def eval_settings(self) -> dict[str, Any]:
+        keys = ("evals", "limit", "samples", "max_new_tokens", "temperature", "eval_batch_size", "timeout_s", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+def validate(config: ValidateConfig, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Train, evaluate and compare every variant (see the module doc); returns results.json's dict.
+
+    Raises `DataError` when an evaluated problem appears in a variant (unless
+    `allow_contamination`) and `StageMismatchError` for a folder made from other inputs.
+    Under a multi-process launch, processes other than the main one return `{}` after training.
+    """
+    from curate.data import load_pool
+    from curate.evaluation.benchmarks import load_benchmark
+    from curate.models import model_fingerprint
+
+    progress = progress or Silent()
+    run_dir = Path(run_dir)
+    base_fp = model_fingerprint(config.base_model)
+    pools = {name: load_pool(path) for name, path in config.variants.items()}
+    problems = [p for bench in config.evals for p in load_benchmark(bench, limit=config.limit, seed=config.seed)]
+    contamination = check_contamination(pools, problems, config.ngram)
+    if contamination and not config.allow_contamination:
+        listed = "; ".join(f"variant {name!r} contains {sum(found.values())} evaluated problem(s) ({_describe(found)})"
+                           for name, found in contamination.items())
+        raise DataError(f"{listed}; decontaminate it or pass --allow-contamination")
+    for name, found in contamination.items():
+        progress.note(f"[bold red]WARNING: CONTAMINATED[/] variant {name!r} contains evaluated problems "
+                      f"({_describe(found)}); its scores are not a fair measurement")
+
+    trained = {}
+    for name, pool in pools.items():
+        folder = run_dir / name
+        manifest = {"stage": "train", "base_model": base_fp, "dataset": config.variants[name],
+                    "dataset_fingerprint": pool_fingerprint(pool), "train": config.train.to_dict()}
+        _open_stage(folder, manifest, config.overwrite)
+        trained[name] = _train(config, pool, folder, progress)
+    if not _main_process():
+        return {}
+
+    evals: dict[str, dict] = {}
+    eval_fp = fingerprint(config.eval_settings(), [p.id for p in problems])
+    models = ([BASE] if config.base_eval else []) + list(pools)
+    for name in models:
+        folder = run_dir / name
+        if name == BASE:
+            _open_stage(folder, {"stage": "base", "base_model": base_fp}, config.overwrite)
+        evals[name] = _evaluate(config, name, folder, trained.get(name), problems, eval_fp, progress)
+
+    results = {
+        "base_model": config.base_model, "base_model_fingerprint": base_fp,
+        "benchmarks": list(config.evals), "baseline": next(iter(pools)),
+        "train_config": config.train.to_dict(), "eval_config": config.eval_settings(),
+        "allow_contamination": config.allow_contamination, "contamination": contamination,
+        "variants": {name: {"dataset": config.variants[name], "card": dataset_card(config.variants[name]),
+                            "train": trained[name], "eval": evals[name]["summary"]} for name in pools},
+        "base": {"eval": evals[BASE]["summary"]} if config.base_eval else None,
+        "comparison": comparison(evals, next(iter(pools))),
+    }
+    atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=2, default=str).encode())
+    plot(results, run_dir / "results.png")
+    return results
+
+
+def check_contamination(pools: dict, problems: list, ngram: int = 13) -> dict[str, dict[str, int]]:
+    """{variant: {"<benchmark> <exact|Ngram>": rows}} for every variant with a row whose problem
+    equals an evaluated problem (normalised) or shares `ngram` consecutive words with one. The
+    benchmarks' fixed instructions are removed from their prompts first (they are not the problem)."""
+    import polars as pl
+
+    from curate.evaluation import benchmarks as bench_module
+    from curate.ops.decontam import Benchmark, contaminated_rows, normalise
+
+    instructions = [getattr(bench_module, n, "") for n in ("MATH_INSTRUCTION", "CODE_INSTRUCTION")]
+    by_source: dict[str, list[str]] = {}
+    for problem in problems:
+        text = problem.prompt
+        for instruction in filter(None, instructions):
+            text = text.replace(instruction, "")
+        by_source.setdefault(problem.source, []).append(text)
+    benches = [Benchmark(src, normalise(pl.Series(texts, dtype=pl.String)).to_list()) for src, texts in by_source.items()]
+    found = {}
+    for name, pool in pools.items():
+        rows = contaminated_rows(pool, benches, ngram)
+        if not rows.is_empty():
+            counts = rows.group_by("reason").len().sort("reason")
+            found[name] = {r.removeprefix("decontam:").replace(":", " "): n for r, n in counts.iter_rows()}
+    return found
+
+
+def pool_fingerprint(pool) -> str:
+    """sha256 (16 hex) over every row's id and canonical messages: the training content itself."""
+    h = hashlib.sha256()
+    for example in pool.examples():
+        h.update(json.dumps([example.id, list(example.messages)], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def dataset_card(path: str) -> str | None:
+    """The dataset card curate wrote beside (file: `<stem>.README.md`) or inside (folder) a pool."""
+    p = Path(path)
+    candidates = [p / "README.md"] if p.is_dir() else [
+        p.with_name(p.name[: len(p.name) - sum(len(s) for s in p.suffixes[k:])] + ".README.md")
+        for k in range(len(p.suffixes) - 1, -1, -1)]
+    return next((str(c) for c in candidates if c.is_file()), None)
+
+
+def _describe(found: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in found.items())
+
+
+def _open_stage(folder: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Create `folder` for these inputs; one made from others is refused, or emptied with `overwrite`."""
+    path = folder / "manifest.json"
+    manifest = json.loads(json.dumps(manifest, default=str))
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old == manifest:
+            return
+        if not overwrite:
+            changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            raise StageMismatchError(f"{folder} was made from other inputs (changed: {', '.join(changed)}); "
+                                     "pass --overwrite to redo it or choose another run folder")
+        if _main_process():
+            shutil.rmtree(folder)
+    if _main_process():
+        atomic_write_bytes(path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def _main_process() -> bool:
+    """True on the single process, or on rank 0 of a torchrun / accelerate launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train(config: ValidateConfig, pool, folder: Path, progress: Progress) -> dict[str, Any]:
+    from curate.training import train_variant
+
+    done = folder / "train.json"
+    if done.is_file() and (folder / "model").is_dir():
+        result = json.loads(done.read_text())
+        if result.get("steps") == config.train.max_steps:
+            progress.note(f"{folder.name}: trained already ({result['steps']} steps), skipped")
+            return result
+    result = train_variant(config.base_model, pool, config.train, folder, progress)
+    if result.rows_dropped or result.rows_at_max_length:
+        progress.note(f"{folder.name}: {result.rows_at_max_length} of {result.rows} rows cut at max_length "
+                      f"{config.train.max_length} tokens, {result.rows_dropped} dropped (no response token left)")
+    return result.to_dict()
+
+
+def _evaluate(config: ValidateConfig, name: str, folder: Path, trained: dict | None, problems: list,
+              eval_fp: str, progress: Progress) -> dict[str, Any]:
+    """Evaluate one model; `eval.json` = {fingerprint, summary, scores: {problem id: score}}."""
+    done = folder / "eval.json"
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        if saved.get("fingerprint") == eval_fp:
+            progress.note(f"{name}: evaluated already, skipped")
+            return saved
+        if not config.overwrite:
+            raise StageMismatchError(f"{done} was made with other evaluation settings or problems; "
+                                     "pass --overwrite to redo it or choose another run folder")
+    import torch
+
+    from curate.evaluation.evaluate import EvalConfig, evaluate
+    from curate.models import load_model
+    from curate.training import load_trained
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "bfloat16" if device == "cuda" else None
+    if trained is None:
+        model, tokenizer = load_model(config.base_model, device=device, dtype=dtype)
+    else:
+        model, tokenizer = load_trained(Path(trained["model_dir"]), config.base_model, device=device, dtype=dtype)
+    eval_config = EvalConfig(max_new_tokens=config.max_new_tokens, samples=config.samples,
+                             temperature=config.temperature, seed=config.seed,
+                             batch_size=config.eval_batch_size, timeout_s=config.timeout_s)
+    progress.note(f"evaluate {name} on {len(problems)} problem(s)")
+    result = evaluate(model, tokenizer, problems, eval_config, progress)
+    rows = result.to_rows()
+    atomic_write_bytes(folder / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    saved = {"fingerprint": eval_fp, "summary": result.summary(), "scores": {r["id"]: r["score"] for r in rows},
+             "sources": {r["id"]: r["source"] for r in rows}}
+    atomic_write_bytes(done, json.dumps(saved, indent=2).encode())
+    return saved
+
+
+def comparison(evals: dict[str, dict], baseline: str, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per benchmark and model: pass@1 with its 95% interval, truncated share, and the
+    difference to `baseline` (pass@1 points in [−1, 1]) with a paired percentile-bootstrap 95%
+    interval over the problems both answered (`resamples` resamples, seeded)."""
+    import numpy as np
+
+    rows = []
+    base = evals[baseline]
+    sources = list(dict.fromkeys(src for ev in evals.values() for src in ev["summary"]))
+    for source, name in ((src, name) for src in sources for name in evals):
+        ev = evals[name]
+        summary = ev["summary"].get(source)
+        if summary is not None:
+            row = {"benchmark": source, "model": name, "n": summary["n"], "pass@1": summary["pass@1"],
+                   "ci95": summary["ci95"], "truncated": summary["truncated"], "delta": None, "delta_ci95": None}
+            ids = [i for i, s in ev["sources"].items() if s == source and i in base["scores"]]
+            if name != baseline and ids:
+                diff = np.array([ev["scores"][i] - base["scores"][i] for i in ids], dtype=np.float64)
+                rng = np.random.default_rng(seed)
+                means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+                row["delta"] = float(diff.mean())
+                row["delta_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+            rows.append(row)
+    return rows
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: pass@1 per benchmark (x) and model (bars), with 95% interval error bars."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["comparison"]
+    benches = list(dict.fromkeys(r["benchmark"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(benches) * max(1, len(models) / 2)), 3.6))
+    for k, model in enumerate(models):
+        found = {r["benchmark"]: r for r in rows if r["model"] == model}
+        xs = [i + (k - (len(models) - 1) / 2) * width for i, b in enumerate(benches) if b in found]
+        ys = [found[b]["pass@1"] for b in benches if b in found]
+        err = [[found[b]["pass@1"] - found[b]["ci95"][0] for b in benches if b in found],
+               [found[b]["ci95"][1] - found[b]["pass@1"] for b in benches if b in found]]
+        label = f"{model} (baseline)" if model == results["baseline"] else model
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=label)
+    ax.set_xticks(range(len(benches)), benches)
+    ax.set_ylabel("pass@1 (95% bootstrap CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{Path(results['base_model']).name or results['base_model']}: {results['train_config']['max_steps']} SFT steps per variant")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

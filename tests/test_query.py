@@ -1,0 +1,113 @@
+"""`curate query` on a tiny random model: correct and incorrect sets partition the graded problems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from curate.cli import main
+from curate.data import load_pool
+from curate.evaluation import EvalConfig, evaluate, generate, load_benchmark
+from curate.evaluation.benchmarks import MATH_INSTRUCTION
+
+QUESTIONS = [f"Tom has {a} apples and buys {b} more. How many apples does he have?"
+             for a, b in [(3, 4), (10, 5), (7, 8), (12, 1), (6, 6), (2, 9)]]
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_partition(out: Path, expected_graded: int) -> tuple[list[dict], list[dict], dict]:
+    summary = json.loads((out / "summary.json").read_text())
+    correct, incorrect = read_rows(out / "correct.jsonl"), read_rows(out / "incorrect.jsonl")
+    graded = [r["id"] for r in read_rows(out / "graded.jsonl")]
+    assert summary["graded"] == len(graded) == expected_graded
+    ids_c, ids_i = {r["id"] for r in correct}, {r["id"] for r in incorrect}
+    assert not ids_c & ids_i
+    assert summary["counts"]["correct"] + summary["counts"]["incorrect"] == expected_graded
+    if summary["sampled"] == summary["counts"]:  # nothing sampled away: the two sets are all graded problems
+        assert ids_c | ids_i == set(graded)
+    assert summary["accuracy"] == pytest.approx(summary["counts"]["correct"] / expected_graded)
+    for row in correct + incorrect:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["domain"] in ("math", "code")
+    return correct, incorrect, summary
+
+
+def test_query_on_packaged_benchmarks(tiny_model_dir, tmp_path):
+    out = tmp_path / "gsm8k"
+    main(["query", "--model", str(tiny_model_dir), "--bench", "gsm8k", "-o", str(out),
+          "--max-new-tokens", "16", "--limit", "4", "--device", "cpu"])
+    correct, incorrect, summary = check_partition(out, 4)
+    assert summary["model"] == str(tiny_model_dir) and summary["bench"] == "gsm8k"
+    assert len(incorrect) == 4 and summary["accuracy"] == 0.0  # a random model answers nothing right
+    out = tmp_path / "mbpp"
+    main(["query", "--model", str(tiny_model_dir), "--bench", "mbpp", "-o", str(out),
+          "--max-new-tokens", "16", "--limit", "2", "--device", "cpu"])
+    _, incorrect, summary = check_partition(out, 2)
+    assert summary["isolation"] and summary["by_source"]["mbpp"]["truncated"] == 1.0
+    assert len(load_pool(out / "incorrect.jsonl")) == 2
+
+
+def test_query_partition_with_correct_answers(tiny_model_dir, tmp_path, write_jsonl):
+    """Gold answers set to what the tiny model greedily says for some problems: those are correct."""
+    from curate.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    prompts = [f"{q}\n{MATH_INSTRUCTION}" for q in QUESTIONS]
+    said = [g[0].text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=8)]
+    assert all(said)
+    right = {0, 2, 3}
+    rows = [{"id": f"q{i}", "question": q, "answer": said[i] if i in right else "-987654321.5"}
+            for i, q in enumerate(QUESTIONS)]
+    bench = write_jsonl(tmp_path / "echo.jsonl", rows)
+
+    out = tmp_path / "model"
+    main(["query", "--model", str(tiny_model_dir), "--bench", str(bench), "-o", str(out),
+          "--max-new-tokens", "16", "--device", "cpu"])
+    correct, incorrect, summary = check_partition(out, len(QUESTIONS))
+    assert {r["id"] for r in correct} == {f"echo/q{i}" for i in right}
+    assert summary["accuracy"] == pytest.approx(len(right) / len(QUESTIONS))
+    assert all(r["messages"][1]["content"].strip() == said[int(r["id"][-1])] for r in correct)
+    pool = load_pool(out / "correct.jsonl")  # what `curate score --query NAME=...` reads
+    assert pool.shape.name == "messages" and len(pool) == len(right)
+    assert [e.response for e in pool.examples()] == [r["messages"][1]["content"] for r in correct]
+
+    out = tmp_path / "reference"
+    main(["query", "--model", str(tiny_model_dir), "--bench", str(bench), "-o", str(out),
+          "--max-new-tokens", "16", "--device", "cpu", "--answers", "reference", "--n", "2", "--seed", "1"])
+    correct, incorrect, summary = check_partition(out, len(QUESTIONS))
+    assert summary["counts"] == {"correct": 3, "incorrect": 3} and summary["sampled"] == {"correct": 2, "incorrect": 2}
+    assert {r["id"] for r in correct} <= {f"echo/q{i}" for i in right}
+    assert set(summary["ids"]["correct"]) == {r["id"] for r in correct}
+    assert all(r["messages"][1]["content"].startswith("The answer is $\\boxed{") for r in correct)
+
+
+def test_evaluate_summary_avg_at_k(tiny_model_dir):
+    from curate.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    problems = load_benchmark("gsm8k", limit=3)
+    config = EvalConfig(max_new_tokens=8, samples=2, temperature=1.0, seed=3)
+    result = evaluate(model, tokenizer, problems, config)
+    again = evaluate(model, tokenizer, problems, config)
+    assert [r.completions for r in result.records] == [r.completions for r in again.records]  # seeded
+    summary = result.summary()["gsm8k"]
+    assert summary["n"] == 3 and summary["samples"] == 2 and summary["pass@1"] == 0.0
+    assert summary["ci95"] == [0.0, 0.0] and summary["truncated"] == 1.0
+    rows = result.to_rows()
+    json.dumps(rows)
+    assert len(rows) == 3 and all(len(r["completions"]) == 2 == len(r["correct"]) for r in rows)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        EvalConfig(samples=4)
+
+
+def test_query_bad_bench_is_one_line_error(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "--model", str(tiny_model_dir), "--bench", str(tmp_path / "nope.jsonl"),
+              "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "nope.jsonl" in err and len(err.splitlines()) == 1
