@@ -16,7 +16,7 @@ from curate.demo import SAMPLE, demo_subset
 
 
 def test_demo_without_model_runs_the_sample_recipe(tmp_path):
-    result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path), "--no-score"])
+    result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path), "--no-score", "--no-validate"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "recipe" / "sample.parquet"
     final = pl.read_parquet(out)

@@ -84,7 +84,7 @@ output: out.csv
     assert ":7: flip (step 1): decontaminate: 'math500' is not an input" in joined
     assert ":8: flip (step 1): swap_frac: expected float" in joined
     assert ":9: score (step 2): missing parameter 'model'" in joined
-    assert ":11: `validate:` is reserved" in joined
+    assert ":11: validate: missing key 'model'" in joined and ":11: validate: missing key 'eval'" in joined
     assert ":12: unknown top-level key 'extra'" in joined
     assert ":13: output:" in joined and ".csv" in joined
     assert not check_recipe(_write(tmp_path, text), check_files=False) == []
@@ -142,3 +142,42 @@ def test_sample_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert third.exit_code == 0, third.output
     assert third.output.count("done before, skipped") == 3
     assert pl.read_parquet(out).height == 40
+
+
+VALIDATED = """\
+inputs:
+  pool: pool.jsonl
+steps:
+  - op: prune
+    strategy: length
+    keep: 0.5
+output: out.jsonl
+validate:
+  model: {model}
+  eval: [gsm8k]
+  limit: 2
+  max_new_tokens: 8
+  base_eval: false
+  train: {{max_steps: 2, batch_size: 2, max_length: 256, gradient_checkpointing: false, save_steps: 2}}
+"""
+
+
+def test_validate_section_is_checked_with_the_recipe(tmp_path):
+    text = VALIDATED.format(model="m").replace("  limit: 2", "  limit: 0\n  epochs: 3").replace("max_steps: 2", "max_steps: 0")
+    joined = "\n".join(check_recipe(_write(tmp_path, text)))
+    assert ":12: validate: unknown key 'epochs'" in joined
+    text = VALIDATED.format(model="m").replace("max_steps: 2", "max_steps: 0").replace("  limit: 2\n", "  baseline: donor\n")
+    joined = "\n".join(check_recipe(_write(tmp_path, text)))
+    assert "validate: baseline 'donor' is not an input" in joined
+    text = VALIDATED.format(model="m").replace("max_steps: 2", "max_steps: 0")
+    joined = "\n".join(check_recipe(_write(tmp_path, text)))
+    assert ":9: validate: max_steps" in joined
+
+
+def test_validate_section_trains_the_output_against_the_baseline(tmp_path, tiny_model_dir):
+    recipe = _write(tmp_path, VALIDATED.format(model=tiny_model_dir))
+    result = run_recipe(recipe)
+    assert set(result.validation["variants"]) == {"pool", "recipe"}
+    assert (tmp_path / "out.jsonl.validate" / "results.json").exists()
+    for name in ("pool", "recipe"):
+        assert result.validation["variants"][name]["train"]["steps"] == 2

@@ -5,6 +5,7 @@ A recipe is YAML with three top-level keys over a closed set of operations:
     inputs:  {name: path}          # `pool` is the starting pool; others are donors, query sets, benchmarks
     steps:   [{op: NAME, ...}]     # ops: see OPS; each reads the current pool and produces the next
     output:  path | {path, format, emit}
+    validate: {...}                # optional: fine-tune and evaluate output vs. baseline (curate.recipes.validation)
 
 Paths are relative to the recipe file. A step's parameters are the fields of its op's config
 dataclass (`TagConfig`, `ScoreConfig`, `FlipConfig`, `PruneConfig`, `StripConfig`), checked by
@@ -22,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 TOP_KEYS = ("inputs", "steps", "output")
-RESERVED = {"validate": "`validate:` is reserved for fine-tuning validation runs (`curate validate`), "
-                        "which are not built yet; remove it from the recipe"}
+OPTIONAL_KEYS = ("validate",)  # see curate.recipes.validation
 NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
@@ -79,6 +79,7 @@ class Recipe:
     output: Path
     format: str | None = None
     emit: str = "input"
+    validate: Any = None  # curate.recipes.validation.ValidateSpec
 
 
 class _Errors(list):
@@ -117,10 +118,8 @@ def parse_recipe(path: str | Path, *, check_files: bool = True, output: str | Pa
     base = path.parent
     top = _mapping(root, errors, "recipe")
     for key, (knode, _) in top.items():
-        if key in RESERVED:
-            errors.add(knode, RESERVED[key])
-        elif key not in TOP_KEYS:
-            errors.add(knode, f"unknown top-level key {key!r}; expected {', '.join(TOP_KEYS)}")
+        if key not in TOP_KEYS + OPTIONAL_KEYS:
+            errors.add(knode, f"unknown top-level key {key!r}; expected {', '.join(TOP_KEYS + OPTIONAL_KEYS)}")
     for key in TOP_KEYS:
         if key not in top:
             errors.add(root, f"missing top-level key {key!r}")
@@ -148,9 +147,14 @@ def parse_recipe(path: str | Path, *, check_files: bool = True, output: str | Pa
         recipe_out = Path(output)
     if recipe_out is not None:
         _check_output(recipe_out, fmt, emit, top["output"][1] if "output" in top else root, errors)
+    validate = None
+    if "validate" in top:
+        from curate.recipes.validation import parse_validate
+
+        validate = parse_validate(top["validate"][1], path, inputs, recipe_out, errors)
     if errors:
         return None, [message for _, message in sorted(errors, key=lambda e: e[0])]
-    return Recipe(path, text, inputs, steps, recipe_out, fmt, emit), []
+    return Recipe(path, text, inputs, steps, recipe_out, fmt, emit, validate), []
 
 
 def _steps(node, inputs: dict[str, Path], base: Path, errors: _Errors) -> list[Step]:

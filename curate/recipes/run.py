@@ -36,6 +36,7 @@ class StepSummary:
 class RunResult:
     output: Path | None  # None for a dry run
     steps: list[StepSummary]
+    validation: dict | None = None  # results.json of the `validate:` section, when it has one
 
 
 def file_stat(path: Path) -> list:
@@ -159,7 +160,15 @@ class _Runner:
         path = write_pool(pool, self.recipe.output, fmt=self.recipe.format, emit=self.recipe.emit,
                           manifest=net_manifest(self.manifests, pool), command=f"curate run {self.recipe.path}",
                           extra_card=self.card(summaries))
-        return RunResult(path, summaries)
+        result = RunResult(path, summaries)
+        if self.recipe.validate is not None:
+            from curate.validate import validate
+
+            spec = self.recipe.validate
+            spec.config.variants[list(spec.config.variants)[-1]] = str(path)
+            self.progress.note(f"validate: {', '.join(spec.config.variants)} -> {spec.run_dir}")
+            result.validation = validate(spec.config, spec.run_dir, progress=self.progress)
+        return result
 
     def card(self, summaries: list[StepSummary]) -> dict[str, str]:
         rows = ["| step | op | rows out | counts | stage |", "|---|---|---|---|---|"]
