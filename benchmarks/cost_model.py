@@ -18,7 +18,10 @@ each tracked Linear m its (in_m, out_m):
   scoring hooks          sum_m 2 F out in  (+ 2 F min(in, out))         (F query functions)
 The GPU-hour table divides by two stated throughputs: model passes in bf16 (default 200
 TFLOP/s effective, e.g. an H100 at ~50% of its dense bf16 peak) and the hook matmuls in fp32/tf32
-(default 50 TFLOP/s). Eigendecompositions are a fixed cost not in the table.
+(default 50 TFLOP/s). Scoring counts 2 query sets of 3 functions each (the full set and the
+default 2 stability splits). Eigendecompositions and the query-gradient passes are fixed costs
+not in the table. FlopCounterMode does not see SDPA's attention on CPU, so the measured forward
+is the analytic one minus its attention term.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def main() -> None:
     stages = {
         "covariances (fit set)": model_pass + q["covariance"] / fp32,
         "Lambda* (fit set)": model_pass + q["lambda"] / fp32,
-        "scoring, 2 query sets (pool)": model_pass + 2 * q["scoring"] / fp32,
+        "scoring, 2 sets x 3 functions": model_pass + 6 * q["scoring"] / fp32,
     }
     print(f"\n{'stage':32s} {'17k traces':>12s} {'114k traces':>12s}   (GPU-hours; fit set = min(5000, pool))")
     total = {17_000: 0.0, 114_000: 0.0}

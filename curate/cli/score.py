@@ -22,6 +22,15 @@ the number of response tokens scored, `curate_truncated` whether the example was
 --max-length."""
 
 
+STABILITY_NOTE = """\
+Each query set was split into disjoint, seeded halves (or K-ths); each split ranks the pool on its
+own. Spearman between splits measures how much the ranking depends on the particular query
+examples drawn; Spearman-Brown extrapolates it to the full query set. Below 0.7 the ranking is
+flagged unstable: add query examples before selecting data by it. See `curate audit` for the
+counterfactual check (does removing what the scores call helpful hurt more than removing random
+rows?)."""
+
+
 def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
     import re
 
@@ -64,7 +73,9 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--modules", default="mlp", show_default=True, help="Tracked Linears: mlp, all, or a regex on module names.")
 @click.option("--normalize", type=click.Choice(["none", "query", "train", "both"]), default="none", show_default=True,
               help="Per-token log-likelihoods for the query objective, the train example, both or neither.")
-@click.option("--query-splits", type=int, default=0, show_default=True, help="Also score K disjoint splits of each query set (K >= 2).")
+@click.option("--query-splits", type=int, default=None,
+              help="Also score K disjoint splits of each query set (K >= 2; 0 = none); their agreement is the "
+                   "ranking-stability report [default: 2 when every query set has >= 4 examples, else 0].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Padded tokens per batch.")
 @click.option("--chunk-size", type=int, default=128, show_default=True, help="Examples per resumable chunk.")
@@ -129,6 +140,9 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
         ),
         "Influence plan": "```\n" + _plain(result.plan.render()) + "\n```",
     }
+    if result.stability:
+        card["Ranking stability"] = STABILITY_NOTE + "\n\n```\n" + "\n".join(
+            r.render() for r in result.stability.values()) + "\n```"
     path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card,
                       emit=emit, fmt=fmt, push_to_hub=push_to_hub, manifest=removed)
     for name, side in (("tokens", result.tokens), ("sentences", result.sentences)):
@@ -157,6 +171,7 @@ def render_summary(result, domains: dict[str, str] | None = None, top: int = 3) 
     most helpful examples (stderr)."""
     import polars as pl
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(stderr=True)
@@ -188,6 +203,8 @@ def render_summary(result, domains: dict[str, str] | None = None, top: int = 3) 
     truncated = int(t.select(pl.col("curate_truncated").sum()).item())
     if truncated:
         console.print(f"[yellow]{truncated} example(s) were cut at the length bound (curate_truncated)[/yellow]")
+    for report in result.stability.values():
+        console.print(("[yellow]" if report.unstable else "") + escape(report.render()) + ("[/yellow]" if report.unstable else ""))
     unscored = int(t.select(pl.col(result.columns[0]).is_null().sum()).item())
     if unscored:
         console.print(f"[yellow]{unscored} example(s) had no response token inside the bound: null scores[/yellow]")

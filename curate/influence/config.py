@@ -12,6 +12,9 @@ NORMALIZE = ("none", "query", "train", "both")
 DTYPES = ("float32", "float64", "bfloat16")
 
 
+AUTO_SPLIT_MIN = 4  # query examples per set below which the default scores no splits
+
+
 @dataclass
 class ScoreConfig:
     """Settings of `curate score`.
@@ -29,7 +32,9 @@ class ScoreConfig:
         regular expression on module names.
     normalize: per-token log-likelihoods for the query objective ("query"), the training
         example ("train"), both, or neither (default: summed, as the papers write them).
-    query_splits: K >= 2 also scores K disjoint, seeded splits of each query set (0 = none).
+    query_splits: K >= 2 also scores K disjoint, seeded splits of each query set (0 = none); their
+        agreement is the ranking-stability report (`curate.audit.stability`). None (default):
+        2 when every query set has at least `AUTO_SPLIT_MIN` examples, else 0.
     seed: seeds the Fisher label sampling, the fit subsample and the query splits.
     batch_tokens: padded tokens per batch (B x T); bounds activation memory.
     chunk_size: examples per resumable scoring chunk.
@@ -62,7 +67,7 @@ class ScoreConfig:
     max_length: int | None = None
     modules: str = "mlp"
     normalize: str = "none"
-    query_splits: int = 0
+    query_splits: int | None = None
     seed: int = 0
     batch_tokens: int = 4096
     chunk_size: int = 128
@@ -92,7 +97,7 @@ class ScoreConfig:
             else:
                 if self.damping < 0:
                     errors.append("damping must be >= 0")
-        if self.query_splits == 1 or self.query_splits < 0:
+        if self.query_splits is not None and (self.query_splits == 1 or self.query_splits < 0):
             errors.append("query_splits must be 0 (none) or >= 2")
         for name in ("fit_on", "fit_max_length", "batch_tokens", "chunk_size"):
             if getattr(self, name) < 1:
@@ -127,6 +132,14 @@ class ScoreConfig:
 
         # Under torchrun / accelerate each process takes the GPU of its local rank.
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+    def with_splits_for(self, query_sizes: list[int]) -> ScoreConfig:
+        """This config with `query_splits` resolved for query sets of these sizes."""
+        if self.query_splits is not None:
+            return self
+        import dataclasses
+
+        return dataclasses.replace(self, query_splits=2 if min(query_sizes, default=0) >= AUTO_SPLIT_MIN else 0)
 
     @property
     def sample_seed(self) -> int | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from curate.audit.stability import StabilityReport, stability_all
 from curate.data.example import Example
 from curate.errors import UsageError
 from curate.influence.batches import make_batches
@@ -48,7 +49,8 @@ class ScoreResult:
     `token_influence_<q>`, the influence of each response token's log-likelihood on query set q
     (lists of equal length that sum to the instance score). `sentences` (with
     `config.sentences`): per segment of each response, its span and `segment_influence_<q>` =
-    I(z) - I(z without the segment)."""
+    I(z) - I(z without the segment). `stability` (with query splits): how alike the disjoint
+    splits rank the pool, per query set (`curate.audit.stability`)."""
 
     table: pl.DataFrame
     plan: Plan
@@ -56,6 +58,7 @@ class ScoreResult:
     tokens: pl.DataFrame | None = None
     sentences: pl.DataFrame | None = None
     pending: str | None = None  # a `--shard` job that did its part: what it wrote (no table then)
+    stability: dict[str, StabilityReport] = field(default_factory=dict)  # per query set with splits
 
 
 def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:
@@ -115,6 +118,7 @@ def score_pool(
     fit_rows = sorted(random.Random(config.seed).sample(range(len(examples)), min(config.fit_on, len(examples))))
     fit_items = [z for z in tokenize_all(tokenizer, (examples[i] for i in fit_rows), config.fit_max_length) if z.scorable]
     query_items = {q: _scorable_queries(q, tokenize_all(tokenizer, ex, max_length)) for q, ex in queries.items()}
+    config = config.with_splits_for([len(items) for items in query_items.values()])
     pool_lengths = [(z.full_length, z.truncated, z.scorable) for z in tokenize_all(tokenizer, examples, max_length)]
     plan = make_plan(model, modules, groups, config, pool_lengths, fit_items, query_items, max_length)
     progress.note(plan.render() + (f"\n{coll.shard.world_size} ranks (torch.distributed)" if coll.distributed else ""))
@@ -179,7 +183,9 @@ def score_pool(
             + (f"{missing} chunks still missing" if missing else "all chunks written")
             + ": when every job is done, run the same command without --shard to write the output"))
     tables = {kind: pl.concat([pl.read_parquet(chunk_path(c, kind)) for c in range(n_chunks)]) for kind in kinds}
-    return ScoreResult(tables["scores"], plan, columns, tables.get("tokens"), tables.get(config.sentences))
+    stability = stability_all(tables["scores"], columns, query_sizes={q: len(v) for q, v in query_items.items()})
+    return ScoreResult(tables["scores"], plan, columns, tables.get("tokens"), tables.get(config.sentences),
+                       stability=stability)
 
 
 def _chunk_table(path: Path, compute, chunk) -> None:
