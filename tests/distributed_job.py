@@ -9,24 +9,16 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from curate.data.example import Example
 from curate.influence.config import ScoreConfig
 from curate.influence.engine import score_pool
-
-TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
+from tests.tiny import add_example, tiny_chat_llama
 
 
 def build(fisher: str):
     """(model, tokenizer, pool, queries, config): a tiny float64 Llama and 11 pool rows (no even split)."""
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).double().eval()
-
-    def ex(i: int, answer: str) -> Example:
-        return Example(f"p:{i}", ({"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": answer}))
+    model, tok = tiny_chat_llama()
+    ex = add_example
 
     pool = [ex(i, f"{i} plus {i} is {2 * i}." + " Check." * (i % 4)) for i in range(11)]
     queries = {"q": [ex(20 + i, f"It is {40 + 2 * i}.") for i in range(5)]}

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-import torch
-
-from curate.data.example import Example
 from curate.influence import scoring
 from curate.influence.config import ScoreConfig
 from curate.influence.engine import score_pool
-
-TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
+from tests.tiny import add_example, tiny_chat_llama
 
 
 def _model_and_data():
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).double().eval()
-
-    def ex(i, answer):
-        return Example(f"p:{i}", ({"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": answer}))
+    model, tok = tiny_chat_llama()
+    ex = add_example
 
     pool = [ex(i, f"{i} plus {i} is {2 * i}." + " Check." * (i % 3)) for i in range(7)]
     return model, tok, pool, {"q": [ex(20, "It is 40."), ex(21, "42.")]}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
 from curate.data.example import Example
 from curate.influence.batches import make_batches
@@ -16,8 +13,7 @@ from curate.influence.scoring import score_batches
 from curate.influence.segments import segment
 from curate.influence.tokens import tokenize_example
 from curate.stages import load_tensors
-
-TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
+from tests.tiny import add_example, tiny_chat_llama
 
 
 def test_segmenters_cover_the_text_without_overlap():
@@ -34,15 +30,8 @@ def test_segmenters_cover_the_text_without_overlap():
 
 
 def test_segment_influence_is_the_counterfactual_difference(tmp_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).double().eval()
-
-    def ex(i, answer):
-        return Example(f"p:{i}", ({"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": answer}))
+    model, tok = tiny_chat_llama()
+    ex = add_example
 
     pool = [ex(0, "We add. 0 plus 0 is 0. Check: yes."), ex(1, "One and one. That makes 2.")]
     queries = {"q": [ex(9, "It is 18.")]}
@@ -68,12 +57,7 @@ def test_segment_influence_is_the_counterfactual_difference(tmp_path):
 
 
 def test_linear_segments_are_sums_of_token_scores(tmp_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).double().eval()
+    model, tok = tiny_chat_llama(seed=1)
     pool = [Example("p:0", ({"role": "user", "content": "Add 2 and 2."},
                             {"role": "assistant", "content": "We add. 2 plus 2 is 4.\n\nCheck: yes, 4."}))]
     queries = {"q": [Example("q:0", ({"role": "user", "content": "Add 3 and 3."}, {"role": "assistant", "content": "6."}))]}

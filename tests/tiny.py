@@ -67,3 +67,24 @@ def autograd_example_grads(model, modules: dict, item: Tokenized, *, sample_seed
         p.grad = None
         p.requires_grad_(False)
     return grads
+
+
+def tiny_chat_llama(seed: int = 0):
+    """(model, tokenizer): a 2-layer float64 Llama (hidden 16) over the packaged SmolLM2 tokenizer,
+    for tests that run `score_pool` on chat examples."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).double().eval()
+    return model, tok
+
+
+def add_example(i: int, answer: str):
+    """A chat example asking to add i and i, answered by `answer`."""
+    from curate.data.example import Example
+
+    return Example(f"p:{i}", ({"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": answer}))

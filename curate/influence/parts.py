@@ -25,8 +25,6 @@ from curate.influence.factors import Covariance, ModuleFactors, eigenbases
 from curate.shard import Shard
 from curate.stages import load_tensors, save_tensors
 
-KINDS = ("covariances", "lambdas")
-
 
 def part_path(stage: Path, kind: str, group: int, shard: Shard) -> Path:
     return stage / f"{kind}-g{group:03d}.part{shard.rank}of{shard.world_size}.safetensors"
