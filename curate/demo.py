@@ -27,7 +27,9 @@ class DemoConfig:
     are cut and reported). modules: the tracked Linears; the demo tracks the MLPs of SmolLM2's last
     4 of 30 blocks, so the backward passes stop there and the run takes a few minutes on 2 CPU
     cores (all 30 blocks and the full 80-row pool take well over 15 minutes). score: False skips
-    the model step (and the pruning that needs its scores). validate: False skips the validation
+    the model step (and the pruning that needs its scores). tokens: also score every response token
+    (exact, by forward-mode AD), so the report highlights each top example's most influential
+    tokens. validate: False skips the validation
     run; validate_steps: optimizer steps per variant (2 examples each); validate_problems:
     problems per benchmark (GSM8K, MBPP). The validation is a plumbing demonstration: a few steps
     on a handful of problems measure nothing about the recipe."""
@@ -38,6 +40,7 @@ class DemoConfig:
     max_length: int = 768
     modules: str = r"layers\.(2[6-9])\.mlp\."
     score: bool = True
+    tokens: bool = True
     validate: bool = True
     validate_steps: int = 2
     validate_problems: int = 3
@@ -96,32 +99,32 @@ def run_demo(config: DemoConfig, progress=None, on_stats=None) -> DemoResult:
 
 def _score_and_prune(config: DemoConfig, pool, result: DemoResult, progress) -> None:
     """Score a balanced subset with SmolLM2, write it with the report, prune it by influence."""
-    from curate.cli.score import SIGN_AND_SCALE
     from curate.data import ManifestEntry, load_pool, write_pool
     from curate.influence.config import ScoreConfig
     from curate.influence.engine import score_pool
+    from curate.influence.output import QuerySource, write_scored
     from curate.ops import PruneConfig, prune
+    from curate.report import render_report
 
     keep, left_out = demo_subset(pool, config.examples)
     subset = pool.with_dataset(pool.dataset.select(keep))
     queries = {name: list(load_pool(path, source=f"query-{name}").examples())[: config.queries]
                for name, path in QUERY_SETS.items()}
     score_config = ScoreConfig(model="smollm2-135m", max_length=config.max_length, modules=config.modules,
-                               fit_max_length=config.max_length, batch_tokens=2048)
+                               fit_max_length=config.max_length, batch_tokens=2048, tokens=config.tokens)
     out = Path(config.out)
     result.score = score_pool(list(subset.examples()), queries, score_config, out / "score.work", progress=progress)
     result.domains = dict(zip(subset.dataset["curate_id"], subset.dataset["curate_domain"], strict=True))
     ids = pool.dataset["curate_id"]
     manifest = [ManifestEntry(ids[i], "removed", f"demo:subset not among the --examples {config.examples} scored rows")
                 for i in left_out]
-    scored_path = write_pool(subset, out / "scored", annotations=result.score.table, manifest=manifest,
-                             command="curate demo", extra_card={"Influence scores": SIGN_AND_SCALE})
-    result.written.append(scored_path)
-
-    from curate.report import render_report
-
-    result.written.append(render_report(scored_path, out / "report.html"))
-    pruned = prune(load_pool(scored_path), PruneConfig(keep=0.5))
+    sources = {name: QuerySource(str(QUERY_SETS[name].relative_to(SAMPLE.parent)), len(q))
+               for name, q in queries.items()}
+    scored = write_scored(subset, result.score, out / "scored", config=score_config, queries=sources,
+                          command="curate demo", manifest=manifest)
+    result.written.extend([scored.path, *scored.side_files])
+    result.written.append(render_report(scored.path, out / "report.html"))
+    pruned = prune(load_pool(scored.path), PruneConfig(keep=0.5))
     result.prune_report = pruned.report
     result.written.append(write_pool(pruned.pool, out / "pruned", manifest=pruned.manifest,
                                      command="curate demo", extra_card=pruned.report.card))

@@ -8,7 +8,9 @@ Every variant is trained from the same base model with the same `TrainConfig` (s
 steps, examples per step; see `curate.training`), then every model (the untrained base first,
 unless `base_eval=False`) answers the same benchmark problems (`curate.evaluation`). The first
 variant is the baseline: each other one is reported as its pass@1 minus the baseline's, with a
-paired bootstrap 95% interval over problems.
+paired bootstrap 95% interval over problems. The pieces live in `curate.training` (SFT),
+`curate.evaluation` (generation, grading), `curate.evaluation.contamination` (the refusal) and
+`curate.evaluation.compare` (the table and plot); this module runs them as resumable stages.
 
 Layout of the run folder (`RUN_DIR`):
 
@@ -40,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import DataError, StageMismatchError, UsageError
+from curate.evaluation.compare import comparison, plot_comparison
+from curate.evaluation.contamination import check_contamination, describe
 from curate.progress import Progress, Silent
 from curate.stages import atomic_write_bytes, fingerprint
 from curate.training.config import TrainConfig
@@ -96,10 +100,13 @@ class ValidateConfig:
             errors.append(f"a benchmark is named twice in {list(self.evals)}")
         if self.limit is not None and self.limit < 1:
             errors.append(f"limit must be >= 1, got {self.limit}")
-        if self.samples < 1 or self.max_new_tokens < 1 or self.eval_batch_size < 1:
-            errors.append("samples, max_new_tokens and eval_batch_size must be >= 1")
-        if self.temperature < 0 or self.timeout_s <= 0:
-            errors.append("temperature must be >= 0 and timeout_s > 0")
+        for name in ("samples", "max_new_tokens", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            errors.append(f"temperature must be >= 0, got {self.temperature}")
+        if self.timeout_s <= 0:
+            errors.append(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.samples > 1 and self.temperature == 0:
             errors.append("samples > 1 needs temperature > 0 (greedy answers would all be the same)")
         if self.ngram < 1:
@@ -130,12 +137,12 @@ def validate(config: ValidateConfig, run_dir: Path, progress: Progress | None = 
     problems = [p for bench in config.evals for p in load_benchmark(bench, limit=config.limit, seed=config.seed)]
     contamination = check_contamination(pools, problems, config.ngram)
     if contamination and not config.allow_contamination:
-        listed = "; ".join(f"variant {name!r} contains {sum(found.values())} evaluated problem(s) ({_describe(found)})"
+        listed = "; ".join(f"variant {name!r} contains {sum(found.values())} evaluated problem(s) ({describe(found)})"
                            for name, found in contamination.items())
         raise DataError(f"{listed}; decontaminate it or pass --allow-contamination")
     for name, found in contamination.items():
         progress.note(f"[bold red]WARNING: CONTAMINATED[/] variant {name!r} contains evaluated problems "
-                      f"({_describe(found)}); its scores are not a fair measurement")
+                      f"({describe(found)}); its scores are not a fair measurement")
 
     trained = {}
     for name, pool in pools.items():
@@ -167,34 +174,8 @@ def validate(config: ValidateConfig, run_dir: Path, progress: Progress | None = 
         "comparison": comparison(evals, next(iter(pools))),
     }
     atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=2, default=str).encode())
-    plot(results, run_dir / "results.png")
+    plot_comparison(results, run_dir / "results.png")
     return results
-
-
-def check_contamination(pools: dict, problems: list, ngram: int = 13) -> dict[str, dict[str, int]]:
-    """{variant: {"<benchmark> <exact|Ngram>": rows}} for every variant with a row whose problem
-    equals an evaluated problem (normalised) or shares `ngram` consecutive words with one. The
-    benchmarks' fixed instructions are removed from their prompts first (they are not the problem)."""
-    import polars as pl
-
-    from curate.evaluation import benchmarks as bench_module
-    from curate.ops.decontam import Benchmark, contaminated_rows, normalise
-
-    instructions = [getattr(bench_module, n, "") for n in ("MATH_INSTRUCTION", "CODE_INSTRUCTION")]
-    by_source: dict[str, list[str]] = {}
-    for problem in problems:
-        text = problem.prompt
-        for instruction in filter(None, instructions):
-            text = text.replace(instruction, "")
-        by_source.setdefault(problem.source, []).append(text)
-    benches = [Benchmark(src, normalise(pl.Series(texts, dtype=pl.String)).to_list()) for src, texts in by_source.items()]
-    found = {}
-    for name, pool in pools.items():
-        rows = contaminated_rows(pool, benches, ngram)
-        if not rows.is_empty():
-            counts = rows.group_by("reason").len().sort("reason")
-            found[name] = {r.removeprefix("decontam:").replace(":", " "): n for r, n in counts.iter_rows()}
-    return found
 
 
 def pool_fingerprint(pool) -> str:
@@ -212,10 +193,6 @@ def dataset_card(path: str) -> str | None:
         p.with_name(p.name[: len(p.name) - sum(len(s) for s in p.suffixes[k:])] + ".README.md")
         for k in range(len(p.suffixes) - 1, -1, -1)]
     return next((str(c) for c in candidates if c.is_file()), None)
-
-
-def _describe(found: dict[str, int]) -> str:
-    return ", ".join(f"{reason}: {n}" for reason, n in found.items())
 
 
 def _open_stage(folder: Path, manifest: dict[str, Any], overwrite: bool) -> None:
@@ -294,61 +271,3 @@ def _evaluate(config: ValidateConfig, name: str, folder: Path, trained: dict | N
     return saved
 
 
-def comparison(evals: dict[str, dict], baseline: str, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per benchmark and model: pass@1 with its 95% interval, truncated share, and the
-    difference to `baseline` (pass@1 points in [−1, 1]) with a paired percentile-bootstrap 95%
-    interval over the problems both answered (`resamples` resamples, seeded)."""
-    import numpy as np
-
-    rows = []
-    base = evals[baseline]
-    sources = list(dict.fromkeys(src for ev in evals.values() for src in ev["summary"]))
-    for source, name in ((src, name) for src in sources for name in evals):
-        ev = evals[name]
-        summary = ev["summary"].get(source)
-        if summary is not None:
-            row = {"benchmark": source, "model": name, "n": summary["n"], "pass@1": summary["pass@1"],
-                   "ci95": summary["ci95"], "truncated": summary["truncated"], "delta": None, "delta_ci95": None}
-            ids = [i for i, s in ev["sources"].items() if s == source and i in base["scores"]]
-            if name != baseline and ids:
-                diff = np.array([ev["scores"][i] - base["scores"][i] for i in ids], dtype=np.float64)
-                rng = np.random.default_rng(seed)
-                means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-                row["delta"] = float(diff.mean())
-                row["delta_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-            rows.append(row)
-    return rows
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Grouped bars: pass@1 per benchmark (x) and model (bars), with 95% interval error bars."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results["comparison"]
-    benches = list(dict.fromkeys(r["benchmark"] for r in rows))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(benches) * max(1, len(models) / 2)), 3.6))
-    for k, model in enumerate(models):
-        found = {r["benchmark"]: r for r in rows if r["model"] == model}
-        xs = [i + (k - (len(models) - 1) / 2) * width for i, b in enumerate(benches) if b in found]
-        ys = [found[b]["pass@1"] for b in benches if b in found]
-        err = [[found[b]["pass@1"] - found[b]["ci95"][0] for b in benches if b in found],
-               [found[b]["ci95"][1] - found[b]["pass@1"] for b in benches if b in found]]
-        label = f"{model} (baseline)" if model == results["baseline"] else model
-        ax.bar(xs, ys, width, yerr=err, capsize=3, label=label)
-    ax.set_xticks(range(len(benches)), benches)
-    ax.set_ylabel("pass@1 (95% bootstrap CI)")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{Path(results['base_model']).name or results['base_model']}: {results['train_config']['max_steps']} SFT steps per variant")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from curate.errors import DataError
-from curate.evaluation import Problem, extract_code, grade, grade_code, grade_math, load_benchmark
+from curate.errors import DataError, UsageError
+from curate.evaluation import extract_code, grade, grade_code, grade_math, load_benchmark
 from curate.evaluation.grading import gsm8k_gold, last_boxed
 
 GSM8K_ANSWER = ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
@@ -127,7 +127,16 @@ def test_bad_benchmark_rows_name_file_and_row(tmp_path, write_jsonl):
         load_benchmark(str(bad))
     with pytest.raises(DataError, match="no such file"):
         load_benchmark(str(tmp_path / "missing.jsonl"))
-    assert isinstance(Problem("x", "math", "p"), Problem)
+    with pytest.raises(DataError, match="no such file"):
+        load_benchmark("missing.jsonl")  # a file name, not a mistyped benchmark
+
+
+def test_unknown_benchmark_name_and_bad_limit_are_usage_errors():
+    with pytest.raises(UsageError, match=r"unknown benchmark 'math5000': expected one of gsm8k, math500"):
+        load_benchmark("math5000")
+    with pytest.raises(UsageError, match="limit must be >= 1, got 0"):
+        load_benchmark("gsm8k", limit=0)
+    assert len(load_benchmark("gsm8k", limit=25)) == 20  # more than there are: all of them
 
 
 def test_math_grading_works_off_the_main_thread():

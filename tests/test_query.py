@@ -9,8 +9,10 @@ import pytest
 
 from curate.cli import main
 from curate.data import load_pool
+from curate.errors import UsageError
 from curate.evaluation import EvalConfig, evaluate, generate, load_benchmark
 from curate.evaluation.benchmarks import MATH_INSTRUCTION
+from tests.cli_helpers import cli_error
 
 QUESTIONS = [f"Tom has {a} apples and buys {b} more. How many apples does he have?"
              for a, b in [(3, 4), (10, 5), (7, 8), (12, 1), (6, 6), (2, 9)]]
@@ -100,8 +102,13 @@ def test_evaluate_summary_avg_at_k(tiny_model_dir):
     rows = result.to_rows()
     json.dumps(rows)
     assert len(rows) == 3 and all(len(r["completions"]) == 2 == len(r["correct"]) for r in rows)
-    with pytest.raises(ValueError, match="temperature > 0"):
-        EvalConfig(samples=4)
+
+
+@pytest.mark.parametrize(("bad", "option"), [({"samples": 4}, "temperature > 0"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                                             ({"timeout_s": 0}, "timeout_s"), ({"batch_size": 0}, "batch_size")])
+def test_eval_config_is_range_checked(bad, option):
+    with pytest.raises(UsageError, match=option):
+        EvalConfig(**bad)
 
 
 def test_query_bad_bench_is_one_line_error(tiny_model_dir, tmp_path, capsys):
@@ -111,3 +118,13 @@ def test_query_bad_bench_is_one_line_error(tiny_model_dir, tmp_path, capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "nope.jsonl" in err and len(err.splitlines()) == 1
+
+
+def test_query_bad_options_are_one_line_errors(tiny_model_dir, tmp_path, capsys):
+    base = ["query", "--model", str(tiny_model_dir), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    error = cli_error([*base, "--bench", "gsm8kk"], capsys)
+    assert "unknown benchmark 'gsm8kk'" in error and "gsm8k, math500, humaneval, mbpp" in error
+    assert "max_new_tokens must be >= 1" in cli_error([*base, "--bench", "gsm8k", "--max-new-tokens", "0"], capsys)
+    assert "limit must be >= 1" in cli_error([*base, "--bench", "gsm8k", "--limit", "0"], capsys)
+    assert "n must be >= 1" in cli_error([*base, "--bench", "gsm8k", "--n", "0"], capsys)
+    assert not (tmp_path / "out").exists()

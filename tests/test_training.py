@@ -90,5 +90,12 @@ def test_lora_without_peft_gives_an_install_hint(tiny_model_dir, pool, tmp_path,
 @pytest.mark.parametrize("bad", [{"max_steps": 0}, {"lr_scheduler": "nope"}, {"lora_r": -1},
                                  {"warmup": 1.5}, {"device": "tpu"}])
 def test_config_is_range_checked(bad):
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=next(iter(bad))):
         config(**bad)
+
+
+def test_warmup_fraction_becomes_steps():
+    assert config(max_steps=100, warmup=0.03).warmup_steps == 3
+    assert config(max_steps=10, warmup=0.05).warmup_steps == 1  # rounded up
+    assert config(max_steps=10, warmup=4).warmup_steps == 4
+    assert config(warmup=0).warmup_steps == 0

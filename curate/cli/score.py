@@ -7,28 +7,7 @@ import sys
 import click
 
 from curate.cli.options import decontaminated, output_options
-
-SIGN_AND_SCALE = """\
-`curate_influence_<q>` = grad f_q(theta)^T (EK-FAC + damping I)^{-1} grad log p(z; theta), where
-f_q is the mean over query set q of log p(answer | prompt) and log p(z) is summed over the
-example's response tokens (prompt tokens masked). **Positive = up-weighting the example raises
-the likelihood of the query answers (it helps); negative = it hurts.** The scale is a first-order
-change in f_q (nats) per unit of up-weighting; with summed (not per-token) log-likelihoods, long
-examples get larger magnitudes (`--normalize train` divides by the example's token count).
-Scores are comparable within one run (same model, factors and damping), not across models.
-`curate_influence_<q>_split<k>` are the same score against disjoint split k of the query set.
-`curate_nll` is the mean response NLL per token (nats) under the scored model, `curate_tokens`
-the number of response tokens scored, `curate_truncated` whether the example was cut at
---max-length."""
-
-
-STABILITY_NOTE = """\
-Each query set was split into disjoint, seeded halves (or K-ths); each split ranks the pool on its
-own. Spearman between splits measures how much the ranking depends on the particular query
-examples drawn; Spearman-Brown extrapolates it to the full query set. Below 0.7 the ranking is
-flagged unstable: add query examples before selecting data by it. See `curate audit` for the
-counterfactual check (does removing what the scores call helpful hurt more than removing random
-rows?)."""
+from curate.influence.output import SIGN_AND_SCALE
 
 
 def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
@@ -76,6 +55,10 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--query-splits", type=int, default=None,
               help="Also score K disjoint splits of each query set (K >= 2; 0 = none); their agreement is the "
                    "ranking-stability report [default: 2 when every query set has >= 4 examples, else 0].")
+@click.option("--query-rank", type=int, default=None, metavar="R",
+              help="Keep each preconditioned query direction as its best rank-R approximation (truncated SVD): "
+                   "memory and scoring work per layer and function drop from out x in to R (out + in), at the cost "
+                   "of exactness (see benchmarks/RESULTS.md) [default: exact].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Padded tokens per batch.")
 @click.option("--chunk-size", type=int, default=128, show_default=True, help="Examples per resumable chunk.")
@@ -113,9 +96,10 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     from pathlib import Path
 
     from curate.cli import quiet_third_party_progress
-    from curate.data import load_pool, parse_mapping, write_pool
+    from curate.data import load_pool, parse_mapping
     from curate.influence.config import ScoreConfig
     from curate.influence.engine import score_pool
+    from curate.influence.output import QuerySource, write_scored
     from curate.progress import RichProgress
 
     quiet_third_party_progress()
@@ -131,39 +115,20 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
         return
     if not is_main_process():
         return  # under torchrun every rank holds the result; rank 0 writes it
-    card = {
-        "Influence scores": SIGN_AND_SCALE,
-        "Influence settings": "\n".join(
-            [f"- model: `{model}`", f"- query answers: {query_answers}"]
-            + [f"- query `{q}`: `{p}` ({len(query_pools[q])} examples)" for q, p in query_paths.items()]
-            + [f"- {k}: `{v}`" for k, v in vars(config).items() if k != "model"]
-        ),
-        "Influence plan": "```\n" + _plain(result.plan.render()) + "\n```",
-    }
-    if result.stability:
-        card["Ranking stability"] = STABILITY_NOTE + "\n\n```\n" + "\n".join(
-            r.render() for r in result.stability.values()) + "\n```"
-    path = write_pool(loaded, out, annotations=result.table, command=["curate", *sys.argv[1:]], extra_card=card,
-                      emit=emit, fmt=fmt, push_to_hub=push_to_hub, manifest=removed)
-    for name, side in (("tokens", result.tokens), ("sentences", result.sentences)):
-        if side is not None:
-            side_path = path / f"{name}.parquet" if path.is_dir() else path.with_name(f"{path.name.split('.')[0]}.{name}.parquet")
-            side.write_parquet(side_path)
-            click.echo(str(side_path))
+    sources = {q: QuerySource(p, len(query_pools[q])) for q, p in query_paths.items()}
+    written = write_scored(loaded, result, out, config=config, queries=sources, query_answers=query_answers,
+                           command=["curate", *sys.argv[1:]], manifest=removed, emit=emit, fmt=fmt,
+                           push_to_hub=push_to_hub)
+    for side in written.side_files:
+        click.echo(str(side))
     render_summary(result, dict(zip(loaded.dataset["curate_id"], loaded.dataset["curate_domain"], strict=True)))
-    click.echo(str(path))
+    click.echo(str(written.path))
 
 
 def is_main_process() -> bool:
     import os
 
     return os.environ.get("RANK", "0") == "0"
-
-
-def _plain(text: str) -> str:
-    from rich.text import Text
-
-    return Text.from_markup(text).plain
 
 
 def render_summary(result, domains: dict[str, str] | None = None, top: int = 3) -> None:

@@ -93,6 +93,8 @@ def render(results: dict, console) -> None:
         train.add_row(name, str(t["steps"]), str(t["examples_seen"]), f"{t['tokens_seen']:,}", loss,
                       f"{t['runtime_s']:.0f}")
     console.print(train)
+    for name, variant in results["variants"].items():
+        console.print(f"{name}: {variant['dataset']} (card: {variant['card'] or 'none'})")
 
     table = Table(title=f"pass@1 (95% CI); Δ vs {results['baseline']}", title_justify="left")
     for column in ("benchmark", "model", "n", "pass@1", "Δ", "truncated"):

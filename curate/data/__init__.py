@@ -14,7 +14,7 @@ from curate.data.manifest import ManifestEntry, read_manifest
 from curate.data.pool import Pool
 from curate.data.shapes import ROLES, Shape, parse_mapping
 from curate.data.stats import PoolStats, pool_stats
-from curate.data.write import write_pool
+from curate.data.write import side_path, write_pool
 
 __all__ = [
     "ROLES",
@@ -28,5 +28,6 @@ __all__ = [
     "pool_stats",
     "read_dataset",
     "read_manifest",
+    "side_path",
     "write_pool",
 ]

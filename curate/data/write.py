@@ -252,3 +252,12 @@ def _atomic_folder(path: Path, build: Callable[[Path], object]) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def side_path(pool_path: str | Path, name: str) -> Path:
+    """Where `curate score` writes (and `curate report` finds) side file `name` (tokens, sentences)
+    of the scored pool at `pool_path`: inside a folder, or `<stem>.<name>.parquet` beside a file."""
+    path = Path(pool_path)
+    if path.is_dir():
+        return path / f"{name}.parquet"
+    return path.with_name(f"{path.name.split('.')[0]}.{name}.parquet")

@@ -1,5 +1,6 @@
 """Generation, grading and evaluation: benchmarks as `Problem`s, a code sandbox, math-verify
-grading, `evaluate` (pass@1 / avg@k with bootstrap intervals) and query sets for `curate score`.
+grading, `evaluate` (pass@1 / avg@k with bootstrap intervals), query sets for `curate score`, and
+for `curate validate` the contamination check and the comparison with a baseline.
 
     from curate.evaluation import EvalConfig, evaluate, load_benchmark
     result = evaluate(model, tokenizer, load_benchmark("gsm8k"), EvalConfig(max_new_tokens=256))
@@ -9,6 +10,8 @@ Importing this package is cheap: torch, transformers and math-verify load on fir
 """
 
 from curate.evaluation.benchmarks import PACKAGED, Problem, load_benchmark
+from curate.evaluation.compare import comparison, plot_comparison
+from curate.evaluation.contamination import check_contamination
 from curate.evaluation.evaluate import EvalConfig, EvalResult, ProblemRecord, evaluate
 from curate.evaluation.generate import Generation, generate
 from curate.evaluation.grading import Grade, extract_code, grade, grade_code, grade_math
@@ -25,6 +28,8 @@ __all__ = [
     "ProblemRecord",
     "SandboxResult",
     "build_query_sets",
+    "check_contamination",
+    "comparison",
     "evaluate",
     "extract_code",
     "generate",
@@ -33,6 +38,7 @@ __all__ = [
     "grade_math",
     "isolation_level",
     "load_benchmark",
+    "plot_comparison",
     "run_python",
     "write_query_sets",
 ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.errors import CurateError, DataError
+from curate.errors import CurateError, DataError, UsageError
 from curate.evaluation.grading import gsm8k_gold, last_boxed
 
 BENCHMARK_DIR = Path(__file__).parents[1] / "resources" / "benchmarks"
@@ -63,15 +63,23 @@ def load_benchmark(name_or_path: str | Path, *, limit: int | None = None, seed: 
 
     `limit`: keep a seeded random subset of this many problems (in benchmark order). `split`: for
     folders and Hub ids (default: `test` for Hub ids; folders as `curate.data.read_dataset` picks).
-    Raises `DataError` naming the file and row on input it cannot understand.
+    Raises `DataError` naming the file and row on input it cannot understand, and `UsageError`
+    for a name that is neither packaged, nor a path that exists, nor a Hub id (`owner/name`).
     """
     from curate.data.load import read_dataset
 
     text = str(name_or_path)
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit must be >= 1, got {limit}")
+    problem = unknown_benchmark(text)
+    if problem:
+        raise UsageError(problem)
     if text in PACKAGED:
         path, source = packaged_path(text), text
+    elif Path(text).expanduser().exists():
+        path, source = text, Path(text).name.split(".")[0]
     else:
-        path, source = text, Path(text).name.split(".")[0] if Path(text).exists() else text
+        path, source = text, text
     try:
         dataset, origin, _, _ = read_dataset(path, split or _default_split(path))
     except CurateError:
@@ -90,6 +98,16 @@ def load_benchmark(name_or_path: str | Path, *, limit: int | None = None, seed: 
         keep = sorted(random.Random(seed).sample(range(len(problems)), limit))
         problems = [problems[i] for i in keep]
     return problems
+
+
+def unknown_benchmark(text: str) -> str | None:
+    """Why `text` names no benchmark, or None when it may: a packaged name, an existing path, a
+    Hub id (`owner/name`) or a data file name (its absence is reported when it is read). A bare
+    word is a mistyped packaged name, not worth a query to the Hub."""
+    if text in PACKAGED or "/" in text or Path(text).suffix or Path(text).expanduser().exists():
+        return None
+    return (f"unknown benchmark {text!r}: expected one of {', '.join(PACKAGED)}, "
+            "a local file or folder, or a Hub id (owner/name)")
 
 
 def _default_split(path: str | Path) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from curate.errors import UsageError
 from curate.evaluation.benchmarks import Problem
 from curate.evaluation.generate import generate
 from curate.evaluation.grading import grade
@@ -48,7 +49,7 @@ class EvalConfig:
         if self.timeout_s <= 0:
             errors.append(f"timeout_s must be > 0, got {self.timeout_s}")
         if errors:
-            raise ValueError("; ".join(errors))
+            raise UsageError("; ".join(errors))
 
 
 @dataclass

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from curate.errors import DataError, UsageError
 from curate.progress import Progress, Silent
 
 if TYPE_CHECKING:
@@ -53,9 +54,9 @@ def generate(
     import torch
 
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise UsageError(f"temperature must be >= 0, got {temperature}")
     if samples > 1 and temperature == 0:
-        raise ValueError("samples > 1 needs temperature > 0 (greedy answers would all be the same)")
+        raise UsageError("samples > 1 needs temperature > 0 (greedy answers would all be the same)")
     progress = progress or Silent()
     texts = chat_prompts(tokenizer, user_turns)
     eos = _eos_ids(model, tokenizer)
@@ -93,7 +94,7 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
             if i is not None and i not in ids:
                 ids.append(int(i))
     if not ids:
-        raise ValueError("the tokenizer and model define no end-of-sequence token")
+        raise DataError("the tokenizer and model define no end-of-sequence token")
     return ids
 
 

@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from curate.errors import DataError
 from curate.evaluation.sandbox import run_python
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -112,7 +113,7 @@ def code_programs(code: str, tests: dict[str, Any]) -> list[tuple[str, str | Non
         return [(f"{code}\n\n{tests.get('setup') or ''}\n\n{body}\n", None, None)]
     if style == "stdio":
         return [(code, str(i), str(o)) for i, o in zip(tests["inputs"], tests["outputs"], strict=True)]
-    raise ValueError(f"unknown test style {style!r}; expected check, asserts or stdio")
+    raise DataError(f"unknown test style {style!r}; expected check, asserts or stdio")
 
 
 def grade_code(

@@ -11,11 +11,15 @@ Every submission gets its own process and a fresh temporary working directory, r
 - **OS isolation where the machine has it**, through util-linux `unshare`: a user namespace (so no
   real privileges are needed), a network namespace (no interfaces but a down loopback: every
   connection fails), a mount namespace in which every mount is remounted read-only except the
-  working directory (and a fresh, private `/dev/shm`), and a PID namespace (killing the sandbox
+  working directory, with private empty tmpfs mounts over `/tmp`, `/var/tmp`, `/run` and `/dev/shm`
+  (so the host's Unix sockets there, e.g. a Docker or D-Bus socket, cannot be reached), and a PID namespace (killing the sandbox
   kills everything it started). What was available is probed once per process and recorded in
   `SandboxResult.isolation`, e.g. "unshare: user+net+mount+pid", or "rlimits only" on a machine
   without unprivileged user namespaces: Python-level limits alone are not isolation, and results
   say so.
+
+Not covered: a Unix socket file elsewhere (say in a home directory) still accepts `connect()`
+under a read-only mount; only the usual socket directories are hidden.
 """
 
 from __future__ import annotations
@@ -32,20 +36,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RLIMITS_ONLY = "rlimits only"
-# Remount every mount read-only except the work dir ($1), give /dev/shm a private tmpfs, then exec
-# the interpreter. A failure to make / read-only aborts (the probe then reports less isolation).
+# Hide the host's socket and scratch directories (/tmp, /var/tmp, /run, /dev/shm) under private
+# tmpfs mounts, put the work dir ($1, held open as fd 3 while /tmp is covered) back in place,
+# remount every other mount read-only, then exec the interpreter. A failure to make / read-only
+# aborts (the probe then reports less isolation).
 _MOUNT_SCRIPT = r"""
 set -e
 work="$1"
 shift
-mount --bind "$work" "$work"
+exec 3<"$work"
+for d in /tmp /var/tmp /run /dev/shm; do
+  if [ -d "$d" ] && [ ! -L "$d" ]; then
+    mount -t tmpfs -o size=16m,nosuid,nodev tmpfs "$d" 2>/dev/null || true
+  fi
+done
+mkdir -p "$work"
+mount --no-canonicalize --bind /proc/self/fd/3 "$work"
+exec 3<&-
 cd "$work"
 awk '{print $5}' /proc/self/mountinfo | while read -r mp; do
   [ "$mp" = "$work" ] && continue
   mount -o remount,bind,ro "$mp" 2>/dev/null || true
 done
 mount -o remount,bind,ro /
-mount -t tmpfs -o size=16m,nosuid,nodev tmpfs /dev/shm 2>/dev/null || true
 exec "$@"
 """
 _UNSHARE_LEVELS = (

@@ -35,6 +35,11 @@ class ScoreConfig:
     query_splits: K >= 2 also scores K disjoint, seeded splits of each query set (0 = none); their
         agreement is the ranking-stability report (`curate.audit.stability`). None (default):
         2 when every query set has at least `AUTO_SPLIT_MIN` examples, else 0.
+    query_rank: None (default) keeps each preconditioned query direction exact; R keeps its best
+        rank-R approximation (truncated SVD, as kronfluence's `query_gradient_low_rank`), which
+        cuts the directions' memory and the scoring hooks' work per token from out x in' to
+        R (out + in') per tracked layer and function (`curate.influence.directions`). An
+        approximation: benchmarks/RESULTS.md reports its rank correlation with exact scores.
     seed: seeds the Fisher label sampling, the fit subsample and the query splits.
     batch_tokens: padded tokens per batch (B x T); bounds activation memory.
     chunk_size: examples per resumable scoring chunk.
@@ -68,6 +73,7 @@ class ScoreConfig:
     modules: str = "mlp"
     normalize: str = "none"
     query_splits: int | None = None
+    query_rank: int | None = None
     seed: int = 0
     batch_tokens: int = 4096
     chunk_size: int = 128
@@ -99,6 +105,8 @@ class ScoreConfig:
                     errors.append("damping must be >= 0")
         if self.query_splits is not None and (self.query_splits == 1 or self.query_splits < 0):
             errors.append("query_splits must be 0 (none) or >= 2")
+        if self.query_rank is not None and self.query_rank < 1:
+            errors.append("query_rank must be >= 1 (or None for exact directions)")
         for name in ("fit_on", "fit_max_length", "batch_tokens", "chunk_size"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1")

@@ -24,6 +24,7 @@ from curate.errors import UsageError
 from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
+from curate.influence.directions import Direction, concat
 from curate.influence.distributed import Collective
 from curate.influence.fitting import (
     fit_factor_part,
@@ -136,14 +137,14 @@ def score_pool(
         factor_files, replay = fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp,
                                            overwrite, progress, coll)
 
-    directions: dict[str, torch.Tensor] = {}  # layer -> [F, out, in'] over all query sets
+    directions: dict[str, Direction] = {}  # layer -> [F, out, in'] (or its factors) over all query sets
     query_fps = []
     for q, items in query_items.items():
         qdir, qfp = query_directions(model, groups, factor_files, items, config, pad_id, work_dir / "queries", q,
                                       factors_fp, progress, coll)
         query_fps.append(qfp)
         for name, v in qdir.items():
-            directions[name] = v if name not in directions else torch.cat([directions[name], v])
+            directions[name] = v if name not in directions else concat(directions[name], v)
     local = replay.scores(directions, per_token=config.per_token_train) if replay else {}
     del replay
     replayed = {z: v for part in coll.gather_objects(local) for z, v in part.items()}

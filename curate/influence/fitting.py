@@ -20,6 +20,7 @@ import torch
 from curate.errors import UsageError
 from curate.influence.batches import Batch, make_batches
 from curate.influence.config import ScoreConfig
+from curate.influence.directions import Direction, from_tensors, to_tensors, truncate
 from curate.influence.distributed import Collective, Shard
 from curate.influence.factors import (
     Covariance,
@@ -59,7 +60,7 @@ class FitReplay:
     caches: list[PairCache]
     nll: torch.Tensor
 
-    def scores(self, directions: dict[str, torch.Tensor], *, per_token: bool) -> dict[Tokenized, tuple[torch.Tensor, float]]:
+    def scores(self, directions: dict[str, Direction], *, per_token: bool) -> dict[Tokenized, tuple[torch.Tensor, float]]:
         """Fit example -> (scores [F] float64 summed over all groups, NLL), without the model, for
         the examples in the cached batches (all of them on one process; this rank's part under
         torch.distributed)."""
@@ -223,19 +224,19 @@ def split_assignment(n: int, splits: int, seed: int) -> list[int]:
 
 def query_directions(model, groups, factor_files, items, config: ScoreConfig, pad_id, folder: Path, name: str,
                      factors_fp: str, progress: Progress, coll: Collective | None = None
-                     ) -> tuple[dict[str, torch.Tensor], str]:
+                     ) -> tuple[dict[str, Direction], str]:
     """Preconditioned gradients of one query set's functions: layer -> [1 (+K), out, in'], float32
-    (float64 for a float64 model).
+    (float64 for a float64 model); with `config.query_rank`, as rank-R factors (`LowRank`).
 
     Under `coll` each rank takes a range of the query batches; the sums are all-reduced, every
     rank preconditions them (the same arithmetic on the same inputs) and rank 0 writes the file.
     """
     coll = coll or Collective(Shard())
     qfp = fingerprint(factors_fp, tokens_fingerprint(items), config.normalize, config.query_splits,
-                      config.seed, config.damping)
+                      config.seed, config.damping, config.query_rank)
     path = folder / f"{name}-{qfp}.safetensors"
     if path.exists():
-        return load_tensors(path), qfp
+        return from_tensors(load_tensors(path)), qfp
     splits = max(config.query_splits, 1)
     split_of = split_assignment(len(items), splits, config.seed)
     sizes = [split_of.count(k) for k in range(splits)]
@@ -253,7 +254,8 @@ def query_directions(model, groups, factor_files, items, config: ScoreConfig, pa
                 s = sums.get(n, torch.zeros(splits, *_dims(module), dtype=torch.float64, device=device))
                 s = coll.all_reduce(s)
                 f = ModuleFactors(**load_tensors(factor_files[n]))  # one module's factors in memory at a time
-                out[n] = f.precondition(split_functions(s.cpu(), sizes), f.damping(config.damping)).to(kept_dtype)
+                v = f.precondition(split_functions(s.cpu(), sizes), f.damping(config.damping))
+                out[n] = truncate(v, config.query_rank).to(kept_dtype)
     if coll.is_main:
-        save_tensors(path, out)
+        save_tensors(path, to_tensors(out))
     return out, qfp

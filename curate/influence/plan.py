@@ -22,6 +22,13 @@ def factor_bytes(module: nn.Linear) -> int:
     return 8 * (2 * inp * inp + 2 * out * out + out * inp)
 
 
+def direction_numbers(module: nn.Linear, rank: int | None) -> int:
+    """Numbers kept per query function for one layer's direction: out x in' dense, R (out + in')
+    as rank-R factors (when smaller; see `curate.influence.directions.truncate`)."""
+    out, inp = layer_dims(module)
+    return out * inp if rank is None or rank >= min(out, inp) else rank * (out + inp)
+
+
 def group_modules(modules: dict[str, nn.Linear], budget_gb: float) -> list[dict[str, nn.Linear]]:
     """Split tracked modules, in model order, into groups whose factors fit `budget_gb`.
 
@@ -61,6 +68,7 @@ class Plan:
     groups: int
     factor_bytes: int
     direction_bytes: int
+    query_rank: int | None
     model_bytes: int
     activation_bytes: int
 
@@ -84,7 +92,8 @@ class Plan:
             f"  tracked: {self.tracked_modules} Linear modules, {self.tracked_params:,} parameters, "
             f"{self.groups} module group(s)",
             f"  memory: model {gb(self.model_bytes)}, factors {gb(self.factor_bytes)} "
-            f"({gb(self.factor_bytes // self.groups)} per group), query directions {gb(self.direction_bytes)}, "
+            f"({gb(self.factor_bytes // self.groups)} per group), query directions {gb(self.direction_bytes)}"
+            f"{'' if self.query_rank is None else f' (rank {self.query_rank})'}, "
             f"activations ~{gb(self.activation_bytes)}; estimated peak ~{gb(self.peak_bytes)}",
         ])
 
@@ -102,7 +111,7 @@ def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, 
     layers = getattr(cfg, "num_hidden_layers", 0)
     vocab = getattr(cfg, "vocab_size", 0)
     functions = len(query_items) * (1 + config.query_splits)
-    tracked = sum(o * i for o, i in (layer_dims(m) for m in modules.values()))
+    tracked = sum(direction_numbers(m, None) for m in modules.values())
     return Plan(
         pool_examples=len(pool_lengths),
         pool_tokens=sum(min(n, max_length or n) for n, _, _ in pool_lengths),
@@ -119,7 +128,8 @@ def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, 
         tracked_params=tracked,
         groups=len(groups),
         factor_bytes=sum(factor_bytes(m) for m in modules.values()),
-        direction_bytes=4 * functions * tracked,
+        direction_bytes=4 * functions * sum(direction_numbers(m, config.query_rank) for m in modules.values()),
+        query_rank=config.query_rank,
         model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         activation_bytes=config.batch_tokens * (34 * hidden * layers + 3 * vocab) * elem,
     )

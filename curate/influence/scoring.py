@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from curate.influence.batches import Batch
+from curate.influence.directions import Direction, LowRank
 from curate.influence.passes import PairCache, run_pass
 
 
@@ -74,7 +75,7 @@ def split_functions(sums: torch.Tensor, split_sizes: Sequence[int]) -> torch.Ten
 
 
 def score_sink(
-    directions: dict[str, torch.Tensor],
+    directions: dict[str, Direction],
     out: torch.Tensor,
     *,
     weights: Callable[[Batch], torch.Tensor] | None = None,
@@ -82,11 +83,13 @@ def score_sink(
     """A sink adding each batch row's scores to `out` [n_rows, F] (float64, in place).
 
     Each row's score for function f is -sum_layers sum_t s_t^T V_f a_t = <V_f, grad log p(z)>
-    for directions V: layer -> [F, out, in']. The contraction projects whichever side of the
-    layer is narrower, so the transient is [B, T, F, min(out, in')]. `weights(batch)` ([B])
-    scales the rows' contributions (for pairs whose loss was not already weighted).
+    for directions V: layer -> [F, out, in'] (`curate.influence.directions`). A dense V is
+    contracted on whichever side of the layer is narrower, so the transient is
+    [B, T, F, min(out, in')]; a `LowRank` V = U W as (U^T s_t) . (W a_t), transient [B, T, F, R].
+    `weights(batch)` ([B]) scales the rows' contributions (for pairs whose loss was not already
+    weighted).
     """
-    cast: dict[str, torch.Tensor] = {}
+    cast: dict[str, Direction] = {}
 
     def sink(batch: Batch):
         rows = torch.tensor(batch.rows)
@@ -96,15 +99,7 @@ def score_sink(
             v = cast.get(name)
             if v is None:
                 v = cast[name] = directions[name].to(s.device, s.dtype)
-            f, d_out, d_in = v.shape
-            b, t = s.shape[:2]
-            if d_in <= d_out:  # project s: [BT, out] @ [out, F*in] -> [B, T, F, in], dot a
-                proj = (s.reshape(b * t, d_out) @ v.permute(1, 0, 2).reshape(d_out, f * d_in)).view(b, t, f, d_in)
-                contrib = torch.einsum("btfi,bti->bf", proj, a)
-            else:  # project a: [BT, in] @ [in, F*out] -> [B, T, F, out], dot s
-                proj = (a.reshape(b * t, d_in) @ v.permute(2, 0, 1).reshape(d_in, f * d_out)).view(b, t, f, d_out)
-                contrib = torch.einsum("btfo,bto->bf", proj, s)
-            contrib = -contrib.to(torch.float64).cpu()
+            contrib = -_contract(v, s, a).to(torch.float64).cpu()
             out.index_add_(0, rows, contrib if scale is None else contrib * scale)
 
         return accumulate
@@ -112,11 +107,28 @@ def score_sink(
     return sink
 
 
+def _contract(v: Direction, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """[B, F]: sum_t s_t^T V_f a_t for s [B, T, out], a [B, T, in'] and V [F, out, in']."""
+    f, d_out, d_in = v.shape
+    b, t = s.shape[:2]
+    if isinstance(v, LowRank):  # [BT, out] @ [out, F*R] and [BT, in] @ [in, F*R], dotted per function
+        r = v.rank
+        left = (s.reshape(b * t, d_out) @ v.u.permute(1, 0, 2).reshape(d_out, f * r)).view(b, t, f, r)
+        right = (a.reshape(b * t, d_in) @ v.w.permute(2, 0, 1).reshape(d_in, f * r)).view(b, t, f, r)
+        return torch.einsum("btfr,btfr->bf", left, right)
+    if d_in <= d_out:  # project s: [BT, out] @ [out, F*in] -> [B, T, F, in], dot a
+        proj = (s.reshape(b * t, d_out) @ v.permute(1, 0, 2).reshape(d_out, f * d_in)).view(b, t, f, d_in)
+        return torch.einsum("btfi,bti->bf", proj, a)
+    # project a: [BT, in] @ [in, F*out] -> [B, T, F, out], dot s
+    proj = (a.reshape(b * t, d_in) @ v.permute(2, 0, 1).reshape(d_in, f * d_out)).view(b, t, f, d_out)
+    return torch.einsum("btfo,bto->bf", proj, s)
+
+
 def score_batches(
     model: nn.Module,
     modules: dict[str, nn.Linear],
     batches: Sequence[Batch],
-    directions: dict[str, torch.Tensor],
+    directions: dict[str, Direction],
     n_rows: int,
     *,
     per_token: bool,
@@ -130,7 +142,7 @@ def score_batches(
     return out
 
 
-def replay_scores(cache: PairCache, directions: dict[str, torch.Tensor], n_rows: int, *, per_token: bool) -> torch.Tensor:
+def replay_scores(cache: PairCache, directions: dict[str, Direction], n_rows: int, *, per_token: bool) -> torch.Tensor:
     """The scores `score_batches` would give the cached batches, from the (s, a) pairs a pass kept.
 
     Valid when the cached pass used the data's own labels and unweighted summed log-likelihoods

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from curate.influence.batches import Batch
+from curate.influence.directions import Direction
 
 
-def _weight_tangents(modules: dict[str, nn.Linear], directions: dict[str, torch.Tensor], f: int):
+def _weight_tangents(modules: dict[str, nn.Linear], directions: dict[str, Direction], f: int):
     """Primal parameters and tangents (function f of V) keyed by parameter name."""
     primals, tangents = {}, {}
     for name, m in modules.items():
@@ -38,7 +39,7 @@ def token_scores(
     model: nn.Module,
     modules: dict[str, nn.Linear],
     batches: Sequence[Batch],
-    directions: dict[str, torch.Tensor],
+    directions: dict[str, Direction],
     n_rows: int,
 ) -> list[torch.Tensor]:
     """Per row (by `batch.rows`), a [F, n_loss_tokens] float64 tensor of token scores.

@@ -118,14 +118,14 @@ class _Runner:
             write_pool(pool, data, annotations=annotations, command=command, extra_card=report.card())
             return {"rows": report.rows, "difficulty sources": report.sources, "unparsed": report.unparsed}, []
         if step.op == "score":
-            from curate.cli.score import SIGN_AND_SCALE
             from curate.influence.engine import score_pool
+            from curate.influence.output import QuerySource, write_scored
 
             queries = {n: list(self.input_pool(n).examples()) for n in step.refs["queries"]}
             result = score_pool(list(pool.examples()), queries, step.config, folder / "work",
                                 overwrite=redo, progress=self.progress)
-            write_pool(pool, data, annotations=result.table, command=command,
-                       extra_card={"Influence scores": SIGN_AND_SCALE})
+            sources = {n: QuerySource(str(self.recipe.inputs[n]), len(q)) for n, q in queries.items()}
+            write_scored(pool, result, data, config=step.config, queries=sources, command=command)
             return {"rows": len(result.table), "columns": result.columns}, []
         if step.op in ("flip", "prune"):
             benchmarks = load_benchmarks(step.config.decontaminate)

@@ -2,7 +2,7 @@
 
     validate:
       model: Qwen/Qwen2.5-1.5B-Instruct   # base model every variant is fine-tuned from (required)
-      eval: [math500, gsm8k, humaneval]   # benchmarks (required)
+      eval: [math500, gsm8k, humaneval]   # benchmarks (required): names, files (relative to the recipe), Hub ids
       baseline: pool                      # the input compared against the output (default: pool)
       run_dir: runs/flip                  # default: <output>.validate, beside the output
       limit: 100                          # any other ValidateConfig field (samples, max_new_tokens, ...)
@@ -41,6 +41,7 @@ def variant_name(text: str) -> str:
 def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Path | None, errors) -> ValidateSpec | None:
     """The `validate:` section as a `ValidateSpec`, or None with every problem added to `errors`."""
     from curate.errors import CurateError
+    from curate.evaluation.benchmarks import PACKAGED, unknown_benchmark
     from curate.recipes.check import _mapping, _problems, _type_problem, _value
     from curate.training.config import TrainConfig
     from curate.validate import ValidateConfig
@@ -75,6 +76,12 @@ def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Pat
     if not isinstance(evals, list) or not all(isinstance(e, str) for e in evals):
         errors.add(entries["eval"][1], "validate: eval: expected a list of benchmark names or paths")
         ok = False
+    else:  # files are relative to the recipe, as its inputs are
+        evals = [e if e in PACKAGED or not (recipe_path.parent / e).exists() else str(recipe_path.parent / e)
+                 for e in evals]
+        for problem in filter(None, map(unknown_benchmark, evals)):
+            errors.add(entries["eval"][1], f"validate: eval: {problem}")
+            ok = False
     train = _value(entries["train"][1]) if "train" in entries else {}
     if not isinstance(train, dict):
         errors.add(entries["train"][1], "validate: train: expected a mapping of TrainConfig fields")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from curate.errors import UsageError
@@ -90,6 +91,12 @@ class TrainConfig:
     @property
     def lora(self) -> bool:
         return self.lora_r > 0
+
+    @property
+    def warmup_steps(self) -> int:
+        """`warmup` in optimizer steps (a fraction is of `max_steps`, rounded up). Passed to TRL as a
+        whole number: transformers before 5 reads a fractional `warmup_steps` as a step count."""
+        return int(self.warmup) if self.warmup >= 1 else math.ceil(self.warmup * self.max_steps)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready settings (for manifests and results.json)."""

@@ -185,7 +185,7 @@ def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, u
     args = SFTConfig(
         output_dir=str(out_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup, weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm, max_length=config.max_length, completion_only_loss=True,
         seed=config.seed, data_seed=config.seed, use_cpu=use_cpu, bf16=bf16, fp16=False,
         logging_steps=1, logging_first_step=True,
