@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+RANK = 64  # the --query-rank shown next to exact directions
 QWEN7B = {"hidden": 3584, "inter": 18944, "layers": 28, "heads": 28, "kv_heads": 4, "head_dim": 128}
 
 
@@ -45,6 +46,7 @@ def measure(model_name: str, length: int, n: int = 4) -> dict[str, float]:
     from benchmarks.bench_influence import build_data, build_model
     from curate.influence.batches import make_batches
     from curate.influence.capture import select_modules
+    from curate.influence.directions import truncate
     from curate.influence.factors import eigenbases, fit_covariances, fit_lambdas
     from curate.influence.passes import run_pass
     from curate.influence.scoring import query_gradient_sums, score_batches
@@ -70,15 +72,21 @@ def measure(model_name: str, length: int, n: int = 4) -> dict[str, float]:
     flops["query-gradient pass"] = count(lambda: query_gradient_sums(model, modules, batches, [0] * n, 1, per_token=False))
     directions = {k: v[:1].float() / n for k, v in count.last.items()}
     flops["scoring pass (F=1)"] = count(lambda: score_batches(model, modules, batches, directions, n, per_token=False))
+    low = {k: truncate(v.double(), RANK).float() for k, v in directions.items()}
+    flops[f"scoring pass (F=1, rank {RANK})"] = count(
+        lambda: score_batches(model, modules, batches, low, n, per_token=False))
     return flops, model, modules
 
 
-def hooks_per_token(dims: list[tuple[int, int]], length: int, functions: int = 1) -> dict[str, float]:
-    """Analytic hook FLOPs per token for tracked Linears of (in, out) at sequences of `length`."""
+def hooks_per_token(dims: list[tuple[int, int]], length: int, functions: int = 1, rank: int = RANK
+                    ) -> dict[str, float]:
+    """Analytic hook FLOPs per token for tracked Linears of (in, out) at sequences of `length`;
+    `scoring_rank`: the scoring hooks with rank-`rank` query directions (`--query-rank`)."""
     cov = sum(2 * (i * i + o * o) for i, o in dims)
     lam = sum(min(2 * length * (o * o + i * i + o * i), 2 * o * i * (length + o + i)) for i, o in dims) / length
     score = sum(2 * functions * o * i + 2 * functions * min(i, o) for i, o in dims)
-    return {"covariance": cov, "lambda": lam, "scoring": score}
+    score_rank = sum(2 * functions * rank * (o + i) + 2 * functions * rank for i, o in dims)
+    return {"covariance": cov, "lambda": lam, "scoring": score, "scoring_rank": score_rank}
 
 
 def model_flops(hidden: int, inter: int, layers: int, kv_dim: int, vocab: int, length: int) -> dict[str, float]:
@@ -109,7 +117,7 @@ def main() -> None:
     hooks = hooks_per_token(dims, args.length)
     print(f"# {args.model}: {len(modules)} tracked modules, sequences of {args.length} tokens; GFLOP per token")
     expected_hooks = {"covariance pass": hooks["covariance"], "Lambda* pass": hooks["lambda"],
-                      "scoring pass (F=1)": hooks["scoring"]}
+                      "scoring pass (F=1)": hooks["scoring"], f"scoring pass (F=1, rank {RANK})": hooks["scoring_rank"]}
     base = measured["forward + act. backward"]
     print(f"{'pass':26s} {'measured':>10s} {'/ forward':>10s} {'hooks: measured':>16s} {'analytic':>10s}")
     for name, value in measured.items():
@@ -130,24 +138,26 @@ def main() -> None:
           f"{bf16 / 1e12:.0f} TFLOP/s (model, bf16) and {fp32 / 1e12:.0f} TFLOP/s (hooks, fp32)")
     print(f"  model forward {q['forward'] / 1e9:.1f} GFLOP/token, activation backward {q['backward'] / 1e9:.1f}; "
           f"hooks: covariance {q['covariance'] / 1e9:.1f}, Lambda* {q['lambda'] / 1e9:.1f}, "
-          f"scoring {q['scoring'] / 1e9:.1f} per query function")
-    stages = {
-        "covariances (fit set)": model_pass + q["covariance"] / fp32,
-        "Lambda* (fit set)": model_pass + q["lambda"] / fp32,
-        "scoring, 2 sets x 3 functions": model_pass + 6 * q["scoring"] / fp32,
-    }
-    print(f"\n{'stage':32s} {'17k traces':>12s} {'114k traces':>12s}   (GPU-hours; fit set = min(5000, pool))")
-    total = {17_000: 0.0, 114_000: 0.0}
-    for name, per_token in stages.items():
-        cells = []
-        for pool in total:
-            n = min(5000, pool) if "fit set" in name else pool
-            hours = per_token * n * length / 3600
-            total[pool] += hours
-            cells.append(f"{hours:12.1f}")
-        print(f"{name:32s} {' '.join(cells)}")
-    print(f"{'total':32s} {total[17_000]:12.1f} {total[114_000]:12.1f}")
+          f"scoring {q['scoring'] / 1e9:.1f} per query function ({q['scoring_rank'] / 1e9:.2f} at rank {RANK})")
+    fit = {"covariances (fit set)": model_pass + q["covariance"] / fp32,
+           "Lambda* (fit set)": model_pass + q["lambda"] / fp32}
+    scoring = {"scoring, 2 sets x 3 functions": model_pass + 6 * q["scoring"] / fp32,
+               f"  the same at --query-rank {RANK}": model_pass + 6 * q["scoring_rank"] / fp32}
+    pools = (17_000, 114_000)
 
+    def hours(per_token: float, pool: int, fit_set: bool) -> float:
+        return per_token * (min(5000, pool) if fit_set else pool) * length / 3600
+
+    def row(name: str, cells) -> None:
+        print(f"{name:34s} " + " ".join(f"{c:12.1f}" for c in cells))
+
+    print(f"\n{'stage':34s} {'17k traces':>12s} {'114k traces':>12s}   (GPU-hours; fit set = min(5000, pool))")
+    for name, per_token in fit.items():
+        row(name, [hours(per_token, p, True) for p in pools])
+    for name, per_token in scoring.items():
+        row(name, [hours(per_token, p, False) for p in pools])
+    for label, per_token in zip(("total", f"total at --query-rank {RANK}"), scoring.values(), strict=True):
+        row(label, [sum(hours(t, p, True) for t in fit.values()) + hours(per_token, p, False) for p in pools])
 
 if __name__ == "__main__":
     main()

@@ -75,3 +75,29 @@ def test_linear_segments_are_sums_of_token_scores(tmp_path):
     assert len(ids) > n_tail
     assert sum(seg["segment_influence_q"]) == pytest.approx(sum(scores[: len(ids) - n_tail]), rel=1e-9, abs=1e-12)
     assert sum(scores) == pytest.approx(result.table["curate_influence_q"][0], rel=1e-5)
+
+
+def test_planted_copy_of_a_query_answer_is_the_most_influential_segment(tmp_path):
+    """Acceptance: a copy of the query answer inserted as one sentence of a training response gets
+    the largest segment influence in that response, and removing it and re-scoring the example
+    matches the reported value."""
+    model, tok = tiny_chat_llama(seed=2)
+    answer = "Seventeen violet kites drift over quiet harbors."
+    queries = {"q": [Example("q:0", ({"role": "user", "content": "Add 5 and 5."}, {"role": "assistant", "content": answer}))]}
+    fillers = ["We add the two numbers. ", "Both are equal here. ", "Then we write the sum down. ", "That is all. "]
+    pool = [add_example(i, "".join(fillers[:k] + [answer + " "] + fillers[k:])) for i, k in ((1, 0), (2, 2), (3, 4))]
+    config = ScoreConfig(model="tiny", sentences="sentences", dtype="float64", fisher="empirical", query_splits=0)
+    result = score_pool(pool, queries, config, tmp_path / "w", model=model, tokenizer=tok)
+    full = dict(zip(result.table["curate_id"], result.table["curate_influence_q"], strict=True))
+    (direction_file,) = (tmp_path / "w" / "queries").glob("q-*.safetensors")
+    directions = load_tensors(direction_file)
+    for example in pool:
+        segs = result.sentences.filter(result.sentences["curate_id"] == example.id)
+        assert segs.height == len(fillers) + 1
+        best = segs.sort("segment_influence_q", descending=True).row(0, named=True)
+        assert best["text"].strip() == answer, segs.select("text", "segment_influence_q")
+        rest = example.response[: best["start"]] + example.response[best["end"]:]
+        variant = Example("v", (example.messages[0], {"role": "assistant", "content": rest}))
+        (batch,) = make_batches([tokenize_example(tok, variant, None)], 10**6, tok.pad_token_id)
+        without = float(score_batches(model, select_modules(model, "mlp"), [batch], directions, 1, per_token=False)[0, 0])
+        assert best["segment_influence_q"] == pytest.approx(full[example.id] - without, rel=1e-6, abs=1e-9)
