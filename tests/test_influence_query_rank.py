@@ -147,3 +147,30 @@ def test_score_pool_with_query_rank_caches_factors_and_reuses_them(tmp_path):
     got = low.table["curate_influence_q"].to_numpy()
     assert abs(got - want[:, 0].numpy()).max() <= 1e-9 * abs(want).max()
     assert abs(got - exact.table["curate_influence_q"].to_numpy()).max() > 1e-6 * abs(want).max()
+
+
+def test_plan_for_a_7b_model_suggests_a_query_rank():
+    """The plan of a Qwen2.5-7B-shaped model (built on the meta device: no memory) prices the exact
+    directions at ~23 GB per query function and suggests --query-rank 64."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from curate.influence.capture import select_modules
+    from curate.influence.config import ScoreConfig
+    from curate.influence.plan import GB, group_modules, make_plan
+
+    config = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                         num_key_value_heads=4, vocab_size=152064)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    modules = select_modules(model, "mlp")
+    assert len(modules) == 84
+    queries = {"math": [None] * 100, "code": [None] * 100}
+
+    def plan(rank):
+        settings = ScoreConfig(model="qwen", query_splits=2, query_rank=rank)
+        return make_plan(model, modules, group_modules(modules, settings.group_memory_gb), settings, [], [], queries, 4096)
+
+    exact, low = plan(None), plan(64)
+    assert exact.direction_bytes / 6 / GB == pytest.approx(84 * 3584 * 18944 * 4 / GB)  # ~21.2 GiB per function
+    assert low.direction_bytes == exact.hint_bytes == 6 * 84 * 64 * (3584 + 18944) * 4
+    assert "--query-rank 64" in exact.render() and "hint" not in low.render() and "(rank 64)" in low.render()

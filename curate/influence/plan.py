@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 GB = 1024**3
+HINT_RANK = 64  # the --query-rank the plan suggests when exact directions are large
+HINT_ABOVE = 4 * GB  # exact query directions above this get the suggestion
 
 
 def layer_dims(module: nn.Linear) -> tuple[int, int]:
@@ -69,6 +71,7 @@ class Plan:
     factor_bytes: int
     direction_bytes: int
     query_rank: int | None
+    hint_bytes: int  # query directions at --query-rank HINT_RANK
     model_bytes: int
     activation_bytes: int
 
@@ -95,6 +98,9 @@ class Plan:
             f"({gb(self.factor_bytes // self.groups)} per group), query directions {gb(self.direction_bytes)}"
             f"{'' if self.query_rank is None else f' (rank {self.query_rank})'}, "
             f"activations ~{gb(self.activation_bytes)}; estimated peak ~{gb(self.peak_bytes)}",
+            *([f"  hint: the exact query directions take {gb(self.direction_bytes)}; --query-rank {HINT_RANK} keeps "
+               f"them in {gb(self.hint_bytes)} and cuts the scoring hooks' work alike (an approximation: "
+               "see benchmarks/RESULTS.md)"] if self.query_rank is None and self.direction_bytes > HINT_ABOVE else []),
         ])
 
 
@@ -130,6 +136,7 @@ def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, 
         factor_bytes=sum(factor_bytes(m) for m in modules.values()),
         direction_bytes=4 * functions * sum(direction_numbers(m, config.query_rank) for m in modules.values()),
         query_rank=config.query_rank,
+        hint_bytes=4 * functions * sum(direction_numbers(m, HINT_RANK) for m in modules.values()),
         model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         activation_bytes=config.batch_tokens * (34 * hidden * layers + 3 * vocab) * elem,
     )

@@ -55,8 +55,18 @@ class Prompt:
 
 
 def default_prompt_dir() -> Path:
-    """The project's `prompts/` folder (beside the `curate` package)."""
-    return Path(__file__).resolve().parents[2] / "prompts"
+    """The project's `prompts/` folder: beside the `curate` package in a source checkout (or an
+    editable install), else where a built wheel installs it, `<prefix>/share/curate/prompts`."""
+    import sysconfig
+
+    source = Path(__file__).resolve().parents[2] / "prompts"
+    if source.is_dir():
+        return source
+    installed = Path(sysconfig.get_path("data")) / "share" / "curate" / "prompts"
+    if installed.is_dir():
+        return installed
+    raise PromptError(f"the tagger's prompts are missing: neither {source} nor {installed} exists; "
+                      "reinstall curate or pass --prompts DIR")
 
 
 def template_variables(template: str, where: str) -> frozenset[str]:
