@@ -72,7 +72,7 @@ def measure(model_name: str, length: int, n: int = 4) -> dict[str, float]:
     flops["query-gradient pass"] = count(lambda: query_gradient_sums(model, modules, batches, [0] * n, 1, per_token=False))
     directions = {k: v[:1].float() / n for k, v in count.last.items()}
     flops["scoring pass (F=1)"] = count(lambda: score_batches(model, modules, batches, directions, n, per_token=False))
-    low = {k: truncate(v.double(), RANK).float() for k, v in directions.items()}
+    low = {k: truncate(v.double(), RANK).to(torch.float32) for k, v in directions.items()}
     flops[f"scoring pass (F=1, rank {RANK})"] = count(
         lambda: score_batches(model, modules, batches, low, n, per_token=False))
     return flops, model, modules

@@ -130,21 +130,34 @@ def test_per_token_normalisation_divides_by_token_counts(setup):
         assert (got - expected[name]).norm() / expected[name].norm() < 1e-5
 
 
-@pytest.mark.parametrize("budget", [10**9, 2000])
-def test_replayed_pairs_give_the_same_lambdas_as_a_second_pass(setup, budget):
+@pytest.mark.parametrize("memory, disk", [("all", "none"), ("none", "none"), ("none", "all"), ("half", "all")])
+def test_replayed_pairs_give_the_same_lambdas_as_a_second_pass(setup, tmp_path, memory, disk):
+    """Pairs kept in memory, spilled to disk, or both, replay to the second pass's Lambda* sums;
+    with neither budget the cache gives up and the model pass runs."""
+    from pathlib import Path
+
     from curate.influence.passes import PairCache
 
     model, modules, train, batches = setup
     covs = fit_covariances(model, modules, batches, sample_seed=5)
     bases = {n: eigenbases(c) for n, c in covs.items()}
     direct = fit_lambdas(model, modules, batches, bases, sample_seed=5)
-    cache = PairCache(budget)
+    everything = PairCache(10**12)
+    fit_covariances(model, modules, batches, sample_seed=5, cache=everything)
+    budgets = {"all": 10**12, "none": 0, "half": everything.bytes // 2}
+    cache = PairCache(budgets[memory], tmp_path / "spill", budgets[disk])
     fit_covariances(model, modules, batches, sample_seed=5, cache=cache)
-    assert cache.usable == (budget > 2000)  # a budget too small falls back to the model pass
+    on_disk = sum(isinstance(pairs, Path) for _, pairs in cache.entries)
+    assert cache.usable == (memory != "none" or disk != "none")
+    assert on_disk == {"all": 0, "none": len(batches) if disk == "all" else 0,
+                       "half": on_disk}[memory] and (memory != "half" or 0 < on_disk < len(batches))
+    assert cache.bytes + cache.spilled == (everything.bytes if cache.usable else 0)
     replayed = fit_lambdas(model, modules, batches, bases, sample_seed=5, cache=cache)
     for n in modules:
         torch.testing.assert_close(replayed[n][0], direct[n][0], rtol=1e-12, atol=0)
         assert replayed[n][1] == direct[n][1]
+    cache.close()
+    assert not list(tmp_path.glob("spill/*"))
 
 
 def test_token_scores_sum_to_instance_scores(setup):

@@ -66,6 +66,9 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--group-memory-gb", type=float, default=8.0, show_default=True, help="Factor memory per module group.")
 @click.option("--pair-cache-gb", type=float, default=2.0, show_default=True,
               help="Memory for replaying the covariance pass in the eigenvalue correction (skips a model pass when the fit data fits).")
+@click.option("--pair-spill-gb", type=float, default=None,
+              help="Disk under --work-dir for the pairs past --pair-cache-gb, read back instead of rerunning the "
+                   "model (deleted after use) [default: 32 on CPU, 0 on GPUs, where recomputing is faster].")
 @click.option("--work-dir", help="Stage folder (factors, query directions, score chunks) [default: OUTPUT.work].")
 @click.option("--overwrite", is_flag=True, help="Recompute stages made from other inputs instead of refusing.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")

@@ -51,6 +51,9 @@ class ScoreConfig:
         time; when the fit data needs more, the second pass runs as usual. With the empirical
         Fisher the same pairs also score the fit examples (their covariance pass is their
         scoring pass), so a pool that is its own fit set runs through the model once. 0 disables it.
+    pair_spill_gb: disk (GB, under the work dir's factors/.pairs, deleted after use) for the pairs
+        past `pair_cache_gb`. None (default): 32 on CPU, where reading pairs back is far cheaper
+        than recomputing them, and 0 on GPUs, where it is not.
     tokens: also compute exact per-token scores (one forward-mode pass per query set; see
         `curate.influence.token_scores`).
     sentences: also compute counterfactual segment influence, I(z) - I(z without y), per segment y
@@ -82,6 +85,7 @@ class ScoreConfig:
     trust_remote_code: bool = False
     device: str = "auto"
     pair_cache_gb: float = 2.0
+    pair_spill_gb: float | None = None
     tokens: bool = False
     sentences: str | None = None
     sentence_method: str = "ablation"
@@ -125,6 +129,8 @@ class ScoreConfig:
             errors.append(f"sentence_method must be one of {SEGMENT_METHODS}, got {self.sentence_method!r}")
         if self.pair_cache_gb < 0:
             errors.append("pair_cache_gb must be >= 0")
+        if self.pair_spill_gb is not None and self.pair_spill_gb < 0:
+            errors.append("pair_spill_gb must be >= 0")
         if self.group_memory_gb <= 0:
             errors.append("group_memory_gb must be > 0")
         if errors:
@@ -140,6 +146,12 @@ class ScoreConfig:
 
         # Under torchrun / accelerate each process takes the GPU of its local rank.
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def resolved_pair_spill_gb(self) -> float:
+        if self.pair_spill_gb is not None:
+            return self.pair_spill_gb
+        return 32.0 if self.resolved_device == "cpu" else 0.0
 
     def with_splits_for(self, query_sizes: list[int]) -> ScoreConfig:
         """This config with `query_splits` resolved for query sets of these sizes."""

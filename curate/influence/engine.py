@@ -146,7 +146,8 @@ def score_pool(
         for name, v in qdir.items():
             directions[name] = v if name not in directions else concat(directions[name], v)
     local = replay.scores(directions, per_token=config.per_token_train) if replay else {}
-    del replay
+    if replay:
+        replay.close()
     replayed = {z: v for part in coll.gather_objects(local) for z, v in part.items()}
 
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,

@@ -93,6 +93,8 @@ def fit_covariances(
         return accumulate
 
     run_pass(model, modules, batches, cache.record(sink) if cache else sink, sample_seed=sample_seed, on_batch=on_batch)
+    if cache is not None:
+        cache.finish()
     return covs
 
 

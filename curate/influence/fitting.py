@@ -11,6 +11,7 @@ are scored from them, so a pool that is its own fit set is run through the model
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,11 @@ class FitReplay:
         total = sum(replay_scores(c, directions, len(self.items), per_token=per_token) for c in self.caches)
         rows = sorted({r for batch, _ in self.caches[0].entries for r in batch.rows})
         return {self.items[r]: (total[r], float(self.nll[r])) for r in rows}
+
+    def close(self) -> None:
+        """Delete the caches' spilled files."""
+        for cache in self.caches:
+            cache.close()
 
 
 def _dims(module) -> tuple[int, int]:
@@ -132,7 +138,9 @@ def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: P
     stage = _factor_stage(coll, folder, config, groups, factors_fp, len(fit_items), overwrite)
     batches = coll.shard.take(make_batches(fit_items, config.batch_tokens, pad_id))
     device = next(model.parameters()).device
-    budget = int(config.pair_cache_gb * GB)
+    budget, spill = int(config.pair_cache_gb * GB), int(config.resolved_pair_spill_gb * GB)
+    spill_root = stage / ".pairs" / f"rank-{coll.shard.rank}"  # this process's; a killed run's are stale
+    shutil.rmtree(spill_root, ignore_errors=True)
     # Only the empirical Fisher's covariance pass is a scoring pass; a resumed fit has no pairs.
     keep = config.fisher == "empirical"
     kept: list[PairCache] = []
@@ -144,7 +152,8 @@ def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: P
         if all(p.exists() for p in paths.values()):
             keep = False
             continue
-        cache = PairCache(budget - sum(c.bytes for c in kept) if keep else budget)
+        cache = PairCache(budget - sum(c.bytes for c in kept) if keep else budget, spill_root / f"group-{g}",
+                          spill - sum(c.spilled for c in kept) if keep else spill)
         with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
 
             def on_batch(batch: Batch, logp: torch.Tensor, adv=adv) -> None:
@@ -166,6 +175,9 @@ def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: P
             kept.append(cache)
         else:
             keep = False
+            cache.close()
+            for c in kept:
+                c.close()
             kept.clear()
     replay = FitReplay(list(fit_items), kept, nll) if keep and kept else None
     return files, replay

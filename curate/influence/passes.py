@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,33 +45,46 @@ def run_pass(
 
 
 class PairCache:
-    """Keeps every (s, a) pair of one pass in memory, under a byte budget, to replay them later.
+    """Keeps every (s, a) pair of one pass, in memory and then on disk, to replay them later.
 
     EK-FAC needs two passes over the fit data: covariances, then (in their eigenbasis) the
     eigenvalue correction. The second needs exactly the same s and a (labels are seeded per
-    example), so when they fit in `budget_bytes` the second model pass is replaced by a replay.
-    Past the budget the cache empties itself and `usable` turns False: callers then run the pass.
+    example), so when they fit the second model pass is replaced by a replay. Batches are kept in
+    memory up to `budget_bytes`; past it, each finished batch is written to `spill_dir` (one
+    torch file per batch) while the disk total stays under `spill_bytes`. On a CPU reading a
+    batch back is far cheaper than recomputing it (SmolLM2: ~0.8 MB of pairs per token, read at
+    ~1 GB/s, against ~16 ms per token for a forward and backward); on a GPU it is not, which is
+    why the engine spills only on CPU. Past both budgets the cache empties itself and `usable`
+    turns False: callers then run the pass. `close()` deletes the spilled files.
     """
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, spill_dir: Path | None = None, spill_bytes: int = 0) -> None:
         self.budget = budget_bytes
-        self.entries: list[tuple[Batch, list[tuple[str, torch.Tensor, torch.Tensor]]]] = []
-        self.bytes = 0
+        self.spill_dir = spill_dir
+        self.spill_budget = spill_bytes if spill_dir is not None else 0
+        # (batch, pairs in memory | file of pairs on disk)
+        self.entries: list[tuple[Batch, list[tuple[str, torch.Tensor, torch.Tensor]] | Path]] = []
+        self.bytes = 0  # in memory
+        self.spilled = 0  # on disk
         self.overflow = False
+        self._open: tuple[int, int] | None = None  # (entry index, bytes) of the batch being recorded
 
     @property
     def usable(self) -> bool:
         return not self.overflow and bool(self.entries)
 
     def record(self, sink: Callable[[Batch], Sink]) -> Callable[[Batch], Sink]:
-        """Wrap a sink factory so that every pair it receives is also kept."""
+        """Wrap a sink factory so that every pair it receives is also kept; call `finish()` after
+        the pass."""
 
         def factory(batch: Batch) -> Sink:
+            self.finish()
             inner = sink(batch)
             pairs: list[tuple[str, torch.Tensor, torch.Tensor]] = []
             seen: set[int] = set()  # gate and up projections share one input tensor
             if not self.overflow:
                 self.entries.append((batch, pairs))
+                self._open = (len(self.entries) - 1, 0)
 
             def keep(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
                 inner(name, s, a)
@@ -80,21 +94,48 @@ class PairCache:
                 if a.data_ptr() not in seen:
                     seen.add(a.data_ptr())
                     size += a.numel() * a.element_size()
-                if self.bytes + size > self.budget:
-                    self.overflow = True
-                    self.entries.clear()
-                    return
-                self.bytes += size
+                index, held = self._open
+                self._open = (index, held + size)
                 pairs.append((name, s, a))
 
             return keep
 
         return factory
 
+    def finish(self) -> None:
+        """Settle the batch recorded last: keep it in memory, write it to disk, or overflow."""
+        if self._open is None or self.overflow:
+            return
+        index, size = self._open
+        self._open = None
+        batch, pairs = self.entries[index]
+        if self.bytes + size <= self.budget:
+            self.bytes += size
+        elif self.spilled + size <= self.spill_budget:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            path = self.spill_dir / f"batch-{index:06d}.pt"
+            torch.save([(n, s.cpu(), a.cpu()) for n, s, a in pairs], path)  # shared `a` tensors saved once
+            self.entries[index] = (batch, path)
+            self.spilled += size
+        else:
+            self.overflow = True
+            self.close()
+
     def replay(self, sink: Callable[[Batch], Sink], on_batch: Callable[[Batch, None], None] | None = None) -> None:
         for batch, pairs in self.entries:
             callback = sink(batch)
+            if isinstance(pairs, Path):
+                device = batch.input_ids.device
+                pairs = [(n, s.to(device), a.to(device)) for n, s, a in torch.load(pairs, weights_only=True)]
             for name, s, a in pairs:
                 callback(name, s, a)
             if on_batch is not None:
                 on_batch(batch, None)
+
+    def close(self) -> None:
+        """Forget every pair and delete the spilled files."""
+        for _, pairs in self.entries:
+            if isinstance(pairs, Path):
+                pairs.unlink(missing_ok=True)
+        self.entries.clear()
+        self.bytes = self.spilled = 0
