@@ -141,3 +141,28 @@ def test_fork_bomb_is_contained():
     assert result.status == "timeout" and not result.ok
     # Nothing of it survives: a fresh run still starts.
     assert run_python("print('alive')", timeout_s=10).stdout.strip() == "alive"
+
+
+@needs_isolation
+def test_an_interpreter_under_tmp_stays_visible(tmp_path, monkeypatch):
+    """The private /tmp must not hide the interpreter: a checkout (and its .venv) under /tmp still
+    runs submissions (CI clones may live there)."""
+    import sys
+    import venv
+
+    from curate.evaluation import sandbox
+
+    env = tmp_path / "venv"
+    venv.create(env, with_pip=False, symlinks=True)
+    monkeypatch.setattr(sys, "executable", str(env / "bin" / "python"))
+    monkeypatch.setattr(sys, "prefix", str(env))
+    sandbox._interpreter_paths.cache_clear()
+    sandbox.isolation_level.cache_clear()
+    try:
+        result = run_python("import sys\nprint(sys.prefix)\nopen('/tmp/x', 'w')\n", timeout_s=20)
+        assert sandbox.isolation_level()[0] == "unshare: user+net+mount+pid"
+    finally:
+        sandbox._interpreter_paths.cache_clear()
+        sandbox.isolation_level.cache_clear()
+    assert result.stdout.strip() == str(env)  # the venv under /tmp ran the code
+    assert "Read-only file system" in result.stderr  # and /tmp is still not writable

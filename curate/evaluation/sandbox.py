@@ -36,23 +36,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RLIMITS_ONLY = "rlimits only"
-# Hide the host's socket and scratch directories (/tmp, /var/tmp, /run, /dev/shm) under private
-# tmpfs mounts, put the work dir ($1, held open as fd 3 while /tmp is covered) back in place,
-# remount every other mount read-only, then exec the interpreter. A failure to make / read-only
-# aborts (the probe then reports less isolation).
+# Arguments: N, then N paths to keep visible (the work dir first, then the interpreter's
+# folders), then the command. Hide the host's socket and scratch directories (/tmp, /var/tmp,
+# /run, /dev/shm) under private tmpfs mounts, put back each kept path that they covered (held open
+# as fd 3.. meanwhile; bound with --no-canonicalize so the fd, not its now-hidden path, is the
+# source), bind the work dir onto itself, remount every other mount read-only, then exec the
+# command. A failure to make / read-only aborts (the probe then reports less isolation).
 _MOUNT_SCRIPT = r"""
 set -e
-work="$1"
+n="$1"
 shift
-exec 3<"$work"
+i=0
+while [ "$i" -lt "$n" ]; do
+  eval "keep$i=\$1"
+  eval "exec $((i + 3))<\"\$1\""
+  shift
+  i=$((i + 1))
+done
 for d in /tmp /var/tmp /run /dev/shm; do
   if [ -d "$d" ] && [ ! -L "$d" ]; then
     mount -t tmpfs -o size=16m,nosuid,nodev tmpfs "$d" 2>/dev/null || true
   fi
 done
-mkdir -p "$work"
-mount --no-canonicalize --bind /proc/self/fd/3 "$work"
-exec 3<&-
+i=0
+while [ "$i" -lt "$n" ]; do
+  eval "path=\$keep$i"
+  if [ "$i" -eq 0 ] || [ ! -e "$path" ]; then
+    mkdir -p "$path"
+    mount --no-canonicalize --bind "/proc/self/fd/$((i + 3))" "$path"
+  fi
+  eval "exec $((i + 3))<&-"
+  i=$((i + 1))
+done
+work="$keep0"
 cd "$work"
 awk '{print $5}' /proc/self/mountinfo | while read -r mp; do
   [ "$mp" = "$work" ] && continue
@@ -99,7 +115,7 @@ def isolation_level() -> tuple[str, tuple[str, ...], bool]:
     probe = tempfile.mkdtemp(prefix="curate-sandbox-probe-")
     try:
         for label, flags, mounts in _UNSHARE_LEVELS:
-            cmd = _command(unshare, list(flags), mounts, probe, ["sh", "-c", "exit 0"])
+            cmd = _command(unshare, list(flags), mounts, probe, [sys.executable, "-I", "-c", "pass"])
             try:
                 done = subprocess.run(cmd, capture_output=True, timeout=20,
                                       env=_env(probe), cwd=probe)
@@ -164,7 +180,17 @@ def run_python(
 def _command(unshare: str, flags: list[str], mounts: bool, work: str, argv: list[str]) -> list[str]:
     if not mounts:
         return [unshare, *flags, "--", *argv]
-    return [unshare, *flags, "--", "sh", "-c", _MOUNT_SCRIPT, "sandbox", work, *argv]
+    keep = [work, *_interpreter_paths()]
+    return [unshare, *flags, "--", "sh", "-c", _MOUNT_SCRIPT, "sandbox", str(len(keep)), *keep, *argv]
+
+
+@functools.cache
+def _interpreter_paths() -> tuple[str, ...]:
+    """The folders the interpreter runs from (its environment, its installation, its binary's),
+    outermost only: they stay visible (read-only) even under the sandbox's private /tmp."""
+    found = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                                  os.path.dirname(os.path.realpath(sys.executable)))})
+    return tuple(p for p in found if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in found))
 
 
 def _env(work: Path | str) -> dict[str, str]:
