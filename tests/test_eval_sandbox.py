@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -47,13 +48,13 @@ def test_output_flood_is_cut():
 
 @needs_isolation
 def test_writing_outside_the_temp_dir_fails_and_host_is_untouched(tmp_path):
-    """/tmp is hidden behind a private tmpfs (the file's folder does not exist there); every other
-    host folder, like this test's own, is read-only."""
+    """/tmp is hidden behind a private tmpfs (the file's folder does not exist there); what stays
+    visible, like the interpreter's environment, is read-only."""
     target = tmp_path / "escaped.txt"
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("host data")
     before = sorted(os.listdir(tmp_path))
-    outside_tmp = Path(__file__).parent / f".sandbox-escape-{os.getpid()}.txt"
+    outside_tmp = Path(sys.prefix) / f".sandbox-escape-{os.getpid()}.txt"  # visible to the sandbox, read-only
     code = (f"import sys\nfor path in {[str(target), str(sentinel), str(outside_tmp)]!r}:\n"
             "    try:\n        open(path, 'w').write('pwned')\n        print('wrote', path)\n"
             "    except OSError as e:\n        print(type(e).__name__, e.strerror)\n")
@@ -147,7 +148,6 @@ def test_fork_bomb_is_contained():
 def test_an_interpreter_under_tmp_stays_visible(tmp_path, monkeypatch):
     """The private /tmp must not hide the interpreter: a checkout (and its .venv) under /tmp still
     runs submissions (CI clones may live there)."""
-    import sys
     import venv
 
     from curate.evaluation import sandbox
