@@ -70,7 +70,8 @@ while [ "$i" -lt "$n" ]; do
 done
 work="$keep0"
 cd "$work"
-awk '{print $5}' /proc/self/mountinfo | while read -r mp; do
+awk '{print $5}' /proc/self/mountinfo | while read -r raw; do
+  mp=$(printf '%b' "$raw")  # mountinfo writes a space as \040, a tab as \011, ...
   [ "$mp" = "$work" ] && continue
   mount -o remount,bind,ro "$mp" 2>/dev/null || true
 done
@@ -180,7 +181,7 @@ def run_python(
 def _command(unshare: str, flags: list[str], mounts: bool, work: str, argv: list[str]) -> list[str]:
     if not mounts:
         return [unshare, *flags, "--", *argv]
-    keep = [work, *_interpreter_paths()]
+    keep = [os.path.realpath(work), *_interpreter_paths()]  # mountinfo lists canonical paths
     return [unshare, *flags, "--", "sh", "-c", _MOUNT_SCRIPT, "sandbox", str(len(keep)), *keep, *argv]
 
 
@@ -188,8 +189,10 @@ def _command(unshare: str, flags: list[str], mounts: bool, work: str, argv: list
 def _interpreter_paths() -> tuple[str, ...]:
     """The folders the interpreter runs from (its environment, its installation, its binary's),
     outermost only: they stay visible (read-only) even under the sandbox's private /tmp."""
-    found = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
-                                                  os.path.dirname(os.path.realpath(sys.executable)))})
+    resolved = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                              os.path.dirname(os.path.realpath(sys.executable)))}
+    # the path the command names, as given: it may pass through a symlink that the private /tmp hides
+    found = sorted(resolved | {os.path.dirname(os.path.abspath(sys.executable))})
     return tuple(p for p in found if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in found))
 
 

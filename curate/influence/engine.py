@@ -139,15 +139,17 @@ def score_pool(
 
     directions: dict[str, Direction] = {}  # layer -> [F, out, in'] (or its factors) over all query sets
     query_fps = []
-    for q, items in query_items.items():
-        qdir, qfp = query_directions(model, groups, factor_files, items, config, pad_id, work_dir / "queries", q,
-                                      factors_fp, progress, coll)
-        query_fps.append(qfp)
-        for name, v in qdir.items():
-            directions[name] = v if name not in directions else concat(directions[name], v)
-    local = replay.scores(directions, per_token=config.per_token_train) if replay else {}
-    if replay:
-        replay.close()
+    try:  # the replay's spilled pairs are deleted whatever happens
+        for q, items in query_items.items():
+            qdir, qfp = query_directions(model, groups, factor_files, items, config, pad_id, work_dir / "queries", q,
+                                          factors_fp, progress, coll)
+            query_fps.append(qfp)
+            for name, v in qdir.items():
+                directions[name] = v if name not in directions else concat(directions[name], v)
+        local = replay.scores(directions, per_token=config.per_token_train) if replay else {}
+    finally:
+        if replay:
+            replay.close()
     replayed = {z: v for part in coll.gather_objects(local) for z, v in part.items()}
 
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,

@@ -119,6 +119,28 @@ def _reduce_lambdas(sums: dict[str, tuple[torch.Tensor, int]], group, coll: Coll
     return out
 
 
+def _release(caches: list[PairCache]) -> bool:
+    """Close `caches` (deleting their spilled files) and empty the list; returns False, the
+    caller's new `keep` (no replay once a group's pairs are gone)."""
+    for c in caches:
+        c.close()
+    caches.clear()
+    return False
+
+
+def _fresh_spill_root(stage: Path, coll: Collective) -> Path:
+    """This process's folder for spilled pairs, emptied of what a killed run left (rank 0 also
+    removes the folders of ranks a previous, wider run had)."""
+    root = stage / ".pairs"
+    mine = root / f"rank-{coll.shard.rank}"
+    shutil.rmtree(mine, ignore_errors=True)
+    if coll.is_main:
+        for old in root.glob("rank-*"):
+            if int(old.name.removeprefix("rank-")) >= coll.shard.world_size:
+                shutil.rmtree(old, ignore_errors=True)
+    return mine
+
+
 def _factor_stage(coll: Collective, folder: Path, config: ScoreConfig, groups, factors_fp: str, n_fit: int,
                   overwrite: bool) -> Path:
     return coll.open_stage(folder, {"factors": factors_fp, "model": config.model, "groups": [list(g) for g in groups],
@@ -138,47 +160,52 @@ def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: P
     stage = _factor_stage(coll, folder, config, groups, factors_fp, len(fit_items), overwrite)
     batches = coll.shard.take(make_batches(fit_items, config.batch_tokens, pad_id))
     device = next(model.parameters()).device
-    budget, spill = int(config.pair_cache_gb * GB), int(config.resolved_pair_spill_gb * GB)
-    spill_root = stage / ".pairs" / f"rank-{coll.shard.rank}"  # this process's; a killed run's are stale
-    shutil.rmtree(spill_root, ignore_errors=True)
+    spill_root = _fresh_spill_root(stage, coll)
+    budget = int(config.pair_cache_gb * GB)
+    spill = min(int(config.resolved_pair_spill_gb * GB), max(0, shutil.disk_usage(stage).free - 2 * GB))
     # Only the empirical Fisher's covariance pass is a scoring pass; a resumed fit has no pairs.
     keep = config.fisher == "empirical"
     kept: list[PairCache] = []
     nll = torch.full((len(fit_items),), float("nan"), dtype=torch.float64)
     files: dict[str, Path] = {}
-    for g, group in enumerate(groups):
-        paths = {n: stage / f"{n}.safetensors" for n in group}
-        files.update(paths)
-        if all(p.exists() for p in paths.values()):
-            keep = False
-            continue
-        cache = PairCache(budget - sum(c.bytes for c in kept) if keep else budget, spill_root / f"group-{g}",
-                          spill - sum(c.spilled for c in kept) if keep else spill)
-        with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
+    cache = None
+    try:
+        for g, group in enumerate(groups):
+            paths = {n: stage / f"{n}.safetensors" for n in group}
+            files.update(paths)
+            if all(p.exists() for p in paths.values()):
+                keep = _release(kept)
+                continue
+            cache = PairCache(budget - sum(c.bytes for c in kept) if keep else budget, spill_root / f"group-{g}",
+                              spill - sum(c.spilled for c in kept) if keep else spill)
+            with progress.task(f"factors {g + 1}/{len(groups)}: covariances", len(batches), unit="batch") as adv:
 
-            def on_batch(batch: Batch, logp: torch.Tensor, adv=adv) -> None:
-                adv(1)
-                nll[batch.rows] = (-logp.sum(dim=1).double() / batch.loss_mask.sum(dim=1).double()).cpu()
+                def on_batch(batch: Batch, logp: torch.Tensor, adv=adv) -> None:
+                    adv(1)
+                    nll[batch.rows] = (-logp.sum(dim=1).double() / batch.loss_mask.sum(dim=1).double()).cpu()
 
-            covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch, cache=cache)
-        bases = _spread_eigenbases(_reduce_covariances(covs, group, coll, device), coll)
-        del covs
-        with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches), unit="batch") as adv:
-            sums = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
-                               on_batch=lambda b, lp: adv(1), cache=cache)
-        lams = _reduce_lambdas(sums, group, coll, device)
-        if coll.is_main:
-            for n in group:
-                save_tensors(paths[n], ModuleFactors(bases[n][0], bases[n][1], lams[n]).to_dict())
-        coll.barrier()
-        if keep and cache.usable:
-            kept.append(cache)
-        else:
-            keep = False
-            cache.close()
-            for c in kept:
-                c.close()
-            kept.clear()
+                covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch,
+                                       cache=cache)
+            bases = _spread_eigenbases(_reduce_covariances(covs, group, coll, device), coll)
+            del covs
+            with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches),
+                               unit="batch") as adv:
+                sums = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
+                                   on_batch=lambda b, lp: adv(1), cache=cache)
+            lams = _reduce_lambdas(sums, group, coll, device)
+            if coll.is_main:
+                for n in group:
+                    save_tensors(paths[n], ModuleFactors(bases[n][0], bases[n][1], lams[n]).to_dict())
+            coll.barrier()
+            if keep and cache.usable:
+                kept.append(cache)
+            else:
+                cache.close()
+                keep = _release(kept)
+            cache = None
+    except BaseException:  # a crash or Ctrl-C leaves no spilled pairs behind
+        _release([c for c in (cache, *kept) if c is not None])
+        raise
     replay = FitReplay(list(fit_items), kept, nll) if keep and kept else None
     return files, replay
 

@@ -98,8 +98,10 @@ def write_scored(pool: Pool, result: ScoreResult, out: str | Path, *, config: Sc
                       extra_card=score_card(result, config, queries, query_answers), **write_options)
     written = ScoredOutput(path)
     for name, side in (("tokens", result.tokens), ("sentences", result.sentences)):
-        if side is not None:
-            target = side_path(path, name)
+        target = side_path(path, name)
+        if side is None:
+            target.unlink(missing_ok=True)  # an earlier run's file beside a file output would be read as ours
+        else:
             side.write_parquet(target)
             written.side_files.append(target)
     return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def run_pass(
             loss.backward()
         if on_batch is not None:
             on_batch(batch, logp.detach())
+        del logp, per_example, loss  # the graph holds the hooks, which hold this batch's sink
 
 
 class PairCache:
@@ -111,15 +113,28 @@ class PairCache:
         batch, pairs = self.entries[index]
         if self.bytes + size <= self.budget:
             self.bytes += size
-        elif self.spilled + size <= self.spill_budget:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-            path = self.spill_dir / f"batch-{index:06d}.pt"
-            torch.save([(n, s.cpu(), a.cpu()) for n, s, a in pairs], path)  # shared `a` tensors saved once
-            self.entries[index] = (batch, path)
+        elif self.spilled + size <= self.spill_budget and self._spill(index, batch, pairs):
             self.spilled += size
         else:
             self.overflow = True
             self.close()
+
+    def _spill(self, index: int, batch: Batch, pairs) -> bool:
+        """Write one batch's pairs to disk (each shared `a` once); False when the disk refuses."""
+        host: dict[int, torch.Tensor] = {}  # gate and up share one input: one host copy
+
+        def on_host(t: torch.Tensor) -> torch.Tensor:
+            return host.setdefault(t.data_ptr(), t.cpu())
+
+        path = self.spill_dir / f"batch-{index:06d}.pt"
+        try:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            torch.save([(n, s.cpu(), on_host(a)) for n, s, a in pairs], path)
+        except OSError:  # e.g. a full disk: give up on the cache, run the model pass instead
+            path.unlink(missing_ok=True)
+            return False
+        self.entries[index] = (batch, path)
+        return True
 
     def replay(self, sink: Callable[[Batch], Sink], on_batch: Callable[[Batch, None], None] | None = None) -> None:
         for batch, pairs in self.entries:
@@ -134,8 +149,7 @@ class PairCache:
 
     def close(self) -> None:
         """Forget every pair and delete the spilled files."""
-        for _, pairs in self.entries:
-            if isinstance(pairs, Path):
-                pairs.unlink(missing_ok=True)
         self.entries.clear()
         self.bytes = self.spilled = 0
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
