@@ -53,3 +53,12 @@ def test_full_demo_scores_with_the_packaged_model(tmp_path):
     assert len(manifest) == 80 - 4  # every row left out of the demo subset is listed
     assert load_from_disk(tmp_path / "pruned").num_rows == 2
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+    # the card states the settings as run (2 queries per set: no splits) and the query set sizes
+    from curate.influence.output import card_query_sizes
+
+    card = (tmp_path / "scored" / "README.md").read_text()
+    assert "- query_splits: `0`" in card and card_query_sizes(card) == {"math": 2, "code": 2}
+    # the demo scores tokens: the side file is there and the report highlights them
+    tokens = pl.read_parquet(tmp_path / "scored" / "tokens.parquet")
+    assert set(tokens["curate_id"]) == set(scored["curate_id"])
+    assert "Top 5% tokens" in (tmp_path / "report.html").read_text()

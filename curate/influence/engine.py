@@ -51,7 +51,7 @@ class ScoreResult:
     (lists of equal length that sum to the instance score). `sentences` (with
     `config.sentences`): per segment of each response, its span and `segment_influence_<q>` =
     I(z) - I(z without the segment). `stability` (with query splits): how alike the disjoint
-    splits rank the pool, per query set (`curate.audit.stability`)."""
+    splits rank the pool, per query set (`curate.audit.stability`). `config`: the settings as run, defaults resolved."""
 
     table: pl.DataFrame
     plan: Plan
@@ -60,6 +60,7 @@ class ScoreResult:
     sentences: pl.DataFrame | None = None
     pending: str | None = None  # a `--shard` job that did its part: what it wrote (no table then)
     stability: dict[str, StabilityReport] = field(default_factory=dict)  # per query set with splits
+    config: ScoreConfig | None = None  # the settings as run (query_splits resolved)
 
 
 def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:
@@ -189,7 +190,7 @@ def score_pool(
     tables = {kind: pl.concat([pl.read_parquet(chunk_path(c, kind)) for c in range(n_chunks)]) for kind in kinds}
     stability = stability_all(tables["scores"], columns, query_sizes={q: len(v) for q, v in query_items.items()})
     return ScoreResult(tables["scores"], plan, columns, tables.get("tokens"), tables.get(config.sentences),
-                       stability=stability)
+                       stability=stability, config=config)
 
 
 def _chunk_table(path: Path, compute, chunk) -> None:

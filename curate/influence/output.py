@@ -71,7 +71,7 @@ def score_card(result: ScoreResult, config: ScoreConfig, queries: Mapping[str, Q
         "Influence settings": "\n".join(
             [f"- model: `{config.model}`", f"- query answers: {query_answers}"]
             + [f"- query `{q}`: `{src.path}` ({src.size} examples)" for q, src in queries.items()]
-            + [f"- {k}: `{v}`" for k, v in vars(config).items() if k != "model"]
+            + [f"- {k}: `{v}`" for k, v in vars(result.config or config).items() if k != "model"]
         ),
         "Influence plan": "```\n" + Text.from_markup(result.plan.render()).plain + "\n```",
     }
