@@ -109,3 +109,33 @@ def test_shard_output_keeps_only_its_rows_and_dry_run_counts_them(tmp_path):
                                    "http://127.0.0.1:9/v1", "--model", "m", "--shard", "1/2", "--dry-run"])
     assert dry.exit_code == 0 and "12 requests (0 already cached)" in dry.output
     assert Path(tmp_path / "q.jsonl").exists() is False
+
+
+def _open_cache(path, barrier, results):
+    from curate.tagging.cache import ResponseCache
+
+    barrier.wait()
+    try:
+        ResponseCache(path)
+        results.put("ok")
+    except Exception as err:  # reported to the parent, which asserts on it
+        results.put(repr(err))
+
+
+def test_many_processes_opening_a_new_cache_at_once_all_succeed(tmp_path):
+    """Shard jobs start together: opening a new SQLite cache from 8 processes at the same moment (60
+    times) used to fail now and then with "database is locked" (the switch to WAL deadlocks)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    outcomes = []
+    for trial in range(60):
+        barrier, results = ctx.Barrier(8), ctx.Queue()
+        procs = [ctx.Process(target=_open_cache, args=(str(tmp_path / f"c{trial}.sqlite"), barrier, results))
+                 for _ in range(8)]
+        for p in procs:
+            p.start()
+        outcomes += [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join()
+    assert outcomes == ["ok"] * len(outcomes), [o for o in outcomes if o != "ok"][:3]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
 import time
 import zlib
@@ -57,6 +58,21 @@ class Cached:
 class ResponseCache:
     """The cache file at `path` (created with its folder when missing)."""
 
+    WAL_TRIES = 600  # ~30 s of retries (see `_enable_wal`)
+
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL. Two processes opening a new file at once can deadlock on this
+        switch (each holds a shared lock and wants the exclusive one), and SQLite then answers
+        "database is locked" at once instead of calling the busy handler: retry with jitter."""
+        for attempt in range(self.WAL_TRIES):
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == self.WAL_TRIES - 1:
+                    raise
+                time.sleep(0.01 + random.random() * 0.08)
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +80,7 @@ class ResponseCache:
         # the one writer, and the 60 s busy timeout makes a writer wait its turn, not fail.
         self.db = sqlite3.connect(str(self.path), timeout=60.0)
         self.db.execute("PRAGMA busy_timeout=60000")
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self._enable_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
         self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL)")
         self.db.commit()
