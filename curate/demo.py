@@ -120,7 +120,7 @@ def _score_and_prune(config: DemoConfig, pool, result: DemoResult, progress) -> 
                 for i in left_out]
     sources = {name: QuerySource(str(QUERY_SETS[name].relative_to(SAMPLE.parent)), len(q))
                for name, q in queries.items()}
-    scored = write_scored(subset, result.score, out / "scored", config=score_config, queries=sources,
+    scored = write_scored(subset, result.score, out / "scored", queries=sources,
                           command="curate demo", manifest=manifest)
     result.written.extend([scored.path, *scored.side_files])
     result.written.append(render_report(scored.path, out / "report.html"))

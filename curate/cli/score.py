@@ -119,7 +119,7 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     if not is_main_process():
         return  # under torchrun every rank holds the result; rank 0 writes it
     sources = {q: QuerySource(p, len(query_pools[q])) for q, p in query_paths.items()}
-    written = write_scored(loaded, result, out, config=config, queries=sources, query_answers=query_answers,
+    written = write_scored(loaded, result, out, queries=sources, query_answers=query_answers,
                            command=["curate", *sys.argv[1:]], manifest=removed, emit=emit, fmt=fmt,
                            push_to_hub=push_to_hub)
     for side in written.side_files:

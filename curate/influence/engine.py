@@ -60,7 +60,7 @@ class ScoreResult:
     sentences: pl.DataFrame | None = None
     pending: str | None = None  # a `--shard` job that did its part: what it wrote (no table then)
     stability: dict[str, StabilityReport] = field(default_factory=dict)  # per query set with splits
-    config: ScoreConfig | None = None  # the settings as run (query_splits resolved)
+    config: ScoreConfig | None = None  # the settings as run (query_splits resolved); set by score_pool
 
 
 def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:
@@ -131,7 +131,7 @@ def score_pool(
         factor_files, pending = fit_factor_part(model, groups, fit_items, config, pad_id, work_dir / "factors",
                                                 factors_fp, job, overwrite, progress)
         if pending:
-            return ScoreResult(pl.DataFrame(), plan, columns, pending=f"{pending}; when all {job.world_size} parts are "
+            return ScoreResult(pl.DataFrame(), plan, columns, config=config, pending=f"{pending}; when all {job.world_size} parts are "
                                f"written, run `curate merge {work_dir}`")
         replay = None
     else:
@@ -183,7 +183,7 @@ def score_pool(
     coll.barrier()
     if job:
         missing = sum(not chunk_path(c, "scores").exists() for c in range(n_chunks))
-        return ScoreResult(pl.DataFrame(), plan, columns, pending=(
+        return ScoreResult(pl.DataFrame(), plan, columns, config=config, pending=(
             f"scores part {job} written ({len(mine)} of {n_chunks} chunks); "
             + (f"{missing} chunks still missing" if missing else "all chunks written")
             + ": when every job is done, run the same command without --shard to write the output"))

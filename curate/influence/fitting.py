@@ -38,7 +38,7 @@ from curate.influence.parts import (
     save_part,
 )
 from curate.influence.passes import PairCache
-from curate.influence.plan import GB
+from curate.influence.plan import GB, layer_dims
 from curate.influence.scoring import query_gradient_sums, replay_scores, split_functions
 from curate.influence.tokens import Tokenized
 from curate.progress import Progress
@@ -75,16 +75,11 @@ class FitReplay:
             cache.close()
 
 
-def _dims(module) -> tuple[int, int]:
-    """(out, in') of a tracked Linear: in' counts the bias column."""
-    return module.out_features, module.in_features + (module.bias is not None)
-
-
 def _reduce_covariances(covs: dict[str, Covariance], group, coll: Collective, device) -> dict[str, Covariance]:
     """Sum every rank's covariance sums (a rank with no batches contributes zeros)."""
     out = {}
     for n, module in group.items():
-        d_out, d_in = _dims(module)
+        d_out, d_in = layer_dims(module)
         c = covs.get(n) or Covariance(torch.zeros(d_in, d_in, dtype=torch.float64, device=device),
                                       torch.zeros(d_out, d_out, dtype=torch.float64, device=device))
         count = coll.all_reduce(torch.tensor([float(c.count)], dtype=torch.float64, device=device))
@@ -107,7 +102,7 @@ def _spread_eigenbases(covs: dict[str, Covariance], coll: Collective) -> dict[st
 
 def _filled_lambda_sums(sums: dict[str, tuple[torch.Tensor, int]], group, device) -> dict[str, tuple[torch.Tensor, int]]:
     """Every module's (sum, count), zeros for modules a shard with no batches never saw."""
-    return {n: sums.get(n, (torch.zeros(*_dims(m), dtype=torch.float64, device=device), 0)) for n, m in group.items()}
+    return {n: sums.get(n, (torch.zeros(*layer_dims(m), dtype=torch.float64, device=device), 0)) for n, m in group.items()}
 
 
 def _reduce_lambdas(sums: dict[str, tuple[torch.Tensor, int]], group, coll: Collective, device) -> dict[str, torch.Tensor]:
@@ -290,7 +285,7 @@ def query_directions(model, groups, factor_files, items, config: ScoreConfig, pa
             sums = query_gradient_sums(model, group, batches, split_of, splits,
                                        per_token=config.per_token_query, on_batch=lambda b, lp: adv(1))
             for n, module in group.items():
-                s = sums.get(n, torch.zeros(splits, *_dims(module), dtype=torch.float64, device=device))
+                s = sums.get(n, torch.zeros(splits, *layer_dims(module), dtype=torch.float64, device=device))
                 s = coll.all_reduce(s)
                 f = ModuleFactors(**load_tensors(factor_files[n]))  # one module's factors in memory at a time
                 v = f.precondition(split_functions(s.cpu(), sizes), f.damping(config.damping))

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # kept light: `curate score --help` reads SIGN_AND_SCALE without importing torch
     from curate.data import ManifestEntry, Pool
-    from curate.influence.config import ScoreConfig
     from curate.influence.engine import ScoreResult
 
 SIGN_AND_SCALE = """\
@@ -60,10 +59,11 @@ class ScoredOutput:
     side_files: list[Path] = field(default_factory=list)
 
 
-def score_card(result: ScoreResult, config: ScoreConfig, queries: Mapping[str, QuerySource],
-               query_answers: str = "correct") -> dict[str, str]:
-    """The dataset card sections of a scored pool (`curate report` reads the query set sizes back
-    from the `- query` lines)."""
+def score_card(result: ScoreResult, queries: Mapping[str, QuerySource], query_answers: str = "correct"
+               ) -> dict[str, str]:
+    """The dataset card sections of a scored pool, with the settings as run (`result.config`);
+    `curate report` reads the query set sizes back from the `- query` lines."""
+    config = result.config
     from rich.text import Text
 
     card = {
@@ -71,7 +71,7 @@ def score_card(result: ScoreResult, config: ScoreConfig, queries: Mapping[str, Q
         "Influence settings": "\n".join(
             [f"- model: `{config.model}`", f"- query answers: {query_answers}"]
             + [f"- query `{q}`: `{src.path}` ({src.size} examples)" for q, src in queries.items()]
-            + [f"- {k}: `{v}`" for k, v in vars(result.config or config).items() if k != "model"]
+            + [f"- {k}: `{v}`" for k, v in vars(config).items() if k != "model"]
         ),
         "Influence plan": "```\n" + Text.from_markup(result.plan.render()).plain + "\n```",
     }
@@ -86,8 +86,8 @@ def card_query_sizes(card: str) -> dict[str, int]:
     return {m["query"]: int(m["n"]) for m in _QUERY_LINE.finditer(card)}
 
 
-def write_scored(pool: Pool, result: ScoreResult, out: str | Path, *, config: ScoreConfig,
-                 queries: Mapping[str, QuerySource], query_answers: str = "correct",
+def write_scored(pool: Pool, result: ScoreResult, out: str | Path, *, queries: Mapping[str, QuerySource],
+                 query_answers: str = "correct",
                  command: str | Sequence[str] | None = None, manifest: Iterable[ManifestEntry] = (),
                  **write_options) -> ScoredOutput:
     """Write `pool` with `result`'s score columns, its card and side files; `write_options` go to
@@ -95,7 +95,7 @@ def write_scored(pool: Pool, result: ScoreResult, out: str | Path, *, config: Sc
     from curate.data import side_path, write_pool
 
     path = write_pool(pool, out, annotations=result.table, command=command, manifest=manifest,
-                      extra_card=score_card(result, config, queries, query_answers), **write_options)
+                      extra_card=score_card(result, queries, query_answers), **write_options)
     written = ScoredOutput(path)
     for name, side in (("tokens", result.tokens), ("sentences", result.sentences)):
         target = side_path(path, name)

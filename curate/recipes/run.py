@@ -125,7 +125,7 @@ class _Runner:
             result = score_pool(list(pool.examples()), queries, step.config, folder / "work",
                                 overwrite=redo, progress=self.progress)
             sources = {n: QuerySource(str(self.recipe.inputs[n]), len(q)) for n, q in queries.items()}
-            write_scored(pool, result, data, config=step.config, queries=sources, command=command)
+            write_scored(pool, result, data, queries=sources, command=command)
             return {"rows": len(result.table), "columns": result.columns}, []
         if step.op in ("flip", "prune"):
             benchmarks = load_benchmarks(step.config.decontaminate)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
+from curate.stages import atomic_write_bytes
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 7px}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -70,8 +72,8 @@ class _Doc:
             text = "\n\n".join(self.blocks) + "\n"
         self.out.parent.mkdir(parents=True, exist_ok=True)
         for file, png in self.figures.items():
-            _atomic_write(self.out.parent / file, png)
-        _atomic_write(self.out, text.encode("utf-8"))
+            atomic_write_bytes(self.out.parent / file, png)
+        atomic_write_bytes(self.out, text.encode("utf-8"))
 
 
 def _cell(value) -> str:
@@ -89,8 +91,3 @@ def _md_escape(text: str) -> str:
 def _md_cell(value) -> str:
     return _md_escape(_cell(value)).replace("\n", " ")
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
