@@ -152,11 +152,83 @@ def _looks_local(name: str) -> bool:
     )
 
 
+def _not_found(name: str, why: str) -> DataError:
+    """The one-line error for a model name that names nothing loadable, with the aliases we know."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(ALIASES), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return DataError(f"model {name!r} not found: {why}; known aliases: {', '.join(ALIASES)}{hint}")
+
+
+def _check_hub_id(name: str) -> None:
+    """Fail at once (`DataError`) when `name`, not a local folder, is no Hub model we can load: an
+    invalid id, or one that is not in the local Hugging Face cache while the Hub is off
+    (`HF_HUB_OFFLINE`), unreachable, or says it has no such repository. Asks the Hub at most once,
+    without retries, so a typo or a machine without network fails in about a second instead of
+    after transformers' download retries."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        RepositoryNotFoundError,
+    )
+    from huggingface_hub.utils import validate_repo_id
+
+    local = f"no folder {Path(name).expanduser().absolute()}"
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise _not_found(name, f"{local}, and not a valid Hub id") from None
+    if any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json")):
+        return  # a cached model (or tokenizer-only repo): transformers loads it from the cache
+    where = f"{local}, not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if constants.HF_HUB_OFFLINE:
+        raise _not_found(name, f"{where}, and the Hub is off (HF_HUB_OFFLINE)")
+    try:
+        HfApi().model_info(name, timeout=10)
+    except GatedRepoError:
+        return  # it exists; transformers explains the access it needs
+    except RepositoryNotFoundError:
+        raise _not_found(name, f"{where}, and no such model on the Hub (or it is private: set HF_TOKEN)") from None
+    except HfHubHTTPError as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise _not_found(name, f"{where}, and the Hub answered: {first}") from None
+    except Exception as e:  # noqa: BLE001 - a transport failure (DNS, refused, timeout): no Hub to ask
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise _not_found(name, f"{where}, and the Hub cannot be reached ({first})") from None
+
+
+def check_model(name_or_path: str) -> None:
+    """Check, cheaply and before any heavy work, that `name_or_path` names a model `load_model` can
+    load: an alias whose package is installed (or whose folder is built), an existing local folder,
+    or a Hub id in the local cache or on a reachable Hub. Raises `DataError` (or
+    `MissingDependencyError` for an alias) with a one-line message otherwise."""
+    name = str(name_or_path)
+    spec = ALIASES.get(name)
+    if spec is not None:
+        folder = cache_dir() / "models" / spec.folder
+        if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
+            _packaged_gguf(spec)
+        return
+    _located(name)
+
+
+def _located(path: str) -> str:
+    """`path` (not an alias) checked as a local folder or Hub id; returns what to load."""
+    if _looks_local(path):
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise _not_found(path, f"folder {folder.absolute()} does not exist" if not folder.exists()
+                             else f"{folder.absolute()} is not a folder")
+        return str(folder)
+    _check_hub_id(path)
+    return path
+
+
 def _checked(name_or_path: str) -> str:
-    path = resolve_model(name_or_path)
-    if _looks_local(path) and not Path(path).expanduser().is_dir():
-        raise DataError(f"model folder not found: {path}")
-    return str(Path(path).expanduser()) if _looks_local(path) else path
+    return _located(resolve_model(name_or_path))
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

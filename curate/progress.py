@@ -15,6 +15,21 @@ class Progress(Protocol):
     def note(self, message: str) -> None: ...
 
 
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Hide `datasets`' own progress bars (e.g. "Flattening the indices") during an internal step,
+    then restore their previous state; curate's own progress is unaffected."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
 class Silent:
     """The library default: report nothing."""
 

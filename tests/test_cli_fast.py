@@ -62,3 +62,25 @@ def test_unbuilt_command_exits_2_with_one_line():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "not built yet" in proc.stderr
+
+
+def test_score_help_is_plain_text():
+    from click.testing import CliRunner
+
+    from curate.cli import cli
+
+    result = CliRunner().invoke(cli, ["score", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "**" not in text and "Positive = up-weighting the example raises" in text
+    assert "--query NAME=PATH" in text and "[required]" in text.split("--query NAME=PATH", 1)[1].split("--", 1)[0]
+
+
+def test_prune_help_says_keep_has_no_default():
+    from click.testing import CliRunner
+
+    from curate.cli import cli
+
+    result = CliRunner().invoke(cli, ["prune", "--help"])
+    assert result.exit_code == 0
+    assert "No default: give exactly one of --keep and --keep-n." in " ".join(result.output.split())

@@ -55,6 +55,23 @@ def test_split_and_map_options(tmp_path, fixtures):
     assert (stats["rows"], stats["split"], stats["shape"]["name"]) == (2, "test", "mapped")
 
 
+def test_tagged_pool_shows_native_and_tagged_difficulty(tmp_path, fixtures):
+    tagged = tmp_path / "tagged.parquet"
+    result = CliRunner().invoke(cli, ["tag", str(fixtures / "math500.jsonl"), "--offline", "-o", str(tagged)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["inspect", str(tagged), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["difficulty"]["values"] == {"1": 1, "2": 1, "3": 1, "5": 1}  # the native `level` column
+    tagged_stats = stats["tagged_difficulty"]
+    assert tagged_stats["column"] == "curate_difficulty" and sum(tagged_stats["values"].values()) == 4
+    assert tagged_stats["sources"] == {"native": 4}
+    tables = " ".join(CliRunner().invoke(cli, ["inspect", str(tagged)]).stderr.split())  # rich wraps titles
+    assert "native difficulty" in tables and "tagged difficulty" in tables and "curate_difficulty" in tables
+    untagged = json.loads(CliRunner().invoke(cli, ["inspect", str(fixtures / "math500.jsonl"), "--json"]).stdout)
+    assert untagged["tagged_difficulty"] is None
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

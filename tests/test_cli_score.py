@@ -121,6 +121,42 @@ def test_bad_options_give_one_line_errors(tiny_model_dir, pool_file, tmp_path, c
     assert code != 0 and message in err and len(err.splitlines()) == 1
 
 
+def test_missing_query_fails_before_anything_loads(pool_file, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import curate.models
+    from curate.cli import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("nothing may be loaded before the arguments are checked")
+
+    monkeypatch.setattr(curate.models, "load_model", no_loading)
+    monkeypatch.setattr(curate.models, "check_model", no_loading)
+    result = CliRunner().invoke(cli, ["score", str(pool_file), "-o", str(tmp_path / "out"),
+                                      "--model", str(tmp_path / "nonexistent")])
+    assert result.exit_code == 2 and "Missing option '--query'" in result.output
+    assert "nonexistent" not in result.output and not (tmp_path / "out.work").exists()
+
+
+def test_mistyped_model_fails_at_once_before_the_pool_loads(pool_file, query_file, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    import curate.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the pool was loaded before the model name was checked")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as on a machine without network
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(curate.data, "load_pool", no_loading)
+    code = run(["score", str(pool_file), "-o", str(tmp_path / "o.parquet"), "--model", "smollm2-135",
+                "--query", f"math={query_file}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: model 'smollm2-135' not found: no folder ")
+    assert "not in the Hugging Face cache" in err and "did you mean 'smollm2-135m'?" in err
+
+
 def test_shard_jobs_and_merge_through_the_cli(tiny_model_dir, pool_file, query_file, tmp_path, capsys):
     out = tmp_path / "scored.parquet"
     args = ["score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir), "--query", f"math={query_file}",
@@ -140,3 +176,20 @@ def test_shard_jobs_and_merge_through_the_cli(tiny_model_dir, pool_file, query_f
     assert pl.read_parquet(out)["curate_influence_math"].drop_nulls().len() >= 3
     assert run(["merge", str(tmp_path)]) != 0
     assert "no factors stage" in capsys.readouterr().err
+
+
+def test_card_query_answers_is_a_documented_value():
+    from types import SimpleNamespace
+
+    from curate.cli.score import score
+    from curate.errors import UsageError
+    from curate.influence.output import QUERY_ANSWERS, score_card
+
+    option = next(p for p in score.params if p.name == "query_answers")
+    assert tuple(option.type.choices) == QUERY_ANSWERS == ("reference", "model")
+    result = SimpleNamespace(config=SimpleNamespace(model="m"), plan=SimpleNamespace(render=lambda: "plan"),
+                             stability={})
+    assert "- query answers: reference" in score_card(result, {})["Influence settings"]  # the default
+    assert "- query answers: model" in score_card(result, {}, "model")["Influence settings"]
+    with pytest.raises(UsageError, match="expected one of reference, model"):
+        score_card(result, {}, "correct")

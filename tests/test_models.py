@@ -15,6 +15,7 @@ import torch
 from curate.errors import DataError
 from curate.models import (
     TOKENIZER_DIR,
+    check_model,
     load_model,
     load_tokenizer,
     model_fingerprint,
@@ -89,6 +90,61 @@ def test_missing_path_is_a_data_error(tmp_path: Path) -> None:
     for call in (load_model, load_tokenizer, model_fingerprint):
         with pytest.raises(DataError, match="not found"):
             call(str(tmp_path / "no-such-model"))
+
+
+@pytest.fixture()
+def hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HF_HUB_OFFLINE semantics and an empty Hugging Face cache under tmp_path; returns the cache."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+def test_unknown_model_names_fail_at_once_saying_where_they_were_looked_for(hub_offline: Path) -> None:
+    for call in (check_model, load_model, load_tokenizer):
+        with pytest.raises(DataError) as info:
+            call("smollm2-135")
+        message = str(info.value)
+        assert "\n" not in message
+        assert "'smollm2-135' not found" in message and "no folder" in message
+        assert f"not in the Hugging Face cache ({hub_offline})" in message and "HF_HUB_OFFLINE" in message
+        assert "known aliases: smollm2-135m" in message and "did you mean 'smollm2-135m'" in message
+    with pytest.raises(DataError, match="not a valid Hub id"):
+        check_model("not a model")
+    with pytest.raises(DataError, match="does not exist"):
+        check_model("./no-such-folder")
+
+
+def test_a_cached_hub_model_passes_the_check_offline(hub_offline: Path) -> None:
+    snapshot = hub_offline / "models--org--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (hub_offline / "models--org--cached" / "refs").mkdir()
+    (hub_offline / "models--org--cached" / "refs" / "main").write_text("abc123")
+    check_model("org/cached")
+    with pytest.raises(DataError, match="not in the Hugging Face cache"):
+        check_model("org/other")
+
+
+def test_an_unreachable_hub_is_asked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import HfApi, constants
+
+    calls = []
+
+    def unreachable(self, repo_id, **kwargs):
+        calls.append(repo_id)
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    with pytest.raises(DataError, match=r"the Hub cannot be reached \(\[Errno -2\] Name or service not known\)"):
+        load_model("not/a-model")
+    assert calls == ["not/a-model"]
 
 
 def test_non_alias_resolves_unchanged(tmp_path: Path) -> None:

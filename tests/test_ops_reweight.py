@@ -67,6 +67,26 @@ def test_cli_reweight_writes_copies_and_manifest(tmp_path):
     assert sorted(e["action"] for e in manifest) == ["added", "removed"]
 
 
+def test_cli_reweight_shows_no_datasets_progress_bar(tmp_path, capfd):
+    import json
+
+    import datasets
+
+    from curate.cli import main
+
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:3]]
+    for row, w in zip(rows, [0, 1, 2], strict=True):
+        row["w"] = w
+    src = tmp_path / "pool.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.enable_progress_bars()
+    capfd.readouterr()
+    main(["reweight", str(src), "--by", "w", "--emit", "messages", "-o", str(tmp_path / "out.jsonl")])
+    err = capfd.readouterr().err
+    assert "Flattening the indices" not in err and "rows in: 3, rows out: 3" in err
+    assert not datasets.are_progress_bars_disabled()  # hidden for that step only
+
+
 def test_write_path_decontaminates_and_lists_dropped_rows(tmp_path):
     import json
 

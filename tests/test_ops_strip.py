@@ -180,3 +180,29 @@ def test_config_reports_all_problems_at_once():
     with pytest.raises(UsageError) as info:
         StripConfig(behavior="x", unit="words", markers=("(",))
     assert all(s in str(info.value) for s in ("behavior", "unit", "not a regex"))
+
+
+def test_unit_is_a_choice_of_the_config_units(tmp_path):
+    from curate.cli.strip import strip as command
+    from curate.ops.strip import UNITS
+
+    option = next(p for p in command.params if p.name == "unit")
+    assert tuple(option.type.choices) == UNITS
+    result = CliRunner().invoke(cli, ["strip", str(_pool(tmp_path)), "-o", str(tmp_path / "o.jsonl"),
+                                      "--unit", "words"])
+    assert result.exit_code == 2 and "'words' is not one of 'steps', 'sentences'" in result.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_mistyped_tokenizer_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import curate.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the pool was loaded before --tokenizer was checked")
+
+    monkeypatch.setattr(curate.data, "load_pool", no_loading)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["strip", str(_pool(tmp_path)), "-o", str(tmp_path / "o.jsonl"), "--tokenizer", str(tmp_path / "no-tok")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model") and "no-tok" in err and "does not exist" in err and "\n" not in err

@@ -128,3 +128,19 @@ def test_query_bad_options_are_one_line_errors(tiny_model_dir, tmp_path, capsys)
     assert "limit must be >= 1" in cli_error([*base, "--bench", "gsm8k", "--limit", "0"], capsys)
     assert "n must be >= 1" in cli_error([*base, "--bench", "gsm8k", "--n", "0"], capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_query_mistyped_model_fails_before_the_benchmark_loads(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    import curate.evaluation.query
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the benchmark was loaded before the model name was checked")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(curate.evaluation.query, "load_benchmark", no_loading)
+    error = cli_error(["query", "--model", "not/a-model", "--bench", "gsm8k", "-o", str(tmp_path / "out")], capsys)
+    assert "model 'not/a-model' not found" in error and "HF_HUB_OFFLINE" in error
+    assert not (tmp_path / "out").exists()

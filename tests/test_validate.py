@@ -138,3 +138,38 @@ def test_recipe_validate_section_resolves_and_checks_benchmarks(tmp_path, write_
     recipe.write_text(text.format("math500"))
     parsed, errors = parse_recipe(recipe, check_files=False)
     assert errors == [] and parsed.validate.config.evals == ("gsm8k", str(tmp_path / "mine.jsonl"), "org/bench", "math500")
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    from curate.stages import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "results.json", b"{}")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644  # as open(path, "w") gives
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    assert (tmp_path / "results.json").read_bytes() == b"{}" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_mistyped_model_fails_before_any_data_loads(variants, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    import curate.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a variant was loaded before the model name was checked")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(curate.data, "load_pool", no_loading)
+    clean, dirty = variants
+    error = cli_error(args("smollm2-135", clean, dirty, tmp_path / "run"), capsys)
+    assert "model 'smollm2-135' not found" in error and "did you mean 'smollm2-135m'?" in error
+    assert not (tmp_path / "run").exists()

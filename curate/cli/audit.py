@@ -53,11 +53,15 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
     from curate.cli.score import _parse_queries
     from curate.data import load_pool
     from curate.errors import UsageError
+    from curate.models import check_model
     from curate.progress import RichProgress
     from curate.training import TrainConfig
 
     if not 0 < k <= 0.5:
         raise UsageError(f"--k must be in (0, 0.5], got {k}")
+    query_paths = _parse_queries(queries)
+    for name in [proxy] if proxy else [base, model]:  # the models loaded: fail on a typo before any data
+        check_model(name)
     max_steps = max_steps or steps_of(model)
     if max_steps is None:
         raise UsageError(f"--max-steps: cannot read the steps that produced {model!r} (no train.json); give them")
@@ -69,7 +73,7 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
                          train=train, keep_models=keep_models)
     pool = load_pool(scored, split=split)
     resolve_column(pool.dataset.column_names, score_column)  # fail before loading anything heavy
-    query_sets = {q: list(load_pool(p, source=q).examples()) for q, p in _parse_queries(queries).items()}
+    query_sets = {q: list(load_pool(p, source=q).examples()) for q, p in query_paths.items()}
     quiet_third_party_progress()
     progress = RichProgress()
     result = run(pool, queries=query_sets, out_dir=Path(out_dir), config=config, progress=progress)

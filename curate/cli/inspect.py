@@ -1,4 +1,4 @@
-"""`curate inspect POOL`: shape, size, domains, native difficulty and response lengths of a pool."""
+"""`curate inspect POOL`: shape, size, domains, native and tagged difficulty and response lengths of a pool."""
 
 from __future__ import annotations
 
@@ -61,6 +61,17 @@ def render(stats: dict) -> None:
         difficulty.add_column("value")
         difficulty.add_column("rows", justify="right")
         for value, count in stats["difficulty"]["values"].items():
+            difficulty.add_row(value, str(count))
+        console.print(difficulty)
+
+    if stats.get("tagged_difficulty"):
+        tagged = stats["tagged_difficulty"]
+        sources = ", ".join(f"{k} {v}" for k, v in tagged["sources"].items())
+        title = f"tagged difficulty 1-10 (column {tagged['column']})"
+        difficulty = Table(title=title, caption=f"sources: {sources}" if sources else None, min_width=len(title))
+        difficulty.add_column("level")
+        difficulty.add_column("rows", justify="right")
+        for value, count in tagged["values"].items():
             difficulty.add_row(value, str(count))
         console.print(difficulty)
 

@@ -15,8 +15,9 @@ def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.command()
 @click.argument("pool")
 @click.option("-o", "--output", "out", required=True, help="Output: a folder (save_to_disk), .parquet or .jsonl.")
-@click.option("--keep", type=float, help="Fraction of rows to keep, in (0, 1]; exactly round(keep x N) are kept.")
-@click.option("--keep-n", type=int, help="Number of rows to keep (instead of --keep).")
+@click.option("--keep", type=float, help="Fraction of rows to keep, in (0, 1]; exactly round(keep x N) are kept. "
+              "No default: give exactly one of --keep and --keep-n.")
+@click.option("--keep-n", type=int, help="Number of rows to keep (instead of --keep; no default).")
 @click.option("--by", "by", multiple=True, metavar="COL[,COL...]",
               help="Score column(s) [default: every curate_influence_<q> column without _split].")
 @click.option("--strategy", type=click.Choice(["score", "rank", "correct-incorrect", "random", "mid-perplexity", "length", "embedding"]),
@@ -47,6 +48,10 @@ def prune(pool, out, by, decontaminate, queries, split, maps, **settings) -> Non
 
     config = PruneConfig(by=split_list(by), decontaminate=split_list(decontaminate),
                           queries=split_list(queries), **settings)
+    if config.model:  # --strategy embedding: a mistyped model fails before the pool is loaded
+        from curate.models import check_model
+
+        check_model(config.model)
     loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
     result = run(loaded, config)
     path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]],

@@ -26,8 +26,9 @@ def reweight(pool, out, by, keep_size, seed, split, maps, emit, fmt, push_to_hub
     from curate.ops import ReweightConfig
     from curate.ops import reweight as run
 
+    config = ReweightConfig(by, keep_size, seed)  # checked before the pool is loaded
     loaded, removed = decontaminated(load_pool(pool, split=split, mapping=parse_mapping(maps)), decontaminate)
-    result = run(loaded, ReweightConfig(by, keep_size, seed))
+    result = run(loaded, config)
     path = write_pool(result.pool, out, manifest=removed + result.manifest, command=["curate", *sys.argv[1:]],
                       extra_card=result.report.card, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     render(result.report)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from curate.cli.options import decontaminated, output_options
-from curate.influence.output import SIGN_AND_SCALE
+from curate.influence.output import QUERY_ANSWERS, SIGN_AND_SCALE
 
 
 def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
@@ -30,15 +30,16 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@click.command(epilog="Sign and scale: " + SIGN_AND_SCALE.replace("\n", " "))
+# The card renders SIGN_AND_SCALE as markdown; help is plain text, so without the bold markers.
+@click.command(epilog="Sign and scale: " + SIGN_AND_SCALE.replace("\n", " ").replace("**", ""))
 @click.argument("pool")
 @click.option("-o", "--output", "out", required=True, help="Output: a folder (save_to_disk), .parquet or .jsonl.")
 @click.option("--model", required=True, help="HF causal LM: local folder, Hub id, or `smollm2-135m` (packaged). "
               "Normally the model already fine-tuned on the pool.")
-@click.option("--query", "queries", multiple=True, metavar="NAME=PATH",
+@click.option("--query", "queries", multiple=True, required=True, metavar="NAME=PATH",
               help="A query set: any pool shape; the last (assistant) turn is the answer whose likelihood "
                    "counts. Repeatable: one score column per set.")
-@click.option("--query-answers", type=click.Choice(["reference", "model"]), default="reference", show_default=True,
+@click.option("--query-answers", type=click.Choice(QUERY_ANSWERS), default="reference", show_default=True,
               help="What the query answers are: reference solutions, or the model's own verified-correct "
                    "answers (Infra's reading; `curate query` builds them). Recorded in the card.")
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
@@ -98,18 +99,23 @@ def score(pool, out, model, queries, query_answers, split, maps, work_dir, overw
     """
     from pathlib import Path
 
+    from curate.influence.config import ScoreConfig
+    from curate.models import check_model
+
+    # Every argument is checked before anything heavy is imported or loaded.
+    query_paths = _parse_queries(queries)
+    config = ScoreConfig(model=model, **settings)
+    check_model(model)
+
     from curate.cli import quiet_third_party_progress
     from curate.data import load_pool, parse_mapping
-    from curate.influence.config import ScoreConfig
     from curate.influence.engine import score_pool
     from curate.influence.output import QuerySource, write_scored
     from curate.progress import RichProgress
 
     quiet_third_party_progress()
-    query_paths = _parse_queries(queries)
-    config = ScoreConfig(model=model, **settings)
+    query_pools = {q: load_pool(p, source=q) for q, p in query_paths.items()}  # small: before the pool
     loaded, removed = decontaminated(load_pool(pool, split=split, mapping=parse_mapping(maps)), decontaminate)
-    query_pools = {q: load_pool(p, source=q) for q, p in query_paths.items()}
     progress = RichProgress()
     result = score_pool(list(loaded.examples()), {q: list(p.examples()) for q, p in query_pools.items()},
                         config, Path(work_dir or f"{out.rstrip('/')}.work"), overwrite=overwrite, progress=progress)

@@ -17,7 +17,9 @@ import click
 @click.option("--model", default="", help="Rater model name on the server.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
               help="Environment variable holding the API key (never written anywhere).")
-@click.option("--unit", default="steps", show_default=True, help="Segments: steps (paragraphs) or sentences.")
+# The choices are curate.ops.strip.UNITS, spelled out so that --help imports no data stack.
+@click.option("--unit", type=click.Choice(["steps", "sentences"]), default="steps", show_default=True,
+              help="Segments: steps (paragraphs) or sentences.")
 @click.option("--marker", "markers", multiple=True, metavar="REGEX",
               help="Exploration opener (case-insensitive regex); repeat to replace the default list.")
 @click.option("--stop", "stops", multiple=True, metavar="REGEX",
@@ -48,6 +50,10 @@ def strip(pool, out, markers, stops, base_urls, cache, split, maps, **settings) 
     config = StripConfig(markers=markers or EXPLORATION_MARKERS, stops=stops or STOP_MARKERS, base_urls=base_urls,
                          cache=None if not base_urls else (cache or f"{out.rstrip('/')}.stripcache.sqlite"),
                          **settings)
+    if config.tokenizer:  # used only after every row is stripped: a typo must fail before that work
+        from curate.models import check_model
+
+        check_model(config.tokenizer)
     loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
     result = run(loaded, config, progress=RichProgress())
     path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]],

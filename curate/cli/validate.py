@@ -49,6 +49,7 @@ def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_a
 
     from curate.cli import quiet_third_party_progress
     from curate.errors import UsageError
+    from curate.models import check_model
     from curate.progress import RichProgress
     from curate.training import TrainConfig
     from curate.validate import ValidateConfig
@@ -71,6 +72,7 @@ def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_a
         train=train, limit=limit, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
         eval_batch_size=eval_batch_size, seed=seed, base_eval=not no_base_eval,
         allow_contamination=allow_contamination, overwrite=overwrite)
+    check_model(base_model)  # a mistyped model fails before any data is loaded
     quiet_third_party_progress()
     progress = RichProgress()
     results = run(config, Path(run_dir), progress)

@@ -1,4 +1,5 @@
-"""The numbers `curate inspect` shows: shape, size, domains, native difficulty, response lengths.
+"""The numbers `curate inspect` shows: shape, size, domains, native and tagged difficulty, response
+lengths.
 
 Lengths are of the assistant response (the last message), in characters and, given a tokenizer, in
 tokens without special tokens. Quantiles are nearest-rank: p50 of [1, 2, 3, 4] is 2.
@@ -17,6 +18,7 @@ from curate.data.pool import Pool
 from curate.errors import DataError, MissingDependencyError
 
 QUANTILES = (10, 50, 90)
+TAGGED_DIFFICULTY, TAGGED_SOURCE = "curate_difficulty", "curate_difficulty_source"  # written by `curate tag`
 # Known difficulty scales in their natural order (APPS, TACO); numbers ("Level 3", 3) sort by value.
 DIFFICULTY_ORDER = (
     "introductory", "interview", "competition",
@@ -38,6 +40,9 @@ class PoolStats:
     response_chars: dict[str, int]  # {"p10", "p50", "p90", "max"}
     response_tokens: dict[str, int] | None = None
     tokenizer: str | None = None
+    # `curate tag`'s 1-10 difficulty, when the pool has it: {"column", "values": {level: rows},
+    # "sources": {curate_difficulty_source: rows}} (sources empty without that column), else None
+    tagged_difficulty: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +58,13 @@ def pool_stats(pool: Pool, tokenizer: str | Path | None = None) -> PoolStats:
     if column is not None:
         values = Counter("(missing)" if v is None else str(v) for v in pool.dataset[column])
         difficulty = {"column": column, "values": dict(sorted(values.items(), key=_difficulty_key))}
+    tagged = None
+    if TAGGED_DIFFICULTY in pool.dataset.column_names:
+        values = Counter("(missing)" if v is None else str(v) for v in pool.dataset[TAGGED_DIFFICULTY])
+        sources = (Counter("(missing)" if v is None else str(v) for v in pool.dataset[TAGGED_SOURCE])
+                   if TAGGED_SOURCE in pool.dataset.column_names else Counter())
+        tagged = {"column": TAGGED_DIFFICULTY, "values": dict(sorted(values.items(), key=_difficulty_key)),
+                  "sources": dict(sources.most_common())}
     tokens = None
     if tokenizer is not None:
         tokens = quantiles(token_lengths(responses, tokenizer))
@@ -60,7 +72,7 @@ def pool_stats(pool: Pool, tokenizer: str | Path | None = None) -> PoolStats:
         origin=pool.origin, split=pool.split, source=pool.source, shape=pool.shape.as_dict(),
         rows=len(pool), domains=domains, difficulty=difficulty,
         response_chars=quantiles([len(r) for r in responses]), response_tokens=tokens,
-        tokenizer=None if tokenizer is None else str(tokenizer),
+        tokenizer=None if tokenizer is None else str(tokenizer), tagged_difficulty=tagged,
     )
 
 

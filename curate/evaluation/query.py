@@ -51,15 +51,16 @@ def build_query_sets(
     seeded subset of this many problems. `max_new_tokens`: per greedy answer. `timeout_s`: per
     sandboxed code run. `device`: "auto" (cuda when available), "cpu", "cuda:1", ...
     """
-    from curate.models import load_model
+    from curate.models import check_model, load_model
 
     if answers not in ANSWERS:
         raise UsageError(f"answers must be one of {', '.join(ANSWERS)}, got {answers!r}")
     if n < 1:
         raise UsageError(f"n must be >= 1, got {n}")
     progress = progress or Silent()
-    problems = load_benchmark(bench, limit=limit, seed=seed)
     config = EvalConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, timeout_s=timeout_s)
+    check_model(model)  # settings and model name first: a typo fails before the benchmark loads
+    problems = load_benchmark(bench, limit=limit, seed=seed)
     if device == "auto":
         import torch
 

@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from curate.errors import UsageError
+
 if TYPE_CHECKING:  # kept light: `curate score --help` reads SIGN_AND_SCALE without importing torch
     from curate.data import ManifestEntry, Pool
     from curate.influence.engine import ScoreResult
+
+# What the query sets' answers are (`curate score --query-answers`, the card's `query answers`):
+# reference solutions, or the model's own verified-correct answers (`curate query --answers model`).
+QUERY_ANSWERS = ("reference", "model")
 
 SIGN_AND_SCALE = """\
 `curate_influence_<q>` = grad f_q(theta)^T (EK-FAC + damping I)^{-1} grad log p(z; theta), where
@@ -59,10 +65,13 @@ class ScoredOutput:
     side_files: list[Path] = field(default_factory=list)
 
 
-def score_card(result: ScoreResult, queries: Mapping[str, QuerySource], query_answers: str = "correct"
+def score_card(result: ScoreResult, queries: Mapping[str, QuerySource], query_answers: str = "reference"
                ) -> dict[str, str]:
     """The dataset card sections of a scored pool, with the settings as run (`result.config`);
-    `curate report` reads the query set sizes back from the `- query` lines."""
+    `curate report` reads the query set sizes back from the `- query` lines. `query_answers` is one
+    of `QUERY_ANSWERS`."""
+    if query_answers not in QUERY_ANSWERS:
+        raise UsageError(f"query answers {query_answers!r}: expected one of {', '.join(QUERY_ANSWERS)}")
     config = result.config
     from rich.text import Text
 
@@ -87,7 +96,7 @@ def card_query_sizes(card: str) -> dict[str, int]:
 
 
 def write_scored(pool: Pool, result: ScoreResult, out: str | Path, *, queries: Mapping[str, QuerySource],
-                 query_answers: str = "correct",
+                 query_answers: str = "reference",
                  command: str | Sequence[str] | None = None, manifest: Iterable[ManifestEntry] = (),
                  **write_options) -> ScoredOutput:
     """Write `pool` with `result`'s score columns, its card and side files; `write_options` go to

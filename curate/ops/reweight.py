@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from curate.data import ManifestEntry, Pool
 from curate.errors import DataError, UsageError
 from curate.ops.result import OpReport, OpResult
+from curate.progress import quiet_datasets
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def reweight(pool: Pool, config: ReweightConfig) -> OpResult:
             if k:
                 manifest.append(ManifestEntry(new_ids[-1], "added", f"reweight:copy {k + 1} of {cid} at weight {w:.4g}"))
     dataset = pool.dataset.select(rows)
-    dataset = dataset.remove_columns("curate_id").add_column("curate_id", new_ids)
+    with quiet_datasets():  # add_column flattens the selection's indices behind a progress bar of its own
+        dataset = dataset.remove_columns("curate_id").add_column("curate_id", new_ids)
     dataset = dataset.select_columns(columns)
     counts = {"rows in": len(pool), "rows out": len(rows),
               "copies added": sum(e.action == "added" for e in manifest),

@@ -447,9 +447,9 @@ def _in_order(pieces: list[str], text: str) -> bool:
 def _tokens_removed(tokenizer: str | None, pairs: dict[int, tuple[str, str]], removed: dict[int, int]) -> dict[int, int]:
     if tokenizer is None:
         return {i: round(c / 4) for i, c in removed.items()}
-    from transformers import AutoTokenizer
+    from curate.models import load_tokenizer  # a path, Hub id or alias, with one-line errors
 
-    tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok = load_tokenizer(tokenizer)
     count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     return {i: count(old) - count(new) for i, (old, new) in pairs.items()}
 

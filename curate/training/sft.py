@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,18 @@ if TYPE_CHECKING:
     from curate.data import Pool
 
 PEFT_HINT = "pip install 'peft>=0.11'  (or: pip install 'curate[lora]')"
+# peft's PeftModel.__init__ reads `model.is_gradient_checkpointing`, which transformers 5 deprecated
+# (FutureWarning on every LoRA trainer and every adapter load); nothing for our users to act on.
+_PEFT_CHECKPOINTING_WARNING = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextmanager
+def _quiet_peft_checkpointing() -> Iterator[None]:
+    """Ignore exactly transformers' `is_gradient_checkpointing` deprecation warning, raised from
+    inside peft, for the duration of the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_CHECKPOINTING_WARNING, category=FutureWarning)
+        yield
 
 
 @dataclass
@@ -147,7 +162,8 @@ def load_trained(model_dir: Path, base_model: str, *, device: str = "cpu", dtype
     except ImportError as e:
         raise MissingDependencyError(f"loading a LoRA adapter needs peft; install it: {PEFT_HINT}") from e
     model, _ = load_model(base_model, device=device, dtype=dtype)
-    model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+    with _quiet_peft_checkpointing():
+        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
     model.eval()
     return model, load_tokenizer(str(model_dir))
 
@@ -195,8 +211,9 @@ def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, u
         **{"activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
            else "gradient_checkpointing": config.gradient_checkpointing},
     )
-    trainer = CountingSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                 peft_config=peft_config)
+    with _quiet_peft_checkpointing():  # SFTTrainer wraps the model with peft's get_peft_model
+        trainer = CountingSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                     peft_config=peft_config)
     trainer.remove_callback(PrinterCallback)  # the library never prints; log.jsonl has every step
     return trainer
 
