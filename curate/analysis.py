@@ -38,6 +38,13 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
     "source": ("source",),
 }
 STATS = ["n", "mean", "std", "ci_low", "ci_high"]
+# Charts show a group's interval only where it means something: groups with fewer examples are
+# listed in the tables, left out of the charts.
+MIN_GROUP = 10
+# Bands of curate's 1-10 difficulty, with `curate flip`'s default thresholds: easy <= EASY_MAX,
+# hard >= HARD_MIN, medium between.
+EASY_MAX, HARD_MIN = 3, 5
+BANDS = ("easy", "medium", "hard")
 TIE_NATS = 1e-9  # audit differences smaller than this (float noise) name no arm as hurting more
 
 
@@ -102,8 +109,10 @@ def influence_aggregates(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
     `frame`: a scored pool (columns `curate_influence_<q>`; optionally the `GROUPINGS` columns and
     `curate_behavior_<name>` counts). Returns a table per key of `GROUPINGS` the pool has
-    ("domain", "difficulty", "type" = MATH question type, "source"), "domain_difficulty" (both
-    keys) where it has domain and difficulty, and "behavior" where it has behaviour counts.
+    ("domain", "difficulty", "type" = MATH question type, "source"), "difficulty_band" (easy /
+    medium / hard, see `difficulty_band`) where the difficulty is curate's 1-10 `curate_difficulty`,
+    "domain_difficulty" (both keys; the band where there is one, else the native level) where it
+    has domain and difficulty, and "behavior" where it has behaviour counts.
     Every table has `query` (q), the group key(s), `n`, `mean`, `std`, `ci_low`, `ci_high`; units
     are those of the scores (nats per unit of up-weighting). "domain" rows read as training
     domain -> query set (math -> code is the mean influence of the math examples on the code
@@ -115,9 +124,14 @@ def influence_aggregates(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
         raise DataError("no curate_influence_<q> columns: score the pool first (`curate score`)")
     found = {key: group_column(frame, key) for key in GROUPINGS}
     tables = {key: aggregate_by(frame, {key: c}, columns) for key, c in found.items() if c is not None}
-    if found["domain"] and found["difficulty"]:
+    difficulty = found["difficulty"]
+    if difficulty == "curate_difficulty":  # 1-10: bands give groups large enough to compare
+        frame = frame.with_columns(difficulty_band(pl.col(difficulty)).alias("difficulty_band"))
+        tables["difficulty_band"] = aggregate_by(frame, {"difficulty_band": "difficulty_band"}, columns)
+        difficulty = "difficulty_band"
+    if found["domain"] and difficulty:
         tables["domain_difficulty"] = aggregate_by(
-            frame, {"domain": found["domain"], "difficulty": found["difficulty"]}, columns)
+            frame, {"domain": found["domain"], "difficulty": difficulty}, columns)
     behaviors = behavior_columns(frame)
     if behaviors:
         parts = [aggregate_by(frame.with_columns((pl.col(c).fill_null(0) > 0).alias("present")),
@@ -126,6 +140,17 @@ def influence_aggregates(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
         tables["behavior"] = (pl.concat(parts).select(["query", "behavior", "present", *STATS])
                               .sort(["query", "behavior", "present"]))
     return tables
+
+
+def difficulty_band(level: pl.Expr) -> pl.Expr:
+    """curate's 1-10 difficulty as "easy" (<= EASY_MAX), "medium" or "hard" (>= HARD_MIN); null stays null."""
+    return (pl.when(level.is_null()).then(None).when(level <= EASY_MAX).then(pl.lit("easy"))
+            .when(level >= HARD_MIN).then(pl.lit("hard")).otherwise(pl.lit("medium")))
+
+
+def charted(table: pl.DataFrame) -> pl.DataFrame:
+    """The rows of an aggregate table a chart shows: groups of at least `MIN_GROUP` examples."""
+    return table.filter(pl.col("n") >= MIN_GROUP)
 
 
 def stability_table(reports: Mapping[str, StabilityReport]) -> pl.DataFrame:

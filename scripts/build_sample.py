@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 SEED = 20250101
@@ -44,6 +45,10 @@ DONOR_MATH_BY_LEVEL = {1: 2, 2: 3, 3: 7, 4: 13, 5: 12}  # 37, + 3 from MATH-500 
 DONOR_MATH500 = 3
 N_POOL_CODE, N_DONOR_CODE = 32, 30
 N_QUERIES = 32
+# More GSM8K queries, drawn after the MBPP ones (so the first 32 math and all code queries stay as
+# first built) and appended: the demo's math ranking needs 64 query answers to pass its own
+# stability check (split-vs-split Spearman-Brown >= 0.7).
+N_EXTRA_MATH_QUERIES = 32
 MAX_MATH_CHARS = 2500  # the whole assistant turn of a pool row (the demo runs a 135M model on CPU)
 MAX_CODE_CHARS = 2000  # statement + solution
 MAX_DONOR_MATH_CHARS = 4000  # reasoning + reference solution
@@ -224,10 +229,11 @@ def code_donor_row(c: dict) -> dict:
 # --- queries ----------------------------------------------------------------------------------
 
 
-def gsm8k_queries(rng: random.Random, data: Path) -> tuple[list[dict], list[int]]:
-    """Rows in `{"question", "answer"}` shape, and their 0-based line numbers in test.jsonl."""
+def gsm8k_queries(rng: random.Random, data: Path, n: int, exclude: Sequence[int] = ()) -> tuple[list[dict], list[int]]:
+    """`n` rows in `{"question", "answer"}` shape not among the lines `exclude`, and their 0-based
+    line numbers in test.jsonl."""
     rows = read_jsonl(data / "gsm8k/test.jsonl")
-    picked = sorted(rng.sample(range(len(rows)), N_QUERIES))
+    picked = sorted(rng.sample(sorted(set(range(len(rows))) - set(exclude)), n))
     return [{"question": rows[i]["question"], "answer": rows[i]["answer"]} for i in picked], picked
 
 
@@ -269,12 +275,15 @@ def main() -> None:
 
     pool = [math_pool_row(c) for c in pool_math] + [code_pool_row(c) for c in pool_code]
     donor = [math_donor_row(c) for c in donor_math] + [code_donor_row(c) for c in donor_code]
-    gsm8k, gsm8k_lines = gsm8k_queries(rng, data)
+    gsm8k, gsm8k_lines = gsm8k_queries(rng, data, N_QUERIES)
+    mbpp = mbpp_queries(rng, data)
+    extra, extra_lines = gsm8k_queries(rng, data, N_EXTRA_MATH_QUERIES, exclude=gsm8k_lines)
+    gsm8k_lines += extra_lines
     files = {
         "pool.jsonl": pool,
         "donor.jsonl": donor,
-        "queries/math.jsonl": gsm8k,
-        "queries/code.jsonl": mbpp_queries(rng, data),
+        "queries/math.jsonl": gsm8k + extra,
+        "queries/code.jsonl": mbpp,
     }
     for name, rows in files.items():
         write_jsonl(out / name, rows)

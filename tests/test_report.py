@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from curate.analysis import influence_aggregates
 from curate.cli import cli
 from curate.data import load_pool, side_path, write_pool
-from curate.report import query_sizes, render_report, top_token_positions
+from curate.report import query_sizes, render_report, top_token_positions, words
+from curate.report.sections import _decoder
 from tests.cli_helpers import cli_error
 from tests.test_analysis import write_audit
 
@@ -87,7 +88,7 @@ def test_side_paths(tmp_path):
 def test_aggregates_match_hand_computation(scored):
     frame = scored["frame"]
     tables = influence_aggregates(frame)
-    assert set(tables) == {"domain", "difficulty", "domain_difficulty", "type", "source", "behavior"}
+    assert set(tables) == {"domain", "difficulty", "difficulty_band", "domain_difficulty", "type", "source", "behavior"}
     assert set(tables["domain"]["query"]) == {"math", "code"}  # the _split columns are not query sets
     values = frame.filter(pl.col("curate_domain") == "math")["curate_influence_code"].to_list()
     n = len(values)
@@ -116,28 +117,45 @@ def test_singleton_groups_and_behaviours():
     assert present["behavior"] == "verification" and present["n"] == 2 and present["mean"] == 2.5
 
 
-def test_top_token_positions():
+def test_top_token_positions_take_either_sign():
     assert top_token_positions([0.1, 5.0, -1.0, 2.0]) == {1}            # ceil(0.05 * 4) = 1
+    assert top_token_positions([0.1, 5.0, -6.0, 2.0]) == {2}            # by magnitude: the most harmful
     assert top_token_positions([float(v) for v in range(40)]) == {38, 39}
+    assert top_token_positions([None, float("nan")]) == set()
+
+
+def test_words_merge_fragments_and_keep_the_sum():
+    pieces = ["<|", "begin", "_of", "_thought", "|>", "\n\n", "So", " x", " =", " 1", "2", ".", "\n", "Done",
+              " ", "1", "0", ","]
+    scores = [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, -2.0, 0.25, None, 3.0, 4.0, 0.5, 0.0, -1.0, 0.0, 2.0, 1.0, 0.5]
+    merged = words(pieces, scores)
+    assert [w for w, _ in merged] == ["<|begin_of_thought|>\n\n", "So", " x", " =", " 12.\n", "Done ", "10,"]
+    assert [v for _, v in merged] == [5.5, -2.0, 0.25, 0.0, 7.5, -1.0, 3.5]
+    assert "".join(w for w, _ in merged) == "".join(pieces)
 
 
 def test_html_report(scored, tmp_path):
     out = render_report(scored["path"], tmp_path / "report.html", top=5)
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>")
-    # histograms, domain, difficulty, domain x difficulty, type, source, behaviour, stability
-    assert page.count('src="data:image/png;base64,') == 8
+    # histograms, domain, difficulty band, difficulty, domain x band, type, source, behaviour, stability
+    assert page.count('src="data:image/png;base64,') == 9
     frame = scored["frame"]
     for column in ("curate_influence_math", "curate_influence_code"):
         for i in frame.sort(column, descending=True).head(5)["curate_id"]:
             assert i in page
-    # The first token block is the best example on math: exactly its 2 top tokens are marked.
+    # The first token block is the best example on math: exactly its top 5% words (by the sum of
+    # their tokens' scores, either sign) are marked, green for positive, red for negative.
     best = frame.sort("curate_influence_math", descending=True)["curate_id"][0]
     row = scored["tokens"].filter(pl.col("curate_id") == best).row(0, named=True)
     block = page.split('<div class="resp">', 1)[1].split("</div>", 1)[0]
-    marks = re.findall(r'<mark class="tok" title="([^"]+)">', block)
-    expected = sorted(row["token_influence_math"], reverse=True)[:2]
-    assert sorted(float(m) for m in marks) == sorted(expected)
+    marks = re.findall(r'<mark class="tok" style="background:rgba\((\d+),[^"]*" title="([^"]+)">', block)
+    decode = _decoder(None)
+    spans = words([decode(t) for t in row["token_ids"]], row["token_influence_math"])
+    expected = sorted((v for _, v in spans), key=abs, reverse=True)[: math.ceil(0.05 * len(spans))]
+    assert sorted(float(v) for _, v in marks) == pytest.approx(sorted(expected), rel=1e-3)
+    assert all((red == "46") == (float(v) >= 0) for red, v in marks)
+    assert "raises most:" in page and 'class="legend"' in page
     # Segment text is escaped, with its influence shown.
     assert "First &lt;step&gt; &amp;" in page and "<step>" not in page
     assert "-0.25" in page
@@ -149,7 +167,7 @@ def test_markdown_report_writes_pngs(scored, tmp_path):
     text = (tmp_path / "r.md").read_text()
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == sorted(f"r_{name}.png" for name in (
-        "histograms", "mean_by_domain", "mean_by_difficulty", "mean_by_domain_difficulty", "mean_by_type",
+        "histograms", "mean_by_domain", "mean_by_difficulty_band", "mean_by_difficulty", "mean_by_domain_difficulty", "mean_by_type",
         "mean_by_source", "mean_by_behavior", "stability"))
     for name in pngs:
         assert f"]({name})" in text

@@ -78,7 +78,7 @@ def test_no_pool_problem_is_in_the_donor() -> None:
 
 def test_queries() -> None:
     math, code = read("queries/math.jsonl"), read("queries/code.jsonl")
-    assert len(math) == len(code) == 32
+    assert (len(math), len(code)) == (64, 32)
     assert all(set(r) == {"question", "answer"} and "####" in r["answer"] for r in math)
     assert all(set(r) == {"task_id", "text", "code", "test_list"} and 11 <= r["task_id"] <= 510 for r in code)
     assert all(r["test_list"] and all(t.startswith("assert") for t in r["test_list"]) for r in code)

@@ -76,6 +76,9 @@ def _parse_queries(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--tokens", is_flag=True,
               help="Also write per-token influence of every response token (OUT/tokens.parquet, or "
                    "NAME.tokens.parquet next to a file output), keyed by curate_id; tokens sum to the example's score.")
+@click.option("--tokens-top", type=click.IntRange(min=1), default=None, metavar="K",
+              help="With --tokens: only the K highest-scoring examples of each query set (what `curate report` "
+                   "shows), after the instance scores; far cheaper than every example on a large pool.")
 @click.option("--sentences", type=click.Choice(["sentences", "steps", "blocks"]), default=None,
               help="Also write counterfactual segment influence I(z) - I(z without y) for each segment y "
                    "(sentences, blank-line steps, or thought/solution blocks) to OUT/sentences.parquet "

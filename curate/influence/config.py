@@ -56,6 +56,10 @@ class ScoreConfig:
         than recomputing them, and 0 on GPUs, where it is not.
     tokens: also compute exact per-token scores (one forward-mode pass per query set; see
         `curate.influence.token_scores`).
+    tokens_top: with `tokens`, score the tokens of only the `tokens_top` highest-scoring examples of
+        each query set (what `curate report` shows), after the instance scores, instead of every
+        example; None = every example. The forward-mode pass costs several plain forwards per
+        query set, so on a large pool this is the difference between minutes and hours.
     sentences: also compute counterfactual segment influence, I(z) - I(z without y), per segment y
         of each response, split by "sentences", "steps" (blank-line paragraphs) or "blocks"
         (thought / solution).
@@ -87,6 +91,7 @@ class ScoreConfig:
     pair_cache_gb: float = 2.0
     pair_spill_gb: float | None = None
     tokens: bool = False
+    tokens_top: int | None = None
     sentences: str | None = None
     sentence_method: str = "ablation"
     shard: str | None = None
@@ -109,6 +114,8 @@ class ScoreConfig:
                     errors.append("damping must be >= 0")
         if self.query_splits is not None and (self.query_splits == 1 or self.query_splits < 0):
             errors.append("query_splits must be 0 (none) or >= 2")
+        if self.tokens_top is not None and (self.tokens_top < 1 or not self.tokens):
+            errors.append("tokens_top must be >= 1, and only applies with tokens")
         if self.query_rank is not None and self.query_rank < 1:
             errors.append("query_rank must be >= 1 (or None for exact directions)")
         for name in ("fit_on", "fit_max_length", "batch_tokens", "chunk_size"):

@@ -161,9 +161,11 @@ def score_pool(
     # Per chunk, the score table and the optional side tables; each is a resumable file.
     kinds = {"scores": lambda chunk: _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id,
                                                   max_length, columns, replayed)}
-    if config.tokens:
-        kinds["tokens"] = lambda chunk: _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id,
-                                                     max_length, columns)
+    def token_chunk(chunk):
+        return _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns)
+
+    if config.tokens and config.tokens_top is None:
+        kinds["tokens"] = token_chunk
     if config.sentences:
         kinds[config.sentences] = lambda chunk: segment_table(model, tokenizer, groups, directions, chunk, config,
                                                               pad_id, max_length, columns)
@@ -188,9 +190,24 @@ def score_pool(
             + (f"{missing} chunks still missing" if missing else "all chunks written")
             + ": when every job is done, run the same command without --shard to write the output"))
     tables = {kind: pl.concat([pl.read_parquet(chunk_path(c, kind)) for c in range(n_chunks)]) for kind in kinds}
+    if config.tokens_top is not None:  # only the examples a report shows: the top of each query set
+        top = _top_ids(tables["scores"], [c for c in columns if "_split" not in c], config.tokens_top)
+        path = stage / f"tokens-top{config.tokens_top}.parquet"
+        chosen = [z for z in examples if z.id in top]
+        if coll.is_main:
+            with progress.task("token scores (top examples)", len(chosen), unit="ex") as advance:
+                _chunk_table(path, token_chunk, chosen)
+                advance(len(chosen))
+        coll.barrier()
+        tables["tokens"] = pl.read_parquet(path)
     stability = stability_all(tables["scores"], columns, query_sizes={q: len(v) for q, v in query_items.items()})
     return ScoreResult(tables["scores"], plan, columns, tables.get("tokens"), tables.get(config.sentences),
                        stability=stability, config=config)
+
+
+def _top_ids(scores: pl.DataFrame, columns: list[str], k: int) -> set[str]:
+    """Ids of the `k` highest-scoring examples of each column (null scores never count)."""
+    return {i for c in columns for i in scores.drop_nulls(c).sort(c, descending=True).head(k)["curate_id"]}
 
 
 def _chunk_table(path: Path, compute, chunk) -> None:

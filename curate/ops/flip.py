@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from curate.analysis import EASY_MAX, HARD_MIN
 from curate.data import ManifestEntry, Pool
 from curate.errors import DataError, UsageError
 from curate.ops.decontam import (
@@ -53,8 +54,8 @@ class FlipConfig:
 
     swap_frac: float = field(default=0.25, metadata={"help": "Fraction of each flipped domain to swap."})
     swap_n: int | None = field(default=None, metadata={"help": "Rows to swap per domain (instead of swap_frac)."})
-    easy_max: float = field(default=3, metadata={"help": "Easy = difficulty <= this (MATH levels 1-2, TACO EASY)."})
-    hard_min: float = field(default=5, metadata={
+    easy_max: float = field(default=EASY_MAX, metadata={"help": "Easy = difficulty <= this (MATH levels 1-2, TACO EASY)."})
+    hard_min: float = field(default=HARD_MIN, metadata={
         "help": "Hard = difficulty >= this (MATH levels 4-5, TACO MEDIUM_HARD and up, APPS competition)."})
     domains: tuple[str, ...] = field(default=FLIP_DOMAINS, metadata={"help": "Domains to flip."})
     reverse: bool = field(default=False, metadata={"help": "Control: harder code, easier math."})

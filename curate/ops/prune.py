@@ -250,6 +250,8 @@ def _report(config, pool, ordered, kept, nulls, dirty, sign) -> OpReport:
     what = {"correct-incorrect": f"correct `{config.correct}`, incorrect `{config.incorrect}`",
             "embedding": f"model `{config.model}`, queries {', '.join(f'`{q}`' for q in config.queries)}"}.get(
         config.strategy, ", ".join(f"`{c}`" for c in config.by) or "default columns")
+    if config.strategy == "score" and len(config.by) > 1:
+        what += "; the score is the sum of the columns, each z-scored over its non-null values"
     lines = [
         f"- strategy: `{config.strategy}` ({what}){'; lowest kept' if config.lowest else ''}",
         f"- keep: {config.keep if config.keep is not None else config.keep_n} "

@@ -38,6 +38,7 @@ from curate.report.sections import (
     _stability_section,
     _top_section,
     top_token_positions,
+    words,
 )
 
 __all__ = [
@@ -49,9 +50,15 @@ __all__ = [
     "query_sizes",
     "render_report",
     "top_token_positions",
+    "words",
 ]
 
 FORMATS = ("html", "md")
+UNITS = ("How to read a score: it is the first-order change, in nats, of the query set's mean log-likelihood "
+         "per unit of extra weight on the example in the training loss (a mean over examples). Adding one more "
+         "copy of an example to a pool of N examples is about 1/N of a unit, so a score of 2,000 in a pool of "
+         "10,000 predicts about +0.2 nats. Summed log-likelihoods make long examples score larger, and the "
+         "scale depends on the model and the damping: compare scores within one report, not across runs.")
 
 
 def render_report(pool_path: str | Path, out_path: str | Path, fmt: str = "html", top: int = 20,
@@ -89,6 +96,7 @@ def render_report(pool_path: str | Path, out_path: str | Path, fmt: str = "html"
              f"{'yes' if tokens is not None else 'no'}; segment scores: {'yes' if sentences is not None else 'no'}. "
              "Positive influence means up-weighting the example raises the likelihood of the query answers. "
              "Intervals are 95% normal approximations, mean +/- 1.96 std / sqrt(n); null where n < 2.")
+    doc.para(UNITS)
     doc.heading("Distribution by training domain")
     doc.figure("histograms", _histograms(frame, columns), "influence histograms by domain")
     _aggregate_sections(doc, frame)

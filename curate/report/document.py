@@ -19,7 +19,8 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 7px}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .resp{white-space:pre-wrap;font-family:monospace;font-size:.85em;border:1px solid #ddd;padding:.6em;
-max-height:24em;overflow:auto}mark.tok{background:#ffd54f}.seg{border-radius:3px}.seg sub{color:#555}
+max-height:24em;overflow:auto}mark.tok{border-radius:2px;padding:0}
+.legend .sw{display:inline-block;padding:1px 8px;margin-right:4px;border-radius:3px}.words{font-size:.85em;color:#333}.seg{border-radius:3px}.seg sub{color:#555}
 img{max-width:100%}"""
 
 

@@ -14,8 +14,12 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from curate.analysis import (
+    EASY_MAX,
     GROUPINGS,
+    HARD_MIN,
+    MIN_GROUP,
     audit_tables,
+    charted,
     group_column,
     influence_aggregates,
     query_name,
@@ -34,6 +38,8 @@ SNIPPET = 300
 # Aggregate sections in page order: (table key, title, bars along, bars side by side within a group).
 SECTIONS = (
     ("domain", "Mean influence by training domain", "domain", None),
+    ("difficulty_band", f"Mean influence by difficulty band (curate's 1-10 scale: easy <= {EASY_MAX}, "
+     f"hard >= {HARD_MIN}, as curate flip)", "difficulty_band", None),
     ("difficulty", "Mean influence by difficulty", "difficulty", None),
     ("domain_difficulty", "Mean influence by training domain and difficulty", "domain", "difficulty"),
     ("type", "Mean influence by question type", "type", None),
@@ -50,8 +56,16 @@ def _aggregate_sections(doc: _Doc, frame: pl.DataFrame) -> None:
             continue
         column = group_column(frame, key) if key in GROUPINGS else None
         doc.heading(title + (f" (column {column})" if column not in (None, key) else ""))
-        doc.figure(f"mean_by_{key}", _bars(tables[key], x, hue), title)
-        doc.table(tables[key])
+        table, shown = tables[key], charted(tables[key])
+        if len(shown):
+            doc.figure(f"mean_by_{key}", _bars(shown, x, hue), title)
+            doc.para("Charted groups: " + "; ".join(
+                f"{r['query']} / {' / '.join(_cell(r[k]) or 'unknown' for k in (x, hue) if k)}: n={r['n']}"
+                for r in shown.iter_rows(named=True)) + ".")
+        if len(shown) < len(table):
+            doc.para(f"{len(table) - len(shown)} group(s) with fewer than {MIN_GROUP} examples are in the table "
+                     "only: an interval over so few examples says little.")
+        doc.table(table)
 
 
 def _stability_section(doc: _Doc, frame: pl.DataFrame, sizes: dict[str, int]) -> None:
@@ -122,7 +136,10 @@ def _top_section(doc: _Doc, frame: pl.DataFrame, column: str, top: int, response
     key = f"token_influence_{q}"
     if tokens is not None and key in tokens.columns:
         decode = _decoder(tokenizer)
-        doc.heading(f"Top {TOKEN_FRACTION:.0%} tokens of the top examples ({q})", 3)
+        doc.heading(f"Top {TOKEN_FRACTION:.0%} words by token influence, top examples ({q})", 3)
+        doc.para(TOKEN_LEGEND.format(pct=f"{TOKEN_FRACTION:.0%}"))
+        if doc.fmt == "html":
+            doc.raw(_LEGEND_HTML)
         rows = {r["curate_id"]: r for r in tokens.filter(pl.col("curate_id").is_in(ids)).iter_rows(named=True)}
         for i in ids:
             if i in rows:
@@ -137,25 +154,76 @@ def _top_section(doc: _Doc, frame: pl.DataFrame, column: str, top: int, response
 
 
 def top_token_positions(scores: list[float | None], fraction: float = TOKEN_FRACTION) -> set[int]:
-    """Positions of the ceil(fraction * T) highest-influence tokens (ties: earlier first)."""
-    values = [(-(s if s is not None and not math.isnan(s) else -math.inf), k) for k, s in enumerate(scores)]
+    """Positions of the ceil(fraction * T) scores largest in magnitude, either sign (ties: earlier
+    first; null and NaN never count)."""
+    values = [(-(abs(s) if s is not None and not math.isnan(s) else -math.inf), k) for k, s in enumerate(scores)]
     k = math.ceil(fraction * len(scores))
-    return {pos for _, pos in sorted(values)[:k]}
+    return {pos for v, pos in sorted(values)[:k] if v != math.inf}
+
+
+def words(pieces: list[str], scores: list[float | None]) -> list[tuple[str, float]]:
+    """Tokens merged into words, each with the sum of its tokens' scores.
+
+    A word starts at a token that begins with whitespace or follows whitespace (whitespace-only
+    tokens trail the word before them), so sub-word fragments (the `<` of `<|begin_of_thought|>`, the `2` of `12`) are shown and
+    scored with the word they belong to. Null scores count as 0. The words' texts concatenate to
+    the response; their scores sum to the example's instance score.
+    """
+    out: list[tuple[str, float]] = []
+    for text, score in zip(pieces, scores, strict=True):
+        value = 0.0 if score is None or math.isnan(score) else float(score)
+        starts = text[:1].isspace() or (out and out[-1][0][-1:].isspace())
+        if out and (not starts or not text.strip()):  # whitespace-only tokens trail their word
+            out[-1] = (out[-1][0] + text, out[-1][1] + value)
+        else:
+            out.append((text, value))
+    return out
+
+
+TOKEN_LEGEND = (
+    "Words are coloured by the sum of their tokens' influence on the query set: green raises the query "
+    "answers' log-likelihood when the example is up-weighted, red lowers it; the stronger the colour, the "
+    "larger the magnitude (relative to the example's strongest word). Only the top {pct} of words by magnitude "
+    "are coloured; hover a word for its value. The lines under each example list its strongest words both ways."
+)
 
 
 def _tokens_block(fmt: str, curate_id: str, ids: list[int], scores: list[float], decode) -> str:
-    marked = top_token_positions(scores)
+    """One example's response with its strongest words (either sign) coloured, then the top words."""
+    spans = words([decode(t) for t in ids], scores)
+    marked = top_token_positions([v for _, v in spans])
+    scale = max((abs(v) for _, v in spans), default=0.0) or 1.0
     parts = []
-    for k, (tid, score) in enumerate(zip(ids, scores, strict=True)):
-        text = html.escape(decode(tid))
+    for k, (text, value) in enumerate(spans):
         if k in marked:
-            parts.append(f'<mark class="tok" title="{score:.4g}">{text}</mark>')
+            alpha = 0.25 + 0.6 * abs(value) / scale
+            color = f"rgba(46,160,67,{alpha:.2f})" if value >= 0 else f"rgba(218,54,51,{alpha:.2f})"
+            body = text.lstrip()
+            parts.append(f'{html.escape(text[: len(text) - len(body)])}<mark class="tok" style="background:{color}" '
+                         f'title="{value:.4g}">{html.escape(body)}</mark>')
         else:
-            parts.append(text)
-    label = html.escape(curate_id)
+            parts.append(html.escape(text))
+    ranked = sorted((v, text.strip()) for text, v in spans if text.strip())
+    best = ", ".join(f"{_short(t)} {v:+.3g}" for v, t in reversed(ranked[-5:]) if v > 0) or "none"
+    worst = ", ".join(f"{_short(t)} {v:+.3g}" for v, t in ranked[:5] if v < 0) or "none"
+    summary = f"raises most: {best}; lowers most: {worst}"
     if fmt == "md":
-        return f"**{_md_escape(curate_id)}**\n\n<pre>{''.join(parts)}</pre>"
-    return f'<p><b>{label}</b></p><div class="resp">{"".join(parts)}</div>'
+        return f"**{_md_escape(curate_id)}**\n\n<pre>{''.join(parts)}</pre>\n\n{_md_escape(summary)}"
+    return (f'<p><b>{html.escape(curate_id)}</b></p><div class="resp">{"".join(parts)}</div>'
+            f'<p class="words">{html.escape(summary)}</p>')
+
+
+def _short(text: str, limit: int = 24) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+_LEGEND_HTML = (
+    '<p class="legend">colour scale: <span class="sw" style="background:rgba(218,54,51,.85)">lowers most</span>'
+    '<span class="sw" style="background:rgba(218,54,51,.3)">lowers</span>'
+    '<span class="sw" style="background:rgba(46,160,67,.3)">raises</span>'
+    '<span class="sw" style="background:rgba(46,160,67,.85)">raises most</span></p>'
+)
 
 
 def _segments_block(fmt: str, curate_id: str, segs: pl.DataFrame, key: str) -> str:
