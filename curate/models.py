@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from curate.cpu import configure_threads
 from curate.errors import DataError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -262,6 +263,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = _checked(name_or_path)
+    configure_threads()
     if dtype is None:
         dtype = torch.float32
     elif isinstance(dtype, str):

