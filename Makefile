@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/curate demo
 
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=15
 
 lint: setup
 	.venv/bin/ruff check curate tests benchmarks scripts

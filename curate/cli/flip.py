@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from curate.cli.options import write_options
+
 
 @click.command()
 @click.argument("pool")
@@ -27,7 +29,8 @@ import click
 @click.option("--ngram", type=int, default=13, show_default=True, help="Shared word n-gram that counts as overlap.")
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
 @click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
-def flip(pool, donor, out, domains, decontaminate, split, maps, **settings) -> None:
+@write_options
+def flip(pool, donor, out, domains, decontaminate, split, maps, emit, fmt, push_to_hub, **settings) -> None:
     """Replace POOL's easiest math with harder donor math and its hardest code with easier donor
     code, keeping the size and domain counts. Writes before/after histograms to the card and a PNG."""
     from pathlib import Path
@@ -46,7 +49,8 @@ def flip(pool, donor, out, domains, decontaminate, split, maps, **settings) -> N
     png = out_path / "difficulty.png" if not out_path.suffix else out_path.with_name(f"{out_path.stem}.difficulty.png")
     card = dict(result.report.card)
     card["Difficulty flip"] += f"\n\n![difficulty before and after]({png.name})"
-    path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]], extra_card=card)
+    path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]], extra_card=card,
+                      emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     plot_histograms(result.report.data["histograms"], str(png))  # after write_pool: a folder is replaced whole
     render(result.report)
     click.echo(str(path))

@@ -13,6 +13,12 @@ def output_options(command: Callable) -> Callable:
     command = click.option("--decontaminate", multiple=True, metavar="BENCH",
                            help="Benchmark file(s): drop (and list in the manifest) every row whose problem "
                                 "overlaps one (normalised exact match or a shared 13-word run).")(command)
+    return write_options(command)
+
+
+def write_options(command: Callable) -> Callable:
+    """Add --emit, --format and --push-to-hub (the command receives `emit`, `fmt`, `push_to_hub`):
+    for commands whose operation takes its own --decontaminate (flip, prune)."""
     command = click.option("--push-to-hub", metavar="REPO",
                            help="Also upload the output (private) with its card and manifest to this Hub "
                                 "dataset repo; the token comes from HF_TOKEN.")(command)

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from curate.cli.options import write_options
+
 
 def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
     """Repeatable options that also accept comma-separated lists."""
@@ -40,7 +42,8 @@ def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ... (embedding).")
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
 @click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
-def prune(pool, out, by, decontaminate, queries, split, maps, **settings) -> None:
+@write_options
+def prune(pool, out, by, decontaminate, queries, split, maps, emit, fmt, push_to_hub, **settings) -> None:
     """Keep the best rows of POOL; write them in POOL's schema with a manifest of every dropped row."""
     from curate.data import load_pool, parse_mapping, write_pool
     from curate.ops import PruneConfig
@@ -55,7 +58,7 @@ def prune(pool, out, by, decontaminate, queries, split, maps, **settings) -> Non
     loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
     result = run(loaded, config)
     path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]],
-                      extra_card=result.report.card)
+                      extra_card=result.report.card, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     render(result.report)
     click.echo(str(path))
 

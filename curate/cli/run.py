@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from curate.cli.options import write_options
+
 
 @click.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
@@ -11,7 +13,8 @@ import click
 @click.option("--no-files", is_flag=True, help="With --dry-run: skip the check that input files exist "
               "(recipes whose paths are placeholders).")
 @click.option("-o", "--output", help="Write here instead of the recipe's output (relative to the current directory).")
-def run(recipe, dry_run, no_files, output) -> None:
+@write_options
+def run(recipe, dry_run, no_files, output, emit, fmt, push_to_hub) -> None:
     """Run RECIPE: inputs, then steps (tag, score, flip, prune, strip, write), then the output.
 
     Every error in the recipe is reported, one `FILE:LINE: message` per line, before any work
@@ -38,7 +41,8 @@ def run(recipe, dry_run, no_files, output) -> None:
     from curate.progress import RichProgress
 
     quiet_third_party_progress()
-    result = run_recipe(recipe, progress=RichProgress(), output=output)
+    result = run_recipe(recipe, progress=RichProgress(), output=output, emit=emit if emit != "input" else None,
+                        fmt=fmt, push_to_hub=push_to_hub)
     render_run(result, f"curate run {recipe}")
     click.echo(str(result.output))
 

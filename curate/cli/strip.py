@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from curate.cli.options import decontaminated, output_options
+
 
 @click.command()
 @click.argument("pool")
@@ -36,7 +38,9 @@ import click
 @click.option("--tokenizer", help="Tokenizer (path or name) to count removed tokens [default: chars/4].")
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
 @click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
-def strip(pool, out, markers, stops, base_urls, cache, split, maps, **settings) -> None:
+@output_options
+def strip(pool, out, markers, stops, base_urls, cache, split, maps, emit, fmt, push_to_hub, decontaminate,
+          **settings) -> None:
     """Delete post-answer exploration segments from the thoughts of POOL's traces; write the pool in
     its own schema, stripped rows under new ids `<id>~strip`, with a manifest of every replaced row.
     Every result is checked to be a pure deletion that keeps the final answer, else the row is kept."""
@@ -54,9 +58,9 @@ def strip(pool, out, markers, stops, base_urls, cache, split, maps, **settings) 
         from curate.models import check_model
 
         check_model(config.tokenizer)
-    loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
+    loaded, removed = decontaminated(load_pool(pool, split=split, mapping=parse_mapping(maps)), decontaminate)
     result = run(loaded, config, progress=RichProgress())
-    path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]],
-                      extra_card=result.report.card)
+    path = write_pool(result.pool, out, manifest=removed + result.manifest, command=["curate", *sys.argv[1:]],
+                      extra_card=result.report.card, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     render(result.report)
     click.echo(str(path))

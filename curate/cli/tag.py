@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from curate.cli.options import decontaminated, output_options
+
 
 def _native_map(items: tuple[str, ...]) -> dict[str, int]:
     from curate.errors import UsageError
@@ -55,8 +57,9 @@ def _native_map(items: tuple[str, ...]) -> dict[str, int]:
               help="Store a Batch results file's answers in the cache, then tag (repeatable).")
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
 @click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
+@output_options
 def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, export_path, import_paths,
-        **settings) -> None:
+        emit, fmt, push_to_hub, decontaminate, **settings) -> None:
     """Tag every row of POOL with curate_difficulty (1-10), curate_behavior_<name> counts and, for
     rows whose domain is unknown, curate_domain.
 
@@ -98,7 +101,7 @@ def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, ex
     cache_only = bool(export_path) or (bool(import_paths) and not base_urls)
     config = TagConfig(tasks=tasks, base_urls=base_urls, native_map=_native_map(native_map),
                        cache=None if settings["offline"] else cache, cache_only=cache_only, **settings)
-    loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
+    loaded, removed = decontaminated(load_pool(pool, split=split, mapping=parse_mapping(maps)), decontaminate)
     batch_card = []
     for path in import_paths:
         done = import_batch(loaded, config, path)
@@ -129,7 +132,7 @@ def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, ex
     if batch_card:
         card["Batch import"] = "\n".join(batch_card)
     path = write_pool(shard_pool(loaded, config), out, annotations=annotations, command=["curate", *sys.argv[1:]],
-                      extra_card=card)
+                      extra_card=card, manifest=removed, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     render_summary(report)
     click.echo(str(path))
 

@@ -33,9 +33,11 @@ def check_recipe(path: str | Path, *, check_files: bool = True, output: str | Pa
 
 
 def run_recipe(path: str | Path, dry_run: bool = False, progress: Progress | None = None, *,
-               output: str | Path | None = None, check_files: bool = True) -> RunResult:
+               output: str | Path | None = None, check_files: bool = True, emit: str | None = None,
+               fmt: str | None = None, push_to_hub: str | None = None) -> RunResult:
     """Check the recipe (raising `RecipeError` with every error) and, unless `dry_run`, run it.
-    `output` overrides the recipe's output path. Returns the output path and per-step summaries."""
+    `output`, `emit` and `fmt` override the recipe's output path, emit and format; `push_to_hub`
+    also uploads the output. Returns the output path and per-step summaries."""
     from curate.recipes.run import _Runner
 
     recipe, errors = parse_recipe(path, check_files=check_files or not dry_run, output=output)
@@ -43,6 +45,9 @@ def run_recipe(path: str | Path, dry_run: bool = False, progress: Progress | Non
         raise RecipeError(path, errors)
     if dry_run:
         return RunResult(None, [StepSummary(s.index, s.op, None, 0) for s in recipe.steps])
+    recipe.emit = emit or recipe.emit
+    recipe.format = fmt or recipe.format
+    recipe.push_to_hub = push_to_hub
     return _Runner(recipe, progress or Silent()).run()
 
 

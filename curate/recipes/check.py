@@ -80,6 +80,7 @@ class Recipe:
     format: str | None = None
     emit: str = "input"
     validate: Any = None  # curate.recipes.validation.ValidateSpec
+    push_to_hub: str | None = None  # set by `curate run --push-to-hub`, never by the YAML
 
 
 class _Errors(list):

@@ -159,7 +159,7 @@ class _Runner:
 
         path = write_pool(pool, self.recipe.output, fmt=self.recipe.format, emit=self.recipe.emit,
                           manifest=net_manifest(self.manifests, pool), command=f"curate run {self.recipe.path}",
-                          extra_card=self.card(summaries))
+                          extra_card=self.card(summaries), push_to_hub=self.recipe.push_to_hub)
         result = RunResult(path, summaries)
         if self.recipe.validate is not None:
             from curate.validate import validate
