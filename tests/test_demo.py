@@ -127,3 +127,18 @@ def test_demo_report_charts_only_groups_of_ten_and_colours_both_signs(full_demo)
     marks = re.findall(r'<mark class="tok" style="background:rgba\((\d+),', page)
     assert {"46", "218"} <= set(marks), "token highlights must show positive and negative words"
     assert 'class="legend"' in page and "How to read a score" in page
+
+
+def test_validation_of_all_zeros_is_one_sentence_not_a_table():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from curate.cli.demo import _render_validation
+
+    zeros = {"comparison": [{"benchmark": b, "model": m, "n": 3, "pass@1": 0.0} for b in ("gsm8k", "mbpp")
+                            for m in ("base", "sample", "recipe")]}
+    console = Console(file=StringIO(), width=200)
+    _render_validation(zeros, console)
+    text = console.file.getvalue()
+    assert "pass@1 is 0 for every model on every benchmark (3 problems each)" in text and "│" not in text
