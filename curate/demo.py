@@ -122,7 +122,7 @@ def run_demo(config: DemoConfig, progress=None, events: DemoEvents | None = None
     events = events or DemoEvents()
     out = Path(config.out)
     events.phase(1, "inspect the sample pool")
-    pool = load_pool(SAMPLE / "pool.jsonl", source="sample")
+    pool = load_pool(SAMPLE / "pool.jsonl")
     stats = pool_stats(pool).as_dict()
     events.done("inspect", stats)
     if not RECIPE.exists():

@@ -1,4 +1,4 @@
-"""curate_id: own id column or content hash, qualified by source, unique, stable."""
+"""curate_id: own id column or content hash, independent of the file's name, unique, stable."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_duplicates_get_numbered_suffixes(tmp_path, write_jsonl):
     ids = pool.dataset["curate_id"]
     assert len(set(ids)) == 4
     assert ids[2] == ids[0] + "#2" and ids[3] == ids[0] + "#3"
-    assert ids[0].startswith("dup:") and len(ids[0]) == len("dup:") + 16
+    assert ids[0].startswith("sha:") and len(ids[0]) == len("sha:") + 16
     assert [e.id for e in pool.examples()] == ids
 
 
@@ -26,12 +26,12 @@ def test_ids_are_stable_across_loads(fixtures):
     assert first == second
 
 
-def test_ids_differ_by_source(tmp_path, write_jsonl):
+def test_ids_do_not_depend_on_the_file_name(tmp_path, write_jsonl):
     a = load_pool(write_jsonl(tmp_path / "a.jsonl", [ROW])).dataset["curate_id"][0]
-    b = load_pool(write_jsonl(tmp_path / "b.jsonl", [ROW])).dataset["curate_id"][0]
+    b = load_pool(write_jsonl(tmp_path / "copy of b.parquet.jsonl", [ROW])).dataset["curate_id"][0]
     named = load_pool(tmp_path / "a.jsonl", source="donor").dataset["curate_id"][0]
-    assert a.split(":", 1)[1] == b.split(":", 1)[1] == named.split(":", 1)[1]
-    assert (a.split(":")[0], b.split(":")[0], named.split(":")[0]) == ("a", "b", "donor")
+    assert a == b and a.startswith("sha:")
+    assert named == "donor:" + a.split(":", 1)[1]  # an explicit qualifier keeps a set apart on purpose
 
 
 def test_hash_covers_the_system_prompt(tmp_path, write_jsonl):
@@ -43,10 +43,10 @@ def test_hash_covers_the_system_prompt(tmp_path, write_jsonl):
 def test_own_id_column_and_fallback(tmp_path, write_jsonl):
     rows = [dict(ROW, id=5), dict(ROW, id=None), dict(ROW, id=5)]
     ids = load_pool(write_jsonl(tmp_path / "own.jsonl", rows)).dataset["curate_id"]
-    assert ids[0] == "own:5" and ids[2] == "own:5#2"
-    assert len(ids[1]) == len("own:") + 16  # no id: content hash
+    assert ids[0] == "id:5" and ids[2] == "id:5#2"
+    assert ids[1].startswith("sha:") and len(ids[1]) == len("sha:") + 16  # no id: content hash
     mapped = load_pool(tmp_path / "own.jsonl", mapping={"id": "prompt"}).dataset["curate_id"]
-    assert mapped == ["own:What is 2+2?", "own:What is 2+2?#2", "own:What is 2+2?#3"]
+    assert mapped == ["prompt:What is 2+2?", "prompt:What is 2+2?#2", "prompt:What is 2+2?#3"]
 
 
 def test_unique_ids_avoid_natural_collisions():
@@ -63,3 +63,30 @@ def test_reloading_a_written_pool_keeps_ids(tmp_path, fixtures, out):
     again = load_pool(out, source="elsewhere")
     assert again.dataset["curate_id"] == pool.dataset["curate_id"]
     assert again.dataset.column_names == pool.dataset.column_names
+
+
+def test_outputs_of_separate_commands_join_on_curate_id(tmp_path):
+    """The sample pool tagged by one command and pruned by another, each reading the raw file under
+    another name, and the recipe's output: every output row's id is the input row's id."""
+    import shutil
+
+    import polars as pl
+    from click.testing import CliRunner
+
+    from curate.cli import cli
+    from curate.demo import SAMPLE
+
+    copy = tmp_path / "renamed-by-a-user.jsonl"
+    shutil.copy(SAMPLE / "pool.jsonl", copy)
+    runner = CliRunner()
+    for args in (["tag", str(SAMPLE / "pool.jsonl"), "--offline", "-o", str(tmp_path / "tagged.parquet")],
+                 ["prune", str(copy), "--strategy", "length", "--keep", "0.5", "-o", str(tmp_path / "pruned.parquet")]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    raw = load_pool(SAMPLE / "pool.jsonl").dataset["curate_id"]
+    tagged = pl.read_parquet(tmp_path / "tagged.parquet")["curate_id"].to_list()
+    pruned = pl.read_parquet(tmp_path / "pruned.parquet")["curate_id"].to_list()
+    assert tagged == raw and len(pruned) == 40 and set(pruned) <= set(tagged)
+    joined = pl.read_parquet(tmp_path / "pruned.parquet").join(
+        pl.read_parquet(tmp_path / "tagged.parquet").select("curate_id", "curate_difficulty"), on="curate_id")
+    assert joined.height == 40 and joined["curate_difficulty"].null_count() == 0

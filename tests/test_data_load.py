@@ -67,11 +67,11 @@ def make_file(tmp_path, kind: str):
 def test_every_format_loads_the_same_rows(tmp_path, kind):
     pool = load_pool(make_file(tmp_path, kind))
     assert len(pool) == 3
-    assert pool.source == "pool"
+    assert pool.source == "" and pool.name.startswith("pool")
     assert pool.shape.name == "pair"
     assert pool.dataset.column_names == [
         "id", "prompt", "response", "level", "curate_id", "curate_domain", "curate_domain_source"]
-    assert pool.dataset["curate_id"] == ["pool:a", "pool:b", "pool:c"]
+    assert pool.dataset["curate_id"] == ["id:a", "id:b", "id:c"]
     assert pool.dataset["response"] == [r["response"] for r in ROWS]
     assert pool.dataset["curate_domain"] == ["math", "code", "unknown"]
     assert [e.response for e in pool.examples()] == [r["response"] for r in ROWS]
@@ -85,7 +85,7 @@ def test_save_to_disk_dataset_dict_and_split(tmp_path):
     }).save_to_disk(str(path))
     assert len(load_pool(path)) == 3  # default: train
     test = load_pool(path, split="test")
-    assert len(test) == 1 and test.split == "test" and test.source == "dd"
+    assert len(test) == 1 and test.split == "test" and test.name == "dd"
     with pytest.raises(DataError, match="no split 'dev'.*train, test"):
         load_pool(path, split="dev")
 
@@ -121,8 +121,8 @@ def test_hub_id_calls_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     pool = load_pool("someone/some-pool")
     assert calls == [("someone/some-pool", None)]
-    assert pool.source == "someone/some-pool" and pool.split == "train"
-    assert pool.dataset["curate_id"][0] == "someone/some-pool:a"
+    assert pool.origin == "someone/some-pool" and pool.split == "train"
+    assert pool.dataset["curate_id"][0] == "id:a"  # the same id as from a local copy
 
 
 def test_hub_failure_is_one_line(monkeypatch):
@@ -151,7 +151,7 @@ def test_line_separator_characters_inside_strings(tmp_path):
 def test_taco_json_list(fixtures):
     pool = load_pool(fixtures / "taco.json")
     assert pool.shape.name == "taco" and len(pool) == 3
-    assert pool.dataset["curate_id"][0] == "taco:839"
+    assert pool.dataset["curate_id"][0] == "task_id:839"
 
 
 def test_missing_keys_become_null(tmp_path, write_jsonl):

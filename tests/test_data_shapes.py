@@ -78,7 +78,7 @@ def test_benchmark_roles(fixtures):
     assert first.response == taco.dataset[0]["output"][0]  # the first of the solutions
     math = load_pool(fixtures / "math500.jsonl")
     assert math.shape.columns["difficulty"] == "level"
-    assert math.dataset["curate_id"][0].startswith("math500:test/")
+    assert math.dataset["curate_id"][0].startswith("unique_id:test/")
 
 
 def test_apps_style_json_encoded_solutions(tmp_path, write_jsonl):
@@ -87,7 +87,7 @@ def test_apps_style_json_encoded_solutions(tmp_path, write_jsonl):
     pool = load_pool(write_jsonl(tmp_path / "apps.jsonl", rows))
     assert pool.shape.name == "taco"
     assert next(pool.examples()).response == "print(int(input())+1)"
-    assert pool.dataset["curate_id"] == ["apps:7"]
+    assert pool.dataset["curate_id"] == ["problem_id:7"]
 
 
 def test_no_assistant_turn_names_the_row(fixtures):
@@ -120,7 +120,7 @@ def test_map_describes_a_pool(tmp_path, write_jsonl):
     pool = load_pool(path, mapping=mapping)
     assert pool.shape.name == "mapped"
     assert pool.shape.mapped == {"prompt", "response", "difficulty", "domain", "id"}
-    assert pool.dataset["curate_id"] == ["odd:k1", "odd:k2"]
+    assert pool.dataset["curate_id"] == ["key:k1", "key:k2"]
     assert pool.dataset["curate_domain"] == ["math", "code"]
     assert pool.dataset["curate_domain_source"] == ["column", "column"]
 

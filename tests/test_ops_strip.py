@@ -113,7 +113,7 @@ def test_sample_pool_round_trip(tmp_path):
     before, after = SAMPLE.read_text().splitlines(), out.read_text().splitlines()
     assert len(after) == len(before)
     pool = load_pool(str(out))
-    assert all(k.startswith("pool:") or "~strip" in k for k in _texts(pool))
+    assert all(k.startswith("sha:") or "~strip" in k for k in _texts(pool))
     assert read_manifest(tmp_path / "out.manifest.jsonl") == []  # the sample has no post-answer exploration
     assert "Exploration stripping" in (tmp_path / "out.README.md").read_text()
 

@@ -42,7 +42,7 @@ def render(stats: dict) -> None:
     console = Console(stderr=True)
     overview = Table(title=f"pool {stats['origin']}", show_header=False)
     overview.add_row("split", str(stats["split"] or "-"))
-    overview.add_row("id qualifier", stats["source"])
+    overview.add_row("ids", f"qualified by {stats['source']!r}" if stats["source"] else "from the rows (own id or content hash)")
     overview.add_row("shape", stats["shape"]["name"])
     columns = ", ".join(f"{r}={c}" for r, c in stats["shape"]["columns"].items())
     overview.add_row("columns", columns)

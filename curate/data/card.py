@@ -52,7 +52,7 @@ def render_card(
         "## Input",
         "",
         f"- input: `{pool.origin}`" + (f" (split `{pool.split}`)" if pool.split else ""),
-        f"- id qualifier (source): `{pool.source}`",
+        f"- id qualifier: `{pool.source}`" if pool.source else "- ids: from the rows (own id column or content hash)",
         f"- shape: `{pool.shape.name}`",
         f"- output: {fmt}, {'the input schema plus curate_* columns' if emit == 'input' else 'a `messages` column plus curate_* columns'}",
         "",

@@ -39,16 +39,16 @@ def load_pool(
     `path_or_hub_id`: a data file, a `save_to_disk` folder, a folder of data files, or a Hub id.
     `split`: for folders and Hub datasets; default `train`, or the only split there is.
     `mapping`: role -> column (`--map`), overriding shape detection.
-    `source`: the qualifier of ids (`f"{source}:{key}"`); default the file name without its
-    suffixes, the folder name, or the Hub id.
+    `source`: an explicit qualifier of ids (`f"{source}:{key}"`); default none: ids come from the
+    rows alone, whatever the file is called (`curate.data.pool`).
     Raises `DataError` (unreadable or empty input, missing column) or `UsageError` (bad option).
     """
-    dataset, origin, split, default_source = read_dataset(path_or_hub_id, split)
+    dataset, origin, split, _ = read_dataset(path_or_hub_id, split)
     if len(dataset) == 0:
         raise DataError(f"{origin}: empty pool (0 rows)")
     peek = dataset.select(range(min(_PEEK, len(dataset)))).to_list()
     shape = resolve_shape(dataset.column_names, peek, mapping, where=origin)
-    return build_pool(dataset, shape, source or default_source, origin, split)
+    return build_pool(dataset, shape, source, origin, split)
 
 
 def read_dataset(

@@ -1,10 +1,16 @@
 """`Pool`: a loaded dataset in its own schema, plus the three columns curate adds to every row.
 
-`curate_id` is `f"{source}:{key}"`, where key is the row's own id (`id`, `task_id`, `unique_id`,
-`problem_id` or `--map id=COLUMN`) or else 16 hex chars of sha256 over its canonical messages;
-repeated keys get `#2`, `#3`, ... in row order, so ids are unique, stable across runs and differ
-between sources. An input that already has `curate_id` (a pool curate wrote) keeps its ids as they
-are. `curate_domain` and `curate_domain_source` follow `curate.data.domain`.
+`curate_id` depends on the row, never on the name of the file it was read from, so the same row
+gets the same id wherever it is loaded and the outputs of any two commands join on it:
+- a row that already has a `curate_id` (a pool curate wrote) keeps it;
+- a row with its own id (`id`, `task_id`, `unique_id`, `problem_id` or `--map id=COLUMN`) gets
+  `f"{column}:{value}"`, e.g. `task_id:839`;
+- any other row gets `f"sha:{h}"`, h = 16 hex chars of sha256 over its canonical messages (system
+  prompt included), so identical rows get the same key in any file;
+- exact duplicates within one pool (the same key twice) get `#2`, `#3`, ... in row order.
+With an explicit `source` (the API's `source=`, e.g. a query set's name) the key is qualified by it
+instead, `f"{source}:{key}"` with key the own id or the hash, to keep sets apart on purpose.
+`curate_domain` and `curate_domain_source` follow `curate.data.domain`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class Pool:
     `dataset` holds the input's own columns (`input_columns`, in input order) followed by
     `curate_id`, `curate_domain`, `curate_domain_source` (where the input already had them, as
     in a pool curate wrote, they keep their places). `origin` is what was loaded (path or Hub
-    id) and `split` the split taken from it, both recorded in dataset cards.
+    id) and `split` the split taken from it, both recorded in dataset cards. `source`: the
+    explicit id qualifier, "" when ids come from the rows alone (the default).
     """
 
     dataset: datasets.Dataset
@@ -56,19 +63,25 @@ class Pool:
                 thought=thought, solution=solution,
             )
 
+    @property
+    def name(self) -> str:
+        """A short name for messages: the qualifier, else the loaded file or folder's name."""
+        return self.source or (self.origin.rstrip("/").rsplit("/", 1)[-1] if self.origin else "pool")
+
     def with_dataset(self, dataset: datasets.Dataset) -> Pool:
         """The same pool (shape, source, origin) over other rows, e.g. after a filter."""
         return replace(self, dataset=dataset)
 
 
 def build_pool(
-    dataset: datasets.Dataset, shape: Shape, source: str, origin: str = "", split: str | None = None
+    dataset: datasets.Dataset, shape: Shape, source: str | None = None, origin: str = "", split: str | None = None
 ) -> Pool:
     """Add `curate_id`, `curate_domain`, `curate_domain_source` to `dataset` and wrap it.
 
+    `source`: an explicit id qualifier (see the module doc); None = ids from the rows alone.
     Raises `DataError` naming the row index (0-based) for a row that has no assistant response.
     """
-    if not source:
+    if source is not None and not source:
         raise DataError("the source qualifier of ids must not be empty")
     columns = dataset.column_names
     own_ids = "curate_id" in columns
@@ -88,8 +101,10 @@ def build_pool(
             keys.append(str(row["curate_id"]))
         else:
             own = row.get(id_column) if id_column else None
-            key = str(own) if own is not None and str(own) != "" else content_hash(messages)
-            keys.append(f"{source}:{key}")
+            if own is not None and str(own) != "":
+                keys.append(f"{source}:{own}" if source else f"{id_column}:{own}")
+            else:
+                keys.append(f"{source or 'sha'}:{content_hash(messages)}")
         if own_domains and _valid_domain(row):
             domain, origin_of = row["curate_domain"], row["curate_domain_source"]
         else:
@@ -106,13 +121,13 @@ def build_pool(
     # derive their fingerprints instead of letting datasets pickle 3 x N values to hash them.
     from curate.stages import fingerprint
 
-    base = fingerprint(dataset._fingerprint, shape.name, dict(shape.columns), source)
+    base = fingerprint(dataset._fingerprint, shape.name, dict(shape.columns), source, "ids-2")
     dataset = dataset.add_column("curate_id", unique_ids(keys), new_fingerprint=f"{base}-id")
     dataset = dataset.add_column("curate_domain", domains, new_fingerprint=f"{base}-domain")
     dataset = dataset.add_column("curate_domain_source", sources, new_fingerprint=f"{base}-source")
     # A pool curate wrote keeps its column order; otherwise the three go last.
     order = [*columns, *(c for c in CURATE_COLUMNS if c not in columns)]
-    return Pool(dataset.select_columns(order), shape, source, origin, split, input_columns)
+    return Pool(dataset.select_columns(order), shape, source or "", origin, split, input_columns)
 
 
 def unique_ids(keys: list[str]) -> list[str]:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 PREFIXES = {"math": MATH_PREFIX, "code": CODE_PREFIX}
 
 
-def load_donor(path: str | Path, split: str | None = None, source: str = "donor") -> Pool:
-    """Load a donor pool (ids qualified by `source`). OpenThoughts metadata rows with a null
+def load_donor(path: str | Path, split: str | None = None, source: str | None = None) -> Pool:
+    """Load a donor pool (ids from its rows, or qualified by an explicit `source`). OpenThoughts metadata rows with a null
     `deepseek_solution` render with their `ground_truth_solution` (the data layer's canonical view
     does that), so the donor's own columns are left as they are."""
     from curate.data import load_pool

@@ -131,7 +131,8 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     theirs = theirs.with_columns(normalise(theirs["problem"]).alias("norm"))
     clash = set(mine["curate_id"]) & set(theirs["curate_id"])
     if clash:
-        raise DataError(f"donor ids clash with pool ids (e.g. {sorted(clash)[0]!r}); load the donor under another source name")
+        raise DataError(f"donor ids clash with pool ids (e.g. {sorted(clash)[0]!r}): the same own id or the same "
+                        "content in both; remove the duplicates, or load the donor with an explicit source qualifier")
 
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
     dirty_donor = contaminated_rows(donor, benchmarks, config.ngram)

@@ -60,7 +60,7 @@ class _Runner:
 
         if name not in self.loaded:
             path = self.recipe.inputs[name]
-            self.loaded[name] = load_donor(path, source=name) if name in self.donors else load_pool(path)
+            self.loaded[name] = load_donor(path) if name in self.donors else load_pool(path)
         return self.loaded[name]
 
     def run(self) -> RunResult:

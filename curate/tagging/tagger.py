@@ -235,7 +235,7 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
         return True
 
     if config.offline:
-        with progress.task(f"tagging {pool.source} (offline)", total=n, unit="rows") as advance:
+        with progress.task(f"tagging {pool.name} (offline)", total=n, unit="rows") as advance:
             for i, ex in enumerate(examples):
                 if "difficulty" in config.tasks and domains[i] in ("math", "code") and not set_native(i):
                     level, raw = offline.rule_difficulty(domains[i], _problem(ex), ex.solution or ex.response)
@@ -283,7 +283,7 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
             if "domain" in config.tasks:
                 total = sum(d == "unknown" for d in domains)
                 if total:
-                    run_jobs(domain_jobs(), total, f"tagging domains of {pool.source}", config, cache, counters, results, progress,
+                    run_jobs(domain_jobs(), total, f"tagging domains of {pool.name}", config, cache, counters, results, progress,
                              **extra)
                 for i in range(n):
                     outcome = results.get((i, "domain"))
@@ -297,7 +297,7 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
             total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
                 sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
                 if "behaviors" in config.tasks else 0)
-            run_jobs(main_jobs(), total, f"tagging {pool.source}", config, cache, counters, results, progress, **extra)
+            run_jobs(main_jobs(), total, f"tagging {pool.name}", config, cache, counters, results, progress, **extra)
         finally:
             if own_cache:
                 cache.close()
