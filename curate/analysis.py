@@ -24,7 +24,7 @@ from curate.errors import DataError
 
 if TYPE_CHECKING:
     from curate.audit.counterfactual import AuditResult
-    from curate.audit.stability import StabilityReport
+    from curate.influence.stability import StabilityReport
 
 INFLUENCE_PREFIX = "curate_influence_"
 BEHAVIOR_PREFIX = "curate_behavior_"
@@ -154,7 +154,7 @@ def charted(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def stability_table(reports: Mapping[str, StabilityReport]) -> pl.DataFrame:
-    """One row per query set of `curate.audit.stability` reports: query, splits, split_size (query
+    """One row per query set of `curate.influence.stability` reports: query, splits, split_size (query
     examples per split; null when unknown), rows, spearman_mean, spearman_min, top_k (fraction),
     top_k_overlap (chance level = top_k), rho_full (Spearman-Brown, full set), queries_needed (for
     rho 0.9; null when unknown or not needed), stable ("yes" / "no")."""

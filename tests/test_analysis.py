@@ -18,7 +18,7 @@ from curate.analysis import (
     stability_table,
 )
 from curate.audit.counterfactual import DESCRIPTIONS, ArmResult, AuditResult, verdict
-from curate.audit.stability import stability_all
+from curate.influence.stability import stability_all
 from curate.errors import DataError
 
 # Per seed, f_q(arm) - f_q(full) on the objective (nats): removing the top rows hurts most.

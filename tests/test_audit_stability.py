@@ -1,4 +1,4 @@
-"""Stability of influence rankings across disjoint query splits (`curate.audit.stability`)."""
+"""Stability of influence rankings across disjoint query splits (`curate.influence.stability`)."""
 
 from __future__ import annotations
 

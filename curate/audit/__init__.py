@@ -7,7 +7,7 @@
 Importing this package is cheap: torch and transformers load on first use.
 """
 
-from curate.audit.stability import (
+from curate.influence.stability import (
     UNSTABLE_BELOW,
     StabilityReport,
     spearman_brown,

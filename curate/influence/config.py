@@ -33,7 +33,7 @@ class ScoreConfig:
     normalize: per-token log-likelihoods for the query objective ("query"), the training
         example ("train"), both, or neither (default: summed, as the papers write them).
     query_splits: K >= 2 also scores K disjoint, seeded splits of each query set (0 = none); their
-        agreement is the ranking-stability report (`curate.audit.stability`). None (default):
+        agreement is the ranking-stability report (`curate.influence.stability`). None (default):
         2 when every query set has at least `AUTO_SPLIT_MIN` examples, else 0.
     query_rank: None (default) keeps each preconditioned query direction exact; R keeps its best
         rank-R approximation (truncated SVD, as kronfluence's `query_gradient_low_rank`), which

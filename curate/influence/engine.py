@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from curate.audit.stability import StabilityReport, stability_all
+from curate.influence.stability import StabilityReport, stability_all
 from curate.data.example import Example
 from curate.errors import UsageError
 from curate.influence.batches import make_batches
@@ -51,7 +51,7 @@ class ScoreResult:
     (lists of equal length that sum to the instance score). `sentences` (with
     `config.sentences`): per segment of each response, its span and `segment_influence_<q>` =
     I(z) - I(z without the segment). `stability` (with query splits): how alike the disjoint
-    splits rank the pool, per query set (`curate.audit.stability`). `config`: the settings as run, defaults resolved."""
+    splits rank the pool, per query set (`curate.influence.stability`). `config`: the settings as run, defaults resolved."""
 
     table: pl.DataFrame
     plan: Plan

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curate.recipes import yaml_nodes as nodes
+
 TOP_KEYS = ("inputs", "steps", "output")
 OPTIONAL_KEYS = ("validate",)  # see curate.recipes.validation
 NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -83,17 +85,6 @@ class Recipe:
     push_to_hub: str | None = None  # set by `curate run --push-to-hub`, never by the YAML
 
 
-class _Errors(list):
-    def __init__(self, where: str) -> None:
-        super().__init__()
-        self.where = where
-
-    def add(self, at, message: str) -> None:
-        """`at`: a YAML node or a 1-based line number."""
-        line = at if isinstance(at, int) else at.start_mark.line + 1
-        self.append((line, f"{self.where}:{line}: {message}"))
-
-
 def parse_recipe(path: str | Path, *, check_files: bool = True, output: str | Path | None = None
                  ) -> tuple[Recipe | None, list[str]]:
     """(the recipe, []) or (None, every error as `FILE:LINE: message`, in line order).
@@ -103,7 +94,7 @@ def parse_recipe(path: str | Path, *, check_files: bool = True, output: str | Pa
     import yaml
 
     path = Path(path)
-    errors = _Errors(str(path))
+    errors = nodes.Errors(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -117,7 +108,7 @@ def parse_recipe(path: str | Path, *, check_files: bool = True, output: str | Pa
         return None, [f"{path}:1: a recipe is a mapping with keys {', '.join(TOP_KEYS)}"]
 
     base = path.parent
-    top = _mapping(root, errors, "recipe")
+    top = nodes.mapping(root, errors, "recipe")
     for key, (knode, _) in top.items():
         if key not in TOP_KEYS + OPTIONAL_KEYS:
             errors.add(knode, f"unknown top-level key {key!r}; expected {', '.join(TOP_KEYS + OPTIONAL_KEYS)}")
@@ -127,8 +118,8 @@ def parse_recipe(path: str | Path, *, check_files: bool = True, output: str | Pa
 
     inputs: dict[str, Path] = {}
     if "inputs" in top:
-        for name, (knode, vnode) in _mapping(top["inputs"][1], errors, "inputs").items():
-            value = _value(vnode)
+        for name, (knode, vnode) in nodes.mapping(top["inputs"][1], errors, "inputs").items():
+            value = nodes.value(vnode)
             if not NAME.fullmatch(name):
                 errors.add(knode, f"input name {name!r}: letters, digits and _ only")
             if not isinstance(value, str) or not value:
@@ -158,7 +149,7 @@ def parse_recipe(path: str | Path, *, check_files: bool = True, output: str | Pa
     return Recipe(path, text, inputs, steps, recipe_out, fmt, emit, validate), []
 
 
-def _steps(node, inputs: dict[str, Path], base: Path, errors: _Errors) -> list[Step]:
+def _steps(node, inputs: dict[str, Path], base: Path, errors: nodes.Errors) -> list[Step]:
     import yaml
 
     if not isinstance(node, yaml.SequenceNode) or not node.value:
@@ -167,12 +158,12 @@ def _steps(node, inputs: dict[str, Path], base: Path, errors: _Errors) -> list[S
     table = op_table()
     steps = []
     for index, item in enumerate(node.value, start=1):
-        params = _mapping(item, errors, f"step {index}")
+        params = nodes.mapping(item, errors, f"step {index}")
         if "op" not in params:
             errors.add(item, f"step {index}: missing `op:` (one of {', '.join(table)})")
             continue
         op_node = params.pop("op")[1]
-        op = _value(op_node)
+        op = nodes.value(op_node)
         if op not in table:
             errors.add(op_node, f"step {index}: unknown op {op!r}; expected one of {', '.join(table)}")
             continue
@@ -182,14 +173,14 @@ def _steps(node, inputs: dict[str, Path], base: Path, errors: _Errors) -> list[S
     return steps
 
 
-def _step(step: Step, spec: OpSpec, params: dict, inputs: dict[str, Path], base: Path, errors: _Errors) -> bool:
+def _step(step: Step, spec: OpSpec, params: dict, inputs: dict[str, Path], base: Path, errors: nodes.Errors) -> bool:
     fields = {f.name: f for f in dataclasses.fields(spec.config)} if spec.config else {}
     known = [*fields, *spec.extra]
     kwargs: dict[str, Any] = {}
     ok = True
     where = f"{step.op} (step {step.index})"
     for name, (knode, vnode) in params.items():
-        value = _value(vnode)
+        value = nodes.value(vnode)
         if name in spec.extra:
             kind, _, _ = spec.extra[name]
             if kind in ("input", "inputs"):
@@ -227,7 +218,7 @@ def _step(step: Step, spec: OpSpec, params: dict, inputs: dict[str, Path], base:
             ok = ok and not missing
             value = [str(inputs[n]) for n in names if n in inputs]
             step.refs[name] = names
-        problem = _type_problem(fields[name].type, value)
+        problem = nodes.type_problem(fields[name].type, value)
         if problem:
             errors.add(vnode, f"{where}: {name}: {problem}")
             ok = False
@@ -254,7 +245,7 @@ def _step(step: Step, spec: OpSpec, params: dict, inputs: dict[str, Path], base:
         except (CurateError, TypeError, ValueError) as err:
             # The config joins its problems with "; "; each goes to the line of the parameter it
             # names first ("keep=1.5: ..."), else to the op's line.
-            for problem in _problems(str(err)):
+            for problem in nodes.problems(str(err)):
                 named = re.match(r"(\w+)\b", problem)
                 at = params[named.group(1)][0] if named and named.group(1) in params else step.line
                 errors.add(at, f"{where}: {problem}")
@@ -262,14 +253,14 @@ def _step(step: Step, spec: OpSpec, params: dict, inputs: dict[str, Path], base:
     return True
 
 
-def _output(node, base: Path, errors: _Errors) -> tuple[Path | None, str | None, str]:
-    value = _value(node)
+def _output(node, base: Path, errors: nodes.Errors) -> tuple[Path | None, str | None, str]:
+    value = nodes.value(node)
     if isinstance(value, str):
         return base / value, None, "input"
     if not isinstance(value, dict):
         errors.add(node, "output: expected a path or {path, format, emit}")
         return None, None, "input"
-    fields = _mapping(node, errors, "output")
+    fields = nodes.mapping(node, errors, "output")
     for key, (knode, _) in fields.items():
         if key not in ("path", "format", "emit"):
             errors.add(knode, f"output: unknown key {key!r}; expected path, format, emit")
@@ -279,7 +270,7 @@ def _output(node, base: Path, errors: _Errors) -> tuple[Path | None, str | None,
     return base / value["path"], value.get("format"), value.get("emit", "input")
 
 
-def _check_output(out: Path, fmt, emit, node, errors: _Errors) -> None:
+def _check_output(out: Path, fmt, emit, node, errors: nodes.Errors) -> None:
     from curate.data.write import EMITS, output_format
     from curate.errors import UsageError
 
@@ -289,69 +280,3 @@ def _check_output(out: Path, fmt, emit, node, errors: _Errors) -> None:
         errors.add(node, f"output: {err}")
     if emit not in EMITS:
         errors.add(node, f"output: emit={emit!r}: expected one of {', '.join(EMITS)}")
-
-
-def _problems(message: str) -> list[str]:
-    """A config's "; "-joined problems, not splitting inside parentheses."""
-    out, depth, start = [], 0, 0
-    for i, ch in enumerate(message):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0 and message.startswith("; ", i):
-            out.append(message[start:i])
-            start = i + 2
-    return [*out, message[start:]]
-
-
-def _mapping(node, errors: _Errors, what: str) -> dict[str, tuple[Any, Any]]:
-    """{key: (key node, value node)}; duplicate and non-string keys are errors."""
-    import yaml
-
-    if not isinstance(node, yaml.MappingNode):
-        errors.add(node, f"{what}: expected a mapping")
-        return {}
-    out = {}
-    for knode, vnode in node.value:
-        key = _value(knode)
-        if not isinstance(key, str):
-            errors.add(knode, f"{what}: keys must be names, got {key!r}")
-        elif key in out:
-            errors.add(knode, f"{what}: {key!r} given twice")
-        else:
-            out[key] = (knode, vnode)
-    return out
-
-
-def _value(node) -> Any:
-    """The Python value of a YAML node (safe types only)."""
-    import yaml
-
-    return yaml.SafeLoader("").construct_document(node)
-
-
-_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "None": type(None)}
-
-
-def _type_problem(annotation: Any, value: Any) -> str | None:
-    """Why `value` cannot be the field typed `annotation` (a string under PEP 563), or None.
-    Cheap checks only: the outer type of each union member."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    members = [m.strip() for m in text.split("|")]
-    for member in members:
-        outer = member.split("[", 1)[0]
-        if outer in ("tuple", "list"):
-            if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
-                return None
-            continue
-        if outer == "dict":
-            if isinstance(value, dict):
-                return None
-            continue
-        python = _TYPES.get(outer)
-        if python is None:
-            return None  # a type this check does not know: leave it to __post_init__
-        if isinstance(value, bool) and outer != "bool":
-            continue
-        if isinstance(value, python):
-            return None
-    shown = " or ".join("a list" if m.startswith(("tuple", "list")) else m for m in members)
-    return f"expected {shown}, got {value!r}"

@@ -42,22 +42,22 @@ def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Pat
     """The `validate:` section as a `ValidateSpec`, or None with every problem added to `errors`."""
     from curate.errors import CurateError
     from curate.evaluation.benchmarks import PACKAGED, unknown_benchmark
-    from curate.recipes.check import _mapping, _problems, _type_problem, _value
+    from curate.recipes import yaml_nodes as nodes
     from curate.training.config import TrainConfig
     from curate.validate import ValidateConfig
 
     fields = {f.name: f for f in dataclasses.fields(ValidateConfig) if f.name not in DERIVED}
     known = sorted([*OWN_KEYS, *fields])
-    entries = _mapping(node, errors, "validate")
+    entries = nodes.mapping(node, errors, "validate")
     kwargs: dict[str, Any] = {}
     ok = True
     for key, (knode, vnode) in entries.items():
-        value = _value(vnode)
+        value = nodes.value(vnode)
         if key not in OWN_KEYS and key not in fields:
             errors.add(knode, f"validate: unknown key {key!r}; expected {', '.join(known)}")
             ok = False
         elif key in fields:
-            problem = _type_problem(fields[key].type, value)
+            problem = nodes.type_problem(fields[key].type, value)
             if problem:
                 errors.add(vnode, f"validate: {key}: {problem}")
                 ok = False
@@ -66,12 +66,12 @@ def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Pat
         if key not in entries:
             errors.add(node, f"validate: missing key {key!r}")
             ok = False
-    baseline = _value(entries["baseline"][1]) if "baseline" in entries else "pool"
+    baseline = nodes.value(entries["baseline"][1]) if "baseline" in entries else "pool"
     if baseline not in inputs:
         errors.add(entries["baseline"][1] if "baseline" in entries else node,
                    f"validate: baseline {baseline!r} is not an input (inputs: {', '.join(inputs) or 'none'})")
         ok = False
-    evals = _value(entries["eval"][1]) if "eval" in entries else []
+    evals = nodes.value(entries["eval"][1]) if "eval" in entries else []
     evals = [evals] if isinstance(evals, str) else evals
     if not isinstance(evals, list) or not all(isinstance(e, str) for e in evals):
         errors.add(entries["eval"][1], "validate: eval: expected a list of benchmark names or paths")
@@ -82,21 +82,21 @@ def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Pat
         for problem in filter(None, map(unknown_benchmark, evals)):
             errors.add(entries["eval"][1], f"validate: eval: {problem}")
             ok = False
-    train = _value(entries["train"][1]) if "train" in entries else {}
+    train = nodes.value(entries["train"][1]) if "train" in entries else {}
     if not isinstance(train, dict):
         errors.add(entries["train"][1], "validate: train: expected a mapping of TrainConfig fields")
         ok = False
     if not ok or output is None:
         return None
-    model = _value(entries["model"][1])
+    model = nodes.value(entries["model"][1])
     try:
         train_config = TrainConfig(**train)
         config = ValidateConfig(base_model=str(model), evals=tuple(evals), train=train_config,
                                 variants={variant_name(baseline): str(inputs[baseline]),
                                           variant_name(recipe_path.stem): str(output)}, **kwargs)
     except (CurateError, TypeError, ValueError) as err:
-        for problem in _problems(str(err)):
+        for problem in nodes.problems(str(err)):
             errors.add(node, f"validate: {problem}")
         return None
-    run_dir = _value(entries["run_dir"][1]) if "run_dir" in entries else None
+    run_dir = nodes.value(entries["run_dir"][1]) if "run_dir" in entries else None
     return ValidateSpec(config, recipe_path.parent / run_dir if run_dir else output.with_name(output.name + ".validate"))

@@ -7,7 +7,7 @@
 The page has histograms of influence by training domain per query set; mean influence with 95%
 intervals (`curate.analysis`) by domain, difficulty, domain x difficulty, question type, source and
 behaviour present/absent, as charts and tables, wherever the pool has those columns; the ranking
-stability of query sets scored in disjoint splits (`curate.audit.stability`); the counterfactual
+stability of query sets scored in disjoint splits (`curate.influence.stability`); the counterfactual
 audit's verdict, arms and comparisons when `audit` is given; and the top examples per query set.
 Where `tokens.parquet` sits next to the pool, each top example's response is shown with its top 5%
 tokens by token influence on that query set marked; where `sentences.parquet` does, its segments

@@ -15,7 +15,7 @@ from curate.analysis import query_name
 from curate.report.document import _cell
 
 if TYPE_CHECKING:
-    from curate.audit.stability import StabilityReport
+    from curate.influence.stability import StabilityReport
 
 
 def _pyplot():

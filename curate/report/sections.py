@@ -70,7 +70,7 @@ def _aggregate_sections(doc: _Doc, frame: pl.DataFrame) -> None:
 
 def _stability_section(doc: _Doc, frame: pl.DataFrame, sizes: dict[str, int]) -> None:
     """Split-vs-split agreement of every query set scored in >= 2 disjoint splits; nothing if none."""
-    from curate.audit.stability import stability_all
+    from curate.influence.stability import stability_all
 
     reports = stability_all(frame, query_sizes=sizes)
     if not reports:
