@@ -25,6 +25,7 @@ from curate.data.card import render_card
 from curate.data.manifest import ManifestEntry, check_manifest, manifest_lines
 from curate.data.pool import Pool
 from curate.errors import DataError, UsageError
+from curate.stages import atomic_write
 
 if TYPE_CHECKING:
     import datasets
@@ -91,13 +92,13 @@ def write_pool(
         _push(dataset, push_to_hub, {card_path.name: card, manifest_path.name: lines})
         return data_path
     # Sidecars first: the data file appearing last marks the output complete.
-    _atomic_file(manifest_path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-    _atomic_file(card_path, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+    atomic_write(manifest_path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+    atomic_write(card_path, lambda tmp: tmp.write_text(card, encoding="utf-8"))
     if fmt == "parquet":
         # The table's schema metadata carries the datasets features, as Dataset.to_parquet does.
-        _atomic_file(data_path, lambda tmp: pq.write_table(dataset.data.table, tmp))
+        atomic_write(data_path, lambda tmp: pq.write_table(dataset.data.table, tmp))
     else:
-        _atomic_file(data_path, lambda tmp: _write_jsonl(dataset.data.table, tmp))
+        atomic_write(data_path, lambda tmp: _write_jsonl(dataset.data.table, tmp))
     _push(dataset, push_to_hub, {card_path.name: card, manifest_path.name: lines})
     return data_path
 
@@ -230,15 +231,6 @@ def _write_jsonl(table: pa.Table, path: Path) -> None:
 
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _atomic_file(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = _temp_name(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _atomic_folder(path: Path, build: Callable[[Path], object]) -> None:

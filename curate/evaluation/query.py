@@ -16,7 +16,6 @@ writes, under `out`:
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from curate.errors import DataError, UsageError
 from curate.evaluation.benchmarks import Problem, load_benchmark
 from curate.evaluation.evaluate import EvalConfig, EvalResult, ProblemRecord, evaluate
 from curate.progress import Progress, Silent
+from curate.stages import atomic_write_bytes
 
 ANSWERS = ("model", "reference")
 
@@ -144,7 +144,4 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a temp name in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -18,7 +18,6 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from curate.influence.stability import StabilityReport, stability_all
 from curate.data.example import Example
 from curate.errors import UsageError
 from curate.influence.batches import make_batches
@@ -35,11 +34,12 @@ from curate.influence.fitting import (
 from curate.influence.plan import Plan, group_modules, make_plan
 from curate.influence.scoring import score_batches
 from curate.influence.segment_scores import segment_table
+from curate.influence.stability import StabilityReport, stability_all
 from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 from curate.progress import Progress, Silent
 from curate.shard import Shard
-from curate.stages import fingerprint
+from curate.stages import atomic_write, fingerprint
 
 
 @dataclass
@@ -213,9 +213,8 @@ def _top_ids(scores: pl.DataFrame, columns: list[str], k: int) -> set[str]:
 def _chunk_table(path: Path, compute, chunk) -> None:
     """Write `compute(chunk)` to `path` atomically unless it is there (the resume unit)."""
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        compute(chunk).write_parquet(tmp)
-        tmp.replace(path)
+        table = compute(chunk)
+        atomic_write(path, table.write_parquet)
 
 
 def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:

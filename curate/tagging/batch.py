@@ -25,12 +25,12 @@ written (the prompt depends on the domain): import the first batch, then export 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.errors import DataError, UsageError
+from curate.stages import atomic_write_bytes
 from curate.tagging.cache import Cached, ResponseCache
 from curate.tagging.client import RetryableError, completion_content, request_body
 from curate.tagging.config import TagConfig
@@ -99,10 +99,7 @@ def export_batch(pool: Pool, config: TagConfig, path: str | Path) -> BatchExport
                                  "body": request_body(config.model, job.rendered, config.params)},
                                 ensure_ascii=False))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
     deferred = (len({j.row for j in plan if j.task == "domain" and j.key not in hits})
                 if "difficulty" in config.tasks else 0)
     return BatchExport(str(path), len(lines), len({j.key for j in plan if j.key in hits}), deferred)
