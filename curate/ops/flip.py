@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from curate.analysis import EASY_MAX, HARD_MIN
 from curate.data import ManifestEntry, Pool
@@ -46,6 +46,20 @@ if TYPE_CHECKING:
 
 FLIP_DOMAINS = ("math", "code")
 BINS = tuple(range(1, 11))
+
+
+class Swap(NamedTuple):
+    """One replacement: pool row (0-based) and its id and difficulty, the donor row replacing it,
+    the domain, and the donor's prefix-free problem text (to render the row in the pool's schema)."""
+
+    pool_row: int
+    donor_row: int
+    pool_id: str
+    donor_id: str
+    pool_difficulty: float
+    donor_difficulty: float
+    domain: str
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -147,7 +161,7 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     usable = usable.sort("curate_id").with_columns(pl.Series("draw", rng.random(len(usable)))).sort("draw")
 
     notes: list[str] = []
-    swaps: list[tuple[int, int, str, str, float, float, str]] = []  # pool row, donor row, ids, diffs, domain
+    swaps: list[Swap] = []
     per_domain: dict[str, dict[str, int]] = {}
     for domain in config.domains:
         p = mine.filter(pl.col("curate_domain") == domain)
@@ -192,19 +206,21 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
                            f"{int(excluded['dirty'].sum())} overlapping benchmarks, {d_all['difficulty'].null_count()} without difficulty)")
             notes.append(f"{domain}: swapped {n} of the {target} asked: " + "; ".join(why))
         for a, b in zip(out_rows.head(n).iter_rows(named=True), in_rows.head(n).iter_rows(named=True), strict=True):
-            swaps.append((a["row"], b["row"], a["curate_id"], b["curate_id"], a["difficulty"], b["difficulty"], domain, b["problem"]))
+            swaps.append(Swap(a["row"], b["row"], a["curate_id"], b["curate_id"], a["difficulty"], b["difficulty"],
+                              domain, b["problem"]))
         per_domain[domain] = {"rows": len(p), "asked": target, "swapped": n}
-        for cid, bid, da, db in [(s[2], s[3], s[4], s[5]) for s in swaps if s[6] == domain]:
-            manifest.append(ManifestEntry(cid, "replaced", f"flip:{domain} {way}: difficulty {da:g} -> {db:g}", replaced_by=bid))
+        for s in (s for s in swaps if s.domain == domain):
+            manifest.append(ManifestEntry(s.pool_id, "replaced", f"flip:{domain} {way}: difficulty "
+                                          f"{s.pool_difficulty:g} -> {s.donor_difficulty:g}", replaced_by=s.donor_id))
 
     # In-place replacement: row i of the output is pool row i, or the donor row that replaced it.
-    rendered = render_rows(pool, donor, [s[1] for s in swaps], [s[7] for s in swaps])
+    rendered = render_rows(pool, donor, [s.donor_row for s in swaps], [s.problem for s in swaps])
     combined = datasets.concatenate_datasets([pool.dataset, rendered])
-    index = {s[0]: len(pool) + j for j, s in enumerate(swaps)}
+    index = {s.pool_row: len(pool) + j for j, s in enumerate(swaps)}
     keep = mine["row"].to_list()
     out = pool.with_dataset(combined.select([index.get(r, r) for r in keep]))
 
-    added = theirs.filter(pl.col("row").is_in([s[1] for s in swaps]))
+    added = theirs.filter(pl.col("row").is_in([s.donor_row for s in swaps]))
     after = pl.concat([mine.filter(~pl.col("row").is_in(list(index))).select("curate_domain", "difficulty"),
                        added.select("curate_domain", "difficulty")])
     before = difficulty_frame(pool, col).select("curate_domain", "difficulty")
