@@ -207,131 +207,159 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
     started = time.perf_counter()
     total_rows = len(pool)
     pool = shard_pool(pool, config)
-    examples = list(pool.examples())
-    native_col = pool.shape.columns.get("difficulty")
-    native_raw = pool.dataset[native_col] if native_col and native_col in pool.dataset.column_names else [None] * len(examples)
-    table = {**offline.NATIVE_DIFFICULTY, **{k.strip().lower(): v for k, v in config.native_map.items()}}
-    n = len(examples)
-    out: dict[str, list[Any]] = {
-        "curate_id": [e.id for e in examples], "curate_domain": [None] * n, "curate_domain_source": [None] * n,
-        "curate_difficulty": [None] * n, "curate_difficulty_raw": [None] * n,
-        "curate_difficulty_source": [None] * n,
-        **{f"curate_behavior_{b}": [None] * n for b in BEHAVIORS},
-        "curate_behavior_source": [None] * n, "curate_tag_long": [None] * n,
-    }
-    errors: list[dict[str, Any]] = [{} for _ in range(n)]
-    domains = [e.domain or "unknown" for e in examples]
-    report = TagReport(mode="offline" if config.offline else "llm", rows=n)
+    rows = _Rows.of(pool, config)
+    report = TagReport(mode="offline" if config.offline else "llm", rows=len(rows.examples))
     if config.shard:
-        rows = config.shard_range(total_rows)
-        report.shard, report.shard_rows = config.shard, (rows.start, rows.stop, total_rows)
-
-    def set_native(i: int) -> bool:
-        level = offline.native_difficulty(native_raw[i], table)
-        if level is None:
-            return False
-        out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, str(native_raw[i])
-        out["curate_difficulty_source"][i] = "native"
-        return True
-
+        shard = config.shard_range(total_rows)
+        report.shard, report.shard_rows = config.shard, (shard.start, shard.stop, total_rows)
     if config.offline:
-        with progress.task(f"tagging {pool.name} (offline)", total=n, unit="rows") as advance:
-            for i, ex in enumerate(examples):
-                if "difficulty" in config.tasks and domains[i] in ("math", "code") and not set_native(i):
-                    level, raw = offline.rule_difficulty(domains[i], _problem(ex), ex.solution or ex.response)
-                    out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, raw
-                    out["curate_difficulty_source"][i] = "rule"
-                if "behaviors" in config.tasks:
-                    for b, count in offline.behavior_counts(_trace(ex)).items():
-                        out[f"curate_behavior_{b}"][i] = count
-                    out["curate_behavior_source"][i] = "rule"
-                    out["curate_tag_long"][i] = "full"
-                advance(1)
+        _tag_offline(rows, config, progress, pool.name)
     else:
-        prompts = load_prompts(config.prompt_names(), config.prompts_dir)
-        report.model, report.params = config.model, config.params
-        report.base_urls = [public_url(u) for u in config.base_urls]
-        report.prompts = {p.name: {"version": p.version, "hash": p.hash} for p in prompts.values()}
-        report.long, report.max_chars = config.long, config.max_chars
-        planner = _Planner(config, prompts)
-        counters = {t: Counters() for t in (["domain"] if "domain" in config.tasks else [])
-                    + (["difficulty"] if "difficulty" in config.tasks else [])
-                    + (list(BEHAVIORS) if "behaviors" in config.tasks else [])}
-        report.tasks = counters
-        results: dict[tuple[int, str], list[Outcome]] = {}
-
-        def domain_jobs() -> Iterator[Job]:
-            for i, ex in enumerate(examples):
-                if domains[i] == "unknown":
-                    yield planner.domain(i, ex)
-
-        def main_jobs() -> Iterator[Job]:
-            for i, ex in enumerate(examples):
-                if "difficulty" in config.tasks and domains[i] in ("math", "code"):
-                    if not (config.native and set_native(i)):
-                        yield planner.difficulty(i, ex, domains[i])
-                if "behaviors" in config.tasks:
-                    jobs, label = planner.behaviors(i, ex)
-                    out["curate_tag_long"][i] = label
-                    yield from jobs
-
-        own_cache = cache is None
-        if cache is None:
-            cache = ResponseCache(config.cache or ":memory:")
-        extra = {"plan": plan, "server_stats": report.servers}
-        try:
-            if "domain" in config.tasks:
-                total = sum(d == "unknown" for d in domains)
-                if total:
-                    run_jobs(domain_jobs(), total, f"tagging domains of {pool.name}", config, cache, counters, results, progress,
-                             **extra)
-                for i in range(n):
-                    outcome = results.get((i, "domain"))
-                    if outcome:
-                        label, reason = _parse("domain", outcome[0])
-                        if label is None:
-                            errors[i]["domain"] = _error(reason, outcome[0])
-                        else:
-                            domains[i] = out["curate_domain"][i] = label
-                            out["curate_domain_source"][i] = "llm"
-            total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
-                sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
-                if "behaviors" in config.tasks else 0)
-            run_jobs(main_jobs(), total, f"tagging {pool.name}", config, cache, counters, results, progress, **extra)
-        finally:
-            if own_cache:
-                cache.close()
-        report.not_cached = sum(1 for slots in results.values() for slot in slots
-                                if slot[0] is not None and slot[0].error == NOT_CACHED)
-        for i in range(n):
-            if "difficulty" in config.tasks and (i, "difficulty") in results:
-                outcome = results[i, "difficulty"][0]
-                level, reason = _parse("difficulty", outcome)
-                out["curate_difficulty_source"][i] = "llm"
-                if level is None:
-                    errors[i]["difficulty"] = _error(reason, outcome)
-                else:
-                    out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, f"[[{level}]]"
-            if "behaviors" in config.tasks:
-                out["curate_behavior_source"][i] = "llm"
-                for b in BEHAVIORS:
-                    total_count: int | None = 0
-                    for outcome in results.get((i, b), []):
-                        count, reason = _parse(b, outcome)
-                        if count is None:
-                            errors[i][b] = _error(reason, outcome)
-                            total_count = None
-                            break
-                        total_count += count
-                    out[f"curate_behavior_{b}"][i] = total_count
+        _tag_llm(rows, config, progress, pool.name, report, cache, plan)
     report.wall_s = time.perf_counter() - started
     report.price_in, report.price_out = config.price_in, config.price_out
     for task_name in report.tasks or {}:
-        report.unparsed[task_name] = sum(task_name in e for e in errors)
-    report.sources = {s: out["curate_difficulty_source"].count(s) for s in ("native", "llm", "rule")
-                      if s in out["curate_difficulty_source"]}
-    out["curate_tag_errors"] = [json.dumps(e, sort_keys=True) if e else None for e in errors]
-    return _frame(out), report
+        report.unparsed[task_name] = sum(task_name in e for e in rows.errors)
+    sources = rows.out["curate_difficulty_source"]
+    report.sources = {s: sources.count(s) for s in ("native", "llm", "rule") if s in sources}
+    rows.out["curate_tag_errors"] = [json.dumps(e, sort_keys=True) if e else None for e in rows.errors]
+    return _frame(rows.out), report
+
+
+@dataclass
+class _Rows:
+    """The annotation columns under construction (`out`: column -> one value per row, in order),
+    each row's errors by task, its domain as known so far, and what native labels say."""
+
+    examples: list[Example]
+    out: dict[str, list[Any]]
+    errors: list[dict[str, Any]]
+    domains: list[str]
+    native_raw: list[Any]
+    native_table: dict[str, int]
+
+    @classmethod
+    def of(cls, pool: Pool, config: TagConfig) -> _Rows:
+        examples = list(pool.examples())
+        n = len(examples)
+        column = pool.shape.columns.get("difficulty")
+        native = pool.dataset[column] if column and column in pool.dataset.column_names else [None] * n
+        out: dict[str, list[Any]] = {
+            "curate_id": [e.id for e in examples], "curate_domain": [None] * n, "curate_domain_source": [None] * n,
+            "curate_difficulty": [None] * n, "curate_difficulty_raw": [None] * n,
+            "curate_difficulty_source": [None] * n,
+            **{f"curate_behavior_{b}": [None] * n for b in BEHAVIORS},
+            "curate_behavior_source": [None] * n, "curate_tag_long": [None] * n,
+        }
+        table = {**offline.NATIVE_DIFFICULTY, **{k.strip().lower(): v for k, v in config.native_map.items()}}
+        return cls(examples, out, [{} for _ in range(n)], [e.domain or "unknown" for e in examples], native, table)
+
+    def set_native(self, i: int) -> bool:
+        """Row i's difficulty from its native label; False when it has none the table knows."""
+        level = offline.native_difficulty(self.native_raw[i], self.native_table)
+        if level is None:
+            return False
+        self.out["curate_difficulty"][i], self.out["curate_difficulty_raw"][i] = level, str(self.native_raw[i])
+        self.out["curate_difficulty_source"][i] = "native"
+        return True
+
+
+def _tag_offline(rows: _Rows, config: TagConfig, progress: Progress, name: str) -> None:
+    """Native labels, then rule estimates for difficulty; marker phrases for behaviours."""
+    out = rows.out
+    with progress.task(f"tagging {name} (offline)", total=len(rows.examples), unit="rows") as advance:
+        for i, ex in enumerate(rows.examples):
+            if "difficulty" in config.tasks and rows.domains[i] in ("math", "code") and not rows.set_native(i):
+                level, raw = offline.rule_difficulty(rows.domains[i], _problem(ex), ex.solution or ex.response)
+                out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, raw
+                out["curate_difficulty_source"][i] = "rule"
+            if "behaviors" in config.tasks:
+                for b, count in offline.behavior_counts(_trace(ex)).items():
+                    out[f"curate_behavior_{b}"][i] = count
+                out["curate_behavior_source"][i] = "rule"
+                out["curate_tag_long"][i] = "full"
+            advance(1)
+
+
+def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, report: TagReport,
+             cache: ResponseCache | None, plan: list[Job] | None) -> None:
+    """The rater: unknown domains first (their difficulty prompt depends on the answer), then
+    difficulty and behaviour requests; every answer parsed into `rows`, every failure recorded."""
+    out, examples, domains, errors = rows.out, rows.examples, rows.domains, rows.errors
+    prompts = load_prompts(config.prompt_names(), config.prompts_dir)
+    report.model, report.params = config.model, config.params
+    report.base_urls = [public_url(u) for u in config.base_urls]
+    report.prompts = {p.name: {"version": p.version, "hash": p.hash} for p in prompts.values()}
+    report.long, report.max_chars = config.long, config.max_chars
+    planner = _Planner(config, prompts)
+    counters = {t: Counters() for t in (["domain"] if "domain" in config.tasks else [])
+                + (["difficulty"] if "difficulty" in config.tasks else [])
+                + (list(BEHAVIORS) if "behaviors" in config.tasks else [])}
+    report.tasks = counters
+    results: dict[tuple[int, str], list[Outcome]] = {}
+    own_cache = cache is None
+    if cache is None:
+        cache = ResponseCache(config.cache or ":memory:")
+    extra = {"plan": plan, "server_stats": report.servers}
+    try:
+        if "domain" in config.tasks:
+            total = sum(d == "unknown" for d in domains)
+            if total:
+                jobs = (planner.domain(i, ex) for i, ex in enumerate(examples) if domains[i] == "unknown")
+                run_jobs(jobs, total, f"tagging domains of {name}", config, cache, counters, results, progress, **extra)
+            for i in range(len(examples)):
+                outcome = results.get((i, "domain"))
+                if outcome:
+                    label, reason = _parse("domain", outcome[0])
+                    if label is None:
+                        errors[i]["domain"] = _error(reason, outcome[0])
+                    else:
+                        domains[i] = out["curate_domain"][i] = label
+                        out["curate_domain_source"][i] = "llm"
+        total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
+            sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
+            if "behaviors" in config.tasks else 0)
+        run_jobs(_main_jobs(rows, config, planner), total, f"tagging {name}", config, cache, counters, results,
+                 progress, **extra)
+    finally:
+        if own_cache:
+            cache.close()
+    report.not_cached = sum(1 for slots in results.values() for slot in slots
+                            if slot[0] is not None and slot[0].error == NOT_CACHED)
+    for i in range(len(examples)):
+        if "difficulty" in config.tasks and (i, "difficulty") in results:
+            outcome = results[i, "difficulty"][0]
+            level, reason = _parse("difficulty", outcome)
+            out["curate_difficulty_source"][i] = "llm"
+            if level is None:
+                errors[i]["difficulty"] = _error(reason, outcome)
+            else:
+                out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, f"[[{level}]]"
+        if "behaviors" in config.tasks:
+            out["curate_behavior_source"][i] = "llm"
+            for b in BEHAVIORS:
+                total_count: int | None = 0
+                for outcome in results.get((i, b), []):
+                    count, reason = _parse(b, outcome)
+                    if count is None:
+                        errors[i][b] = _error(reason, outcome)
+                        total_count = None
+                        break
+                    total_count += count
+                out[f"curate_behavior_{b}"][i] = total_count
+
+
+def _main_jobs(rows: _Rows, config: TagConfig, planner: _Planner) -> Iterator[Job]:
+    """Difficulty requests (math and code rows without a native label, unless `native` is off)
+    and behaviour requests (one per window of each trace), in row order."""
+    for i, ex in enumerate(rows.examples):
+        if "difficulty" in config.tasks and rows.domains[i] in ("math", "code"):
+            if not (config.native and rows.set_native(i)):
+                yield planner.difficulty(i, ex, rows.domains[i])
+        if "behaviors" in config.tasks:
+            jobs, label = planner.behaviors(i, ex)
+            rows.out["curate_tag_long"][i] = label
+            yield from jobs
 
 
 def estimate(pool: Pool, config: TagConfig) -> Estimate:
