@@ -135,7 +135,10 @@ def test_faults_are_retried_counted_and_no_row_is_lost(tmp_path):
                 assert errors[task]["reason"] and errors[task]["raw"]  # unparsed, never 0
             else:
                 assert task not in errors
+        # a source only where there is a value: "llm" never labels a row the rater did not answer
+        assert (row["curate_difficulty_source"] == "llm") == (row["curate_difficulty"] is not None)
     assert unparsed == sum(report.unparsed.values()) > 0
+    assert report.sources.get("llm", 0) == sum(r["curate_difficulty"] is not None for r in rows)
 
 
 def test_retry_after_is_honoured_and_exhausted_retries_are_failures_not_cached(tmp_path):

@@ -330,11 +330,11 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
         if "difficulty" in config.tasks and (i, "difficulty") in results:
             outcome = results[i, "difficulty"][0]
             level, reason = _parse("difficulty", outcome)
-            out["curate_difficulty_source"][i] = "llm"
-            if level is None:
+            if level is None:  # no value, so no source: the error column says why
                 errors[i]["difficulty"] = _error(reason, outcome)
             else:
                 out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, f"[[{level}]]"
+                out["curate_difficulty_source"][i] = "llm"
         if "behaviors" in config.tasks:
             out["curate_behavior_source"][i] = "llm"
             for b in BEHAVIORS:
