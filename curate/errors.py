@@ -26,6 +26,14 @@ class StageMismatchError(CurateError):
     """A saved stage (factors, scores) was produced from other inputs or settings."""
 
 
+class RequestFailures(CurateError):
+    """A run finished and wrote its output, but rows lack values because requests to a server
+    failed (more than the user allowed); a rerun retries them. Its own exit code, so scripts can
+    tell it from bad input and bad options."""
+
+    exit_code = 3
+
+
 class NotBuiltError(CurateError):
     """The command exists in the design but is not implemented yet."""
 

@@ -283,3 +283,24 @@ def test_domain_fills_only_unknown_rows_then_picks_the_difficulty_prompt(tmp_pat
     assert sorted(prompts) == sorted(["Below is a programming problem and a reference solution. A question about "
                                       "the problem comes after them.", *["Below is a mathematics problem and a "
                                       "reference solution. A question about the problem comes after them."] * 2])
+
+
+def test_failed_requests_fail_the_run_unless_allowed(tmp_path, capsys):
+    """Every first request gets a 500 and no retry is allowed: every row lacks its value, the output
+    is still written, the run exits 3 naming the cause; with --allow-failures 1 it exits 0."""
+    from curate.cli import main
+
+    pool = _small_pool(tmp_path, rows=3)
+    base = ["tag", str(pool), "--model", "m", "--tasks", "difficulty", "--max-retries", "0"]
+    with FakeOpenAI(Faults(server_error=1.0)) as server, pytest.raises(SystemExit) as exc:
+        main([*base, "--base-url", server.url, "-o", str(tmp_path / "a.jsonl")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 3, err
+    assert "failed requests: 3 x 500" in err
+    assert err.strip().splitlines()[-1].startswith("error: 3 of 3 rows lack a value because requests failed (500)")
+    assert len(_rows(tmp_path / "a.jsonl")) == 3  # written all the same
+    with FakeOpenAI(Faults(server_error=1.0)) as server:
+        allowed = CliRunner().invoke(cli, [*base, "--base-url", server.url, "-o", str(tmp_path / "b.jsonl"),
+                                           "--allow-failures", "1"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "failed requests: 3 x 500" in allowed.output

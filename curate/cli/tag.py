@@ -55,11 +55,14 @@ def _native_map(items: tuple[str, ...]) -> dict[str, int]:
               help="Write the requests not yet cached as OpenAI Batch JSONL and stop (sends nothing).")
 @click.option("--import-batch", "import_paths", type=click.Path(dir_okay=False), multiple=True, metavar="RESULTS.jsonl",
               help="Store a Batch results file's answers in the cache, then tag (repeatable).")
+@click.option("--allow-failures", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="F",
+              help="Fraction of rows that may lack a value because requests failed before the run exits "
+                   "non-zero (exit code 3; the output is written either way and a rerun retries them).")
 @click.option("--split", help="Split of the pool (folder or Hub dataset).")
 @click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
 @output_options
 def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, export_path, import_paths,
-        emit, fmt, push_to_hub, decontaminate, **settings) -> None:
+        emit, fmt, push_to_hub, decontaminate, allow_failures, **settings) -> None:
     """Tag every row of POOL with curate_difficulty (1-10), curate_behavior_<name> counts and, for
     rows whose domain is unknown, curate_domain.
 
@@ -135,6 +138,25 @@ def tag(pool, out, tasks, base_urls, native_map, cache, dry_run, split, maps, ex
                       extra_card=card, manifest=removed, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
     render_summary(report)
     click.echo(str(path))
+    _fail_on_failed_requests(annotations, allow_failures)
+
+
+def _fail_on_failed_requests(annotations, allowed: float) -> None:
+    """One stderr line per cause, then `RequestFailures` when more than `allowed` of the rows lack
+    a value because their requests failed."""
+    from curate.errors import RequestFailures
+    from curate.tagging.tagger import failed_requests
+
+    rows, causes = failed_requests(annotations)
+    if not rows:
+        return
+    for cause, count in causes.items():
+        click.echo(f"failed requests: {count} x {cause}", err=True)
+    share = rows / len(annotations)
+    if share > allowed:
+        raise RequestFailures(f"{rows} of {len(annotations)} rows lack a value because requests failed "
+                              f"({', '.join(causes)}); the output is written and a rerun retries them; "
+                              f"--allow-failures {share:.2g} accepts this run")
 
 
 def render_summary(report) -> None:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -483,6 +485,21 @@ async def _dispatch(chunk: list[Job], cache: ResponseCache, counters: dict[str, 
 
 def _n_windows(trace: str, config: TagConfig) -> int:
     return -(-len(trace) // config.max_chars) if config.long == "split" and len(trace) > config.max_chars else 1
+
+
+_FAILED_AFTER = re.compile(r"^request failed after \d+ attempt\(s\): ")
+
+
+def failed_requests(annotations: pl.DataFrame) -> tuple[int, dict[str, int]]:
+    """Rows of a `tag_pool` frame that lack a value because a request failed (no reply at all, as
+    opposed to a reply that did not parse), and the count of failed tasks per cause (the error's
+    first part, e.g. "timeout", "400"), most frequent first."""
+    rows, causes = 0, Counter()
+    for cell in annotations["curate_tag_errors"]:
+        failed = [e["reason"] for e in (json.loads(cell) if cell else {}).values() if e["raw"] is None]
+        rows += bool(failed)
+        causes.update(_FAILED_AFTER.sub("", reason or "no reason").split(":", 1)[0].strip() for reason in failed)
+    return rows, dict(causes.most_common())
 
 
 def _parse(task: str, slot: Any) -> tuple[Any, str | None]:
