@@ -1,6 +1,6 @@
-"""One `score_pool` run on a tiny float64 Llama, as a script: `python tests/distributed_job.py WORK FISHER`
+"""`score_pool` runs on a tiny float64 Llama, as a script: `python tests/distributed_job.py WORK FISHER...`
 alone, or under `python -m torch.distributed.run --nproc-per-node 2 ...` (tests/test_influence_distributed.py).
-Rank 0 writes WORK/scores.parquet."""
+Each Fisher setting works in WORK/FISHER; rank 0 writes WORK/FISHER/scores.parquet."""
 
 from __future__ import annotations
 
@@ -27,13 +27,14 @@ def build(fisher: str):
     return model, tok, pool, queries, config
 
 
-def main(work: Path, fisher: str) -> None:
+def main(work: Path, fishers: list[str]) -> None:
     torch.set_num_threads(1)
-    model, tok, pool, queries, config = build(fisher)
-    result = score_pool(pool, queries, config, work, model=model, tokenizer=tok)
-    if int(os.environ.get("RANK", "0")) == 0:
-        result.table.write_parquet(work / "scores.parquet")
+    for fisher in fishers:  # one launch for every setting: each process start costs seconds of imports
+        model, tok, pool, queries, config = build(fisher)
+        result = score_pool(pool, queries, config, work / fisher, model=model, tokenizer=tok)
+        if int(os.environ.get("RANK", "0")) == 0:
+            result.table.write_parquet(work / fisher / "scores.parquet")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2:])

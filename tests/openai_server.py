@@ -88,6 +88,9 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as real servers (uvicorn, vLLM) set it: otherwise a keep-alive reply
+            # written in two pieces waits for the client's delayed ACK, ~15 ms per request here.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args) -> None:  # quiet
                 pass

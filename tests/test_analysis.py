@@ -18,8 +18,8 @@ from curate.analysis import (
     stability_table,
 )
 from curate.audit.counterfactual import DESCRIPTIONS, ArmResult, AuditResult, verdict
-from curate.influence.stability import stability_all
 from curate.errors import DataError
+from curate.influence.stability import stability_all
 
 # Per seed, f_q(arm) - f_q(full) on the objective (nats): removing the top rows hurts most.
 DELTAS = {

@@ -22,7 +22,7 @@ from .cli_helpers import cli_error
 MATH = Path(__file__).parents[1] / "curate" / "resources" / "sample" / "queries" / "math.jsonl"
 # Expressible with `curate audit`'s options (its other TrainConfig fields are the defaults), so the
 # CLI test below finds every fine-tune already recorded.
-TRAIN = TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-2, max_length=128, seed=0, device="cpu",
+TRAIN = TrainConfig(max_steps=3, batch_size=2, learning_rate=1e-2, max_length=128, seed=0, device="cpu",
                     gradient_checkpointing=False)
 
 
@@ -32,8 +32,12 @@ def fine_tunes(out: Path) -> int:
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    """M = the tiny random Llama fine-tuned on 24 GSM8K rows; those rows scored by influence on 8
-    other GSM8K rows; then the audit (k = 0.25, 2 seeds, random baseline)."""
+    """M = the tiny random Llama fine-tuned on 16 GSM8K rows; those rows scored by influence on 4
+    other GSM8K rows; then the audit (k = 0.25, 2 seeds, random baseline).
+
+    Kept small (every step and every query answer costs logits over the 49k-token vocabulary): M
+    has 6 steps, every arm 3, enough for each to make the held-out answers likelier than the random
+    start (by ~16 nats of ~1490), which is all the assertions ask of the training."""
     from curate.data import load_pool
     from curate.influence.config import ScoreConfig
     from curate.influence.engine import score_pool
@@ -41,9 +45,9 @@ def setup(tiny_model_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("audit")
     gsm = load_pool(MATH, source="gsm")
-    pool = gsm.with_dataset(gsm.dataset.select(range(24)))
-    queries = {"math": list(gsm.with_dataset(gsm.dataset.select(range(24, 32))).examples())}
-    trained = train_variant(str(tiny_model_dir), pool, TrainConfig(max_steps=12, batch_size=2, learning_rate=1e-2,
+    pool = gsm.with_dataset(gsm.dataset.select(range(16)))
+    queries = {"math": list(gsm.with_dataset(gsm.dataset.select(range(16, 20))).examples())}
+    trained = train_variant(str(tiny_model_dir), pool, TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-2,
                                                                    max_length=128, device="cpu",
                                                                    gradient_checkpointing=False), root / "m")
     model, tokenizer = load_trained(Path(trained.model_dir), str(tiny_model_dir))
@@ -63,7 +67,7 @@ def setup(tiny_model_dir, tmp_path_factory):
 
 def test_verdict_agrees_with_what_it_measures(setup):
     r = setup["result"]
-    assert set(r.arms) == {"full", "top", "bottom", "random"} and r.removed == 6 and r.rows == 24
+    assert set(r.arms) == {"full", "top", "bottom", "random"} and r.removed == 4 and r.rows == 16
     assert r.arms["full"].delta == [0.0, 0.0] and r.fine_tunes == 8 and fine_tunes(setup["out"]) == 8
     for arm in r.arms.values():  # delta = f(arm) - f(full), per seed
         assert arm.delta == pytest.approx([f["math"] - g["math"] for f, g in zip(arm.f, r.arms["full"].f, strict=True)])
@@ -76,11 +80,11 @@ def test_verdict_agrees_with_what_it_measures(setup):
     assert v.harmful_hurts_less == (mean["bottom"] > mean["random"])
     assert v.supported <= (v.helpful_hurts_more and v.harmful_hurts_less)
     assert v.summary.startswith("supported" if v.supported else "weak" if v.helpful_hurts_more else "not supported")
-    # the objective measures something: M (12 steps on the pool) and the full-pool fine-tune both
+    # the objective measures something: M (6 steps on the pool) and the full-pool fine-tune both
     # make the held-out GSM8K answers likelier than the random start
     assert r.f_model["math"] > r.f_start["math"] and all(f["math"] > r.f_start["math"] for f in r.arms["full"].f)
     saved = json.loads((setup["out"] / "results.json").read_text())
-    assert saved["verdict"]["summary"] == v.summary and saved["config"]["train"]["max_steps"] == 6
+    assert saved["verdict"]["summary"] == v.summary and saved["config"]["train"]["max_steps"] == 3
     assert not list(setup["out"].glob("runs/*/model"))  # weights freed once evaluated
 
 
@@ -105,10 +109,10 @@ def test_cli_audit_reuses_the_runs_and_reports_errors(setup, tmp_path, capsys):
     scored = tmp_path / "scored.jsonl"
     setup["scored"].dataset.to_json(scored)
     queries = tmp_path / "q.jsonl"
-    queries.write_text("".join(MATH.read_text().splitlines(keepends=True)[24:32]))
+    queries.write_text("".join(MATH.read_text().splitlines(keepends=True)[16:20]))
     args = ["audit", str(scored), "--base", setup["base"], "--model", setup["model"], "--query", f"math={queries}",
             "--column", "curate_influence_math", "--k", "0.25", "--seeds", "2", "--baselines", "random",
-            "--max-steps", "6", "--batch-size", "2", "--lr", "0.01", "--max-length", "128", "--device", "cpu", "--no-gradient-checkpointing",
+            "--max-steps", "3", "--batch-size", "2", "--lr", "0.01", "--max-length", "128", "--device", "cpu", "--no-gradient-checkpointing",
             "-o", str(setup["out"])]
     try:
         main(args)

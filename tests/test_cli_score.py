@@ -45,7 +45,8 @@ def run(args: list[str]) -> int:
 def test_score_writes_input_schema_plus_scores_and_resumes(tiny_model_dir, pool_file, query_file, tmp_path, capsys):
     out = tmp_path / "scored.parquet"
     args = ["score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir), "--query", f"math={query_file}",
-            "--query-splits", "2", "--max-length", "300", "--chunk-size", "3", "--batch-tokens", "1024", "--tokens"]
+            "--query-splits", "2", "--max-length", "300", "--fit-max-length", "300", "--chunk-size", "3",
+            "--batch-tokens", "1024", "--tokens"]
     assert run(args) == 0
     table = pl.read_parquet(out)
     assert table.height == 8
@@ -86,27 +87,39 @@ def test_score_writes_input_schema_plus_scores_and_resumes(tiny_model_dir, pool_
     assert last.startswith("error:") and "--overwrite" in last and "Traceback" not in err
 
 
-def test_killed_run_resumes_to_identical_scores(tiny_model_dir, pool_file, query_file, tmp_path):
-    def cmd(out):
-        return [sys.executable, "-m", "curate", "score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir),
-                "--query", f"math={query_file}", "--max-length", "300", "--chunk-size", "1"]
+def test_killed_run_resumes_to_identical_scores(tiny_model_dir, query_file, tmp_path):
+    """Only the run that is killed is a process of its own (SIGKILL, mid-way through the chunks);
+    the reference and the resume run in this one (each process start costs seconds of imports).
+    One row per chunk: six math rows, five with a response to score inside the bound (tens of ms
+    each), then two code rows with none (null scores, fast): the kill after two chunks lands with
+    three scorable chunks to go."""
+    rows = (SAMPLE / "pool.jsonl").read_text().splitlines(keepends=True)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(rows[:6] + rows[48:50]))
+
+    def args(out):
+        return ["score", str(pool), "-o", str(out), "--model", str(tiny_model_dir), "--query",
+                f"math={query_file}", "--max-length", "300", "--fit-max-length", "300", "--chunk-size", "1"]
 
     reference = tmp_path / "ref.parquet"
-    subprocess.run(cmd(reference), check=True, capture_output=True)
+    assert run(args(reference)) == 0
 
     out = tmp_path / "killed.parquet"
-    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "curate", *args(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     chunk_dir = tmp_path / "killed.parquet.work" / "scores"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(chunk_dir.glob("chunk-*.parquet"))) < 2:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(list(chunk_dir.glob("chunk-*.parquet")))
     assert 2 <= done < 8, "the run should have been killed mid-way"
     assert not out.exists()
-    subprocess.run(cmd(out), check=True, capture_output=True)
+    assert run(args(out)) == 0
+    assert len(list(chunk_dir.glob("chunk-*.parquet"))) == 8
     a, b = pl.read_parquet(reference), pl.read_parquet(out)
+    assert a["curate_influence_math"].null_count() == 3
     assert a.select("curate_id", "curate_influence_math").equals(b.select("curate_id", "curate_influence_math"))
 
 
@@ -160,7 +173,7 @@ def test_mistyped_model_fails_at_once_before_the_pool_loads(pool_file, query_fil
 def test_shard_jobs_and_merge_through_the_cli(tiny_model_dir, pool_file, query_file, tmp_path, capsys):
     out = tmp_path / "scored.parquet"
     args = ["score", str(pool_file), "-o", str(out), "--model", str(tiny_model_dir), "--query", f"math={query_file}",
-            "--max-length", "300", "--chunk-size", "3", "--batch-tokens", "1024"]
+            "--max-length", "300", "--fit-max-length", "300", "--chunk-size", "3", "--batch-tokens", "1024"]
     work = f"{out}.work"
     steps = []
     for _ in range(3):  # covariances, eigenvalue corrections, scores

@@ -95,8 +95,8 @@ def test_full_demo_scores_the_recipe_output_and_ids_join(full_demo):
 
 @pytest.mark.slow
 def test_every_score_the_demo_acts_on_passed_its_stability_check(full_demo):
-    from curate.influence.stability import stability_all
     from curate.influence.output import card_query_sizes
+    from curate.influence.stability import stability_all
 
     out, _ = full_demo
     scored = pl.from_arrow(load_from_disk(out / "scored").data.table)

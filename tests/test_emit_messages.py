@@ -41,14 +41,16 @@ def sft_step(model_dir, data_file, tmp_path) -> float:
 
 
 def command_lines(pool, tiny_model_dir, tmp_path) -> dict[str, list[str]]:
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(QUERY_SETS["math"].read_text().splitlines(keepends=True)[:4]))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"inputs:\n  pool: {pool}\nsteps:\n  - op: tag\n    offline: true\n"
                       "  - op: prune\n    strategy: length\n    keep: 0.5\n"
                       f"output: {tmp_path / 'unused.parquet'}\n")
     return {
         "tag": ["tag", str(pool), "--offline"],
-        "score": ["score", str(pool), "--model", str(tiny_model_dir), "--query", f"math={QUERY_SETS['math']}",
-                  "--max-length", "256", "--query-splits", "0"],
+        "score": ["score", str(pool), "--model", str(tiny_model_dir), "--query", f"math={queries}",
+                  "--max-length", "256", "--fit-max-length", "256", "--query-splits", "0"],
         "flip": ["flip", str(pool), "--donor", str(SAMPLE / "donor.jsonl"), "--swap-frac", "0.5", "--domains", "math"],
         "prune": ["prune", str(pool), "--strategy", "length", "--keep", "0.5"],
         "strip": ["strip", str(pool)],

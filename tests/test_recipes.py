@@ -161,18 +161,18 @@ validate:
   limit: 2
   max_new_tokens: 8
   base_eval: false
-  train: {{max_steps: 2, batch_size: 2, max_length: 256, gradient_checkpointing: false, save_steps: 2}}
+  train: {{max_steps: 1, batch_size: 2, max_length: 256, gradient_checkpointing: false, save_steps: 1}}
 """
 
 
 def test_validate_section_is_checked_with_the_recipe(tmp_path):
-    text = VALIDATED.format(model="m").replace("  limit: 2", "  limit: 0\n  epochs: 3").replace("max_steps: 2", "max_steps: 0")
+    text = VALIDATED.format(model="m").replace("  limit: 2", "  limit: 0\n  epochs: 3").replace("max_steps: 1", "max_steps: 0")
     joined = "\n".join(check_recipe(_write(tmp_path, text)))
     assert ":12: validate: unknown key 'epochs'" in joined
-    text = VALIDATED.format(model="m").replace("max_steps: 2", "max_steps: 0").replace("  limit: 2\n", "  baseline: donor\n")
+    text = VALIDATED.format(model="m").replace("max_steps: 1", "max_steps: 0").replace("  limit: 2\n", "  baseline: donor\n")
     joined = "\n".join(check_recipe(_write(tmp_path, text)))
     assert "validate: baseline 'donor' is not an input" in joined
-    text = VALIDATED.format(model="m").replace("max_steps: 2", "max_steps: 0")
+    text = VALIDATED.format(model="m").replace("max_steps: 1", "max_steps: 0")
     joined = "\n".join(check_recipe(_write(tmp_path, text)))
     assert ":9: validate: max_steps" in joined
 
@@ -183,4 +183,4 @@ def test_validate_section_trains_the_output_against_the_baseline(tmp_path, tiny_
     assert set(result.validation["variants"]) == {"pool", "recipe"}
     assert (tmp_path / "out.jsonl.validate" / "results.json").exists()
     for name in ("pool", "recipe"):
-        assert result.validation["variants"][name]["train"]["steps"] == 2
+        assert result.validation["variants"][name]["train"]["steps"] == 1  # the recipe's, not the default 100
