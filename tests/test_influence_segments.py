@@ -114,13 +114,16 @@ def test_tokens_top_scores_the_tokens_of_the_top_examples_only(tmp_path):
     settings = dict(model="tiny", dtype="float64", fisher="empirical", query_splits=0, tokens=True)
     every = score_pool(pool, queries, ScoreConfig(**settings), tmp_path / "all", model=model, tokenizer=tok)
     top = score_pool(pool, queries, ScoreConfig(**settings, tokens_top=1), tmp_path / "top", model=model, tokenizer=tok)
-    best = {every.table.sort(f"curate_influence_{q}", descending=True)["curate_id"][0] for q in queries}
-    assert set(top.tokens["curate_id"]) == best and every.tokens.height == len(pool)
+    best = {q: every.table.sort(f"curate_influence_{q}", descending=True)["curate_id"][0] for q in queries}
+    assert set(top.tokens["curate_id"]) == set(best.values()) and every.tokens.height == len(pool)
     for row in top.tokens.iter_rows(named=True):
         ref = every.tokens.filter(every.tokens["curate_id"] == row["curate_id"]).row(0, named=True)
         assert row["token_ids"] == ref["token_ids"]
-        for q in queries:
-            assert row[f"token_influence_{q}"] == pytest.approx(ref[f"token_influence_{q}"], rel=1e-9, abs=1e-12)
+        for q in queries:  # each set's tokens for its own top example, none for the others
+            if best[q] == row["curate_id"]:
+                assert row[f"token_influence_{q}"] == pytest.approx(ref[f"token_influence_{q}"], rel=1e-9, abs=1e-12)
+            else:
+                assert row[f"token_influence_{q}"] is None
     (saved,) = (tmp_path / "top" / "scores").glob("tokens-top1.parquet")
     stamp = saved.stat().st_mtime_ns
     again = score_pool(pool, queries, ScoreConfig(**settings, tokens_top=1), tmp_path / "top", model=model, tokenizer=tok)

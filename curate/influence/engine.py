@@ -190,14 +190,12 @@ def score_pool(
             + (f"{missing} chunks still missing" if missing else "all chunks written")
             + ": when every job is done, run the same command without --shard to write the output"))
     tables = {kind: pl.concat([pl.read_parquet(chunk_path(c, kind)) for c in range(n_chunks)]) for kind in kinds}
-    if config.tokens_top is not None:  # only the examples a report shows: the top of each query set
-        top = _top_ids(tables["scores"], [c for c in columns if "_split" not in c], config.tokens_top)
+    if config.tokens_top is not None:  # only what a report shows: each query set's top examples, on that set
         path = stage / f"tokens-top{config.tokens_top}.parquet"
-        chosen = [z for z in examples if z.id in top]
         if coll.is_main:
-            with progress.task("token scores (top examples)", len(chosen), unit="ex") as advance:
-                _chunk_table(path, token_chunk, chosen)
-                advance(len(chosen))
+            _chunk_table(path, lambda scores: _top_token_table(model, tokenizer, modules, directions, examples, scores,
+                                                              config, pad_id, max_length, columns, progress),
+                         tables["scores"])
         coll.barrier()
         tables["tokens"] = pl.read_parquet(path)
     stability = stability_all(tables["scores"], columns, query_sizes={q: len(v) for q, v in query_items.items()})
@@ -205,9 +203,27 @@ def score_pool(
                        stability=stability, config=config)
 
 
-def _top_ids(scores: pl.DataFrame, columns: list[str], k: int) -> set[str]:
-    """Ids of the `k` highest-scoring examples of each column (null scores never count)."""
-    return {i for c in columns for i in scores.drop_nulls(c).sort(c, descending=True).head(k)["curate_id"]}
+def _top_token_table(model, tokenizer, modules, directions, examples, scores: pl.DataFrame, config, pad_id,
+                     max_length, columns, progress: Progress) -> pl.DataFrame:
+    """Token scores of the `config.tokens_top` highest-scoring examples of each query set, on that
+    set only (one forward-mode pass per example and set): `token_influence_<q>` is null for an
+    example outside q's top. One row per example chosen by any set."""
+    main = [c for c in columns if "_split" not in c]
+    top = {c: set(scores.drop_nulls(c).sort(c, descending=True).head(config.tokens_top)["curate_id"]) for c in main}
+    parts = []
+    with progress.task("token scores (top examples)", sum(map(len, top.values())), unit="ex") as advance:
+        for c in main:
+            chosen = [z for z in examples if z.id in top[c]]
+            parts.append(_token_chunk(model, tokenizer, modules, directions, chosen, config, pad_id, max_length,
+                                      columns, only=c))
+            advance(len(chosen))
+    keys = [c.replace("curate_influence_", "token_influence_") for c in main]
+    parts = [p for p in parts if p.height]
+    if not parts:  # every score null: nothing to show
+        return pl.DataFrame(schema={"curate_id": pl.Utf8, "token_ids": pl.List(pl.Int64),
+                                    **{k: pl.List(pl.Float64) for k in keys}})
+    return (pl.concat(parts, how="diagonal").group_by("curate_id", maintain_order=True)
+            .agg(pl.col("token_ids").first(), *[pl.col(k).drop_nulls().first() for k in keys]))
 
 
 def _chunk_table(path: Path, compute, chunk) -> None:
@@ -217,11 +233,13 @@ def _chunk_table(path: Path, compute, chunk) -> None:
         atomic_write(path, table.write_parquet)
 
 
-def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
-    """Per example: its response token ids and, per query set, each token's influence (a list)."""
+def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns,
+                 only: str | None = None) -> pl.DataFrame:
+    """Per example: its response token ids and, per query set (or the `only` column's), each
+    token's influence (a list)."""
     items = [z for z in tokenize_all(tokenizer, chunk, max_length) if z.scorable]
     batches = make_batches(items, config.batch_tokens, pad_id)
-    main = [j for j, c in enumerate(columns) if "_split" not in c]
+    main = [j for j, c in enumerate(columns) if "_split" not in c and only in (None, c)]
     scores = token_scores(model, modules, batches, {n: v[main] for n, v in directions.items()}, len(items))
     data: dict[str, list] = {"curate_id": [z.id for z in items],
                              "token_ids": [list(z.input_ids[z.loss_start:]) for z in items]}

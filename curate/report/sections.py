@@ -142,7 +142,7 @@ def _top_section(doc: _Doc, frame: pl.DataFrame, column: str, top: int, response
             doc.raw(_LEGEND_HTML)
         rows = {r["curate_id"]: r for r in tokens.filter(pl.col("curate_id").is_in(ids)).iter_rows(named=True)}
         for i in ids:
-            if i in rows:
+            if i in rows and rows[i][key] is not None:  # `--tokens-top` scores each set's top rows only
                 doc.raw(_tokens_block(doc.fmt, i, rows[i]["token_ids"], rows[i][key], decode))
     key = f"segment_influence_{q}"
     if sentences is not None and key in sentences.columns:
