@@ -198,9 +198,10 @@ def _tokens_block(fmt: str, curate_id: str, ids: list[int], scores: list[float],
         if k in marked:
             alpha = 0.25 + 0.6 * abs(value) / scale
             color = f"rgba(46,160,67,{alpha:.2f})" if value >= 0 else f"rgba(218,54,51,{alpha:.2f})"
-            body = text.lstrip()
-            parts.append(f'{html.escape(text[: len(text) - len(body)])}<mark class="tok" style="background:{color}" '
-                         f'title="{value:.4g}">{html.escape(body)}</mark>')
+            body = text.strip()  # whitespace around the word stays uncoloured
+            start = len(text) - len(text.lstrip())
+            parts.append(f'{html.escape(text[:start])}<mark class="tok" style="background:{color}" '
+                         f'title="{value:.4g}">{html.escape(body)}</mark>{html.escape(text[start + len(body):])}')
         else:
             parts.append(html.escape(text))
     ranked = sorted((v, text.strip()) for text, v in spans if text.strip())
