@@ -156,7 +156,7 @@ def _score_report_prune(config: DemoConfig, recipe_output: Path, result: DemoRes
     out = Path(config.out)
     events.phase(3, f"influence scores: {config.per_domain} math + {config.per_domain} code rows, SmolLM2-135M")
     pool = load_pool(recipe_output)  # ids are the recipe's: the outputs join on curate_id
-    model, tokenizer = load_model("smollm2-135m", dtype=_dtype(config.dtype))
+    model, tokenizer = load_model("smollm2-135m", dtype=config.dtype)
     lengths = {z.id: z.full_length for z in tokenize_all(tokenizer, pool.examples(), MAX_LENGTH)}
     keep, left_out = demo_subset(pool, config.per_domain, lengths)
     subset = pool.with_dataset(pool.dataset.select(keep))
@@ -199,12 +199,6 @@ def _score_report_prune(config: DemoConfig, recipe_output: Path, result: DemoRes
     result.written.append(write_pool(pruned.pool, out / "pruned", manifest=pruned.manifest,
                                      command="curate demo", extra_card=pruned.report.card))
     events.done("prune", pruned.report)
-
-
-def _dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
 
 
 def _validate(config: DemoConfig, recipe_output: Path, progress) -> dict:

@@ -43,7 +43,7 @@ def load_pool(
     rows alone, whatever the file is called (`curate.data.pool`).
     Raises `DataError` (unreadable or empty input, missing column) or `UsageError` (bad option).
     """
-    dataset, origin, split, _ = read_dataset(path_or_hub_id, split)
+    dataset, origin, split = read_dataset(path_or_hub_id, split)
     if len(dataset) == 0:
         raise DataError(f"{origin}: empty pool (0 rows)")
     peek = dataset.select(range(min(_PEEK, len(dataset)))).to_list()
@@ -53,21 +53,21 @@ def load_pool(
 
 def read_dataset(
     path_or_hub_id: str | Path, split: str | None = None
-) -> tuple[datasets.Dataset, str, str | None, str]:
-    """Read the rows as they are: (dataset, origin, split used, default id qualifier)."""
+) -> tuple[datasets.Dataset, str, str | None]:
+    """Read the rows as they are: (dataset, origin, split used)."""
     text = str(path_or_hub_id)
     path = Path(text).expanduser()
     if path.is_dir():
         dataset, split = _read_folder(path, split)
-        return dataset, text, split, path.resolve().name
+        return dataset, text, split
     if path.exists():
         if split is not None:
             raise UsageError(f"--split {split}: {text} is a single file; --split is for folders and Hub ids")
-        return read_file(path), text, None, _stem(path)
+        return read_file(path), text, None
     if _data_suffix(path) or not _HUB_ID.match(text) or text.startswith("."):
         raise DataError(f"{text}: no such file or directory")
     dataset, split = _read_hub(text, split)
-    return dataset, text, split, text
+    return dataset, text, split
 
 
 def read_file(path: Path) -> datasets.Dataset:
@@ -230,13 +230,6 @@ def _data_suffix(path: Path) -> str | None:
         suffixes.pop()
     return FORMATS.get(suffixes[-1]) if suffixes else None
 
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".gz", *FORMATS):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return name or path.name
 
 
 def _open_text(path: Path) -> io.TextIOBase:

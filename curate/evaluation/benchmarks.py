@@ -81,7 +81,7 @@ def load_benchmark(name_or_path: str | Path, *, limit: int | None = None, seed: 
     else:
         path, source = text, text
     try:
-        dataset, origin, _, _ = read_dataset(path, split or _default_split(path))
+        dataset, origin, _ = read_dataset(path, split or _default_split(path))
     except CurateError:
         raise
     except Exception as err:  # datasets/Hub errors: one line for the CLI
