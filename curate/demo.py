@@ -144,14 +144,14 @@ def run_demo(config: DemoConfig, progress=None, events: DemoEvents | None = None
 def _score_report_prune(config: DemoConfig, recipe_output: Path, result: DemoResult, progress,
                         events: DemoEvents) -> None:
     """Phases 3-5: score the recipe output's shortest rows, render the report, prune by stable scores."""
-    from curate.data import ManifestEntry, load_pool, write_pool
+    from curate.data import ManifestEntry, load_pool
     from curate.influence.config import ScoreConfig
-    from curate.influence.engine import score_pool
-    from curate.influence.output import QuerySource, write_scored
     from curate.influence.tokens import tokenize_all
     from curate.models import load_model
-    from curate.ops import PruneConfig, prune
+    from curate.ops import PruneConfig
+    from curate.registry import OPERATIONS
     from curate.report import render_report
+    from curate.results import OpContext, write_result
 
     out = Path(config.out)
     events.phase(3, f"influence scores: {config.per_domain} math + {config.per_domain} code rows, SmolLM2-135M")
@@ -160,14 +160,14 @@ def _score_report_prune(config: DemoConfig, recipe_output: Path, result: DemoRes
     lengths = {z.id: z.full_length for z in tokenize_all(tokenizer, pool.examples(), MAX_LENGTH)}
     keep, left_out = demo_subset(pool, config.per_domain, lengths)
     subset = pool.with_dataset(pool.dataset.select(keep))
-    queries = {name: list(load_pool(path, source=f"query-{name}").examples()) for name, path in QUERY_SETS.items()}
+    queries = {name: load_pool(path, source=f"query-{name}") for name, path in QUERY_SETS.items()}
     score_config = ScoreConfig(model="smollm2-135m", max_length=MAX_LENGTH, fit_max_length=MAX_LENGTH,
                                modules=config.modules, fisher=config.fisher, dtype=config.dtype,
                                query_splits=2, tokens=True, tokens_top=config.tokens_top)
     work = out / "score.work"
     try:
-        result.score = score_pool(list(subset.examples()), queries, score_config, work, model=model,
-                                  tokenizer=tokenizer, overwrite=True, progress=progress)
+        scored_rows = OPERATIONS["score"](subset, {"queries": queries}, score_config,
+                                          OpContext(progress, work, overwrite=True), model=model, tokenizer=tokenizer)
     finally:
         if not config.keep_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -175,10 +175,8 @@ def _score_report_prune(config: DemoConfig, recipe_output: Path, result: DemoRes
     ids = pool.dataset["curate_id"]
     manifest = [ManifestEntry(ids[i], "removed", f"demo: not among the {config.per_domain} shortest rows of its "
                               "domain scored") for i in left_out]
-    sources = {name: QuerySource(str(QUERY_SETS[name].relative_to(SAMPLE.parent)), len(q))
-               for name, q in queries.items()}
-    scored = write_scored(subset, result.score, out / "scored", queries=sources, command="curate demo",
-                          manifest=manifest)
+    result.score = scored_rows.report.data["score"]
+    scored = write_result(scored_rows, out / "scored", manifest=manifest, command="curate demo")
     result.written.extend([scored.path, *scored.side_files])
     events.done("score", result)
 
@@ -192,12 +190,11 @@ def _score_report_prune(config: DemoConfig, recipe_output: Path, result: DemoRes
     if not result.pruned_by:
         events.done("prune", "nothing pruned: no query set's ranking passed the stability check")
         return
-    pruned = prune(load_pool(scored.path), PruneConfig(keep=config.keep, by=tuple(result.pruned_by),
-                                                       per_domain=True))
+    pruned = OPERATIONS["prune"](load_pool(scored.path), {}, PruneConfig(keep=config.keep, by=tuple(result.pruned_by),
+                                                                          per_domain=True))
     pruned.report.notes.append(f"ranked by {', '.join(result.pruned_by)}: each passed the run's stability check")
     result.prune_report = pruned.report
-    result.written.append(write_pool(pruned.pool, out / "pruned", manifest=pruned.manifest,
-                                     command="curate demo", extra_card=pruned.report.card))
+    result.written.append(write_result(pruned, out / "pruned", command="curate demo").path)
     events.done("prune", pruned.report)
 
 

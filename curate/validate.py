@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.errors import DataError, StageMismatchError, UsageError
+from curate.errors import DataError, StageMismatchError
 from curate.evaluation.compare import comparison, plot_comparison
 from curate.evaluation.contamination import check_contamination, describe
 from curate.progress import Progress, Silent
+from curate.settings import ConfigError, Problem
 from curate.stages import atomic_write_bytes, fingerprint
 from curate.training.config import TrainConfig
 
@@ -112,7 +113,7 @@ class ValidateConfig:
         if self.ngram < 1:
             errors.append(f"ngram must be >= 1, got {self.ngram}")
         if errors:
-            raise UsageError("; ".join(errors))
+            raise ConfigError(type(self), [Problem(e) for e in errors])
 
     def eval_settings(self) -> dict[str, Any]:
         keys = ("evals", "limit", "samples", "max_new_tokens", "temperature", "eval_batch_size", "timeout_s", "seed")

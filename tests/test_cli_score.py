@@ -126,7 +126,7 @@ def test_killed_run_resumes_to_identical_scores(tiny_model_dir, query_file, tmp_
 @pytest.mark.parametrize("bad,message", [
     (["--query", "nonsense"], "expected NAME=PATH"),
     (["--query", "math=missing.jsonl"], "missing.jsonl"),
-    (["--query", "a=x", "--query-splits", "1"], "query_splits"),
+    (["--query", "a=x", "--query-splits", "1"], "--query-splits 1: must be 0 (none) or >= 2"),
 ])
 def test_bad_options_give_one_line_errors(tiny_model_dir, pool_file, tmp_path, capsys, bad, message):
     code = run(["score", str(pool_file), "-o", str(tmp_path / "o.parquet"), "--model", str(tiny_model_dir), *bad])
@@ -194,15 +194,17 @@ def test_shard_jobs_and_merge_through_the_cli(tiny_model_dir, pool_file, query_f
 def test_card_query_answers_is_a_documented_value():
     from types import SimpleNamespace
 
-    from curate.cli.score import score
+    from curate.cli.operation import operation_command
     from curate.errors import UsageError
-    from curate.influence.output import QUERY_ANSWERS, score_card
+    from curate.influence.config import QUERY_ANSWERS, ScoreConfig
+    from curate.influence.output import score_card
 
-    option = next(p for p in score.params if p.name == "query_answers")
+    option = next(p for p in operation_command("score").params if p.name == "query_answers")
     assert tuple(option.type.choices) == QUERY_ANSWERS == ("reference", "model")
-    result = SimpleNamespace(config=SimpleNamespace(model="m"), plan=SimpleNamespace(render=lambda: "plan"),
-                             stability={})
-    assert "- query answers: reference" in score_card(result, {})["Influence settings"]  # the default
-    assert "- query answers: model" in score_card(result, {}, "model")["Influence settings"]
-    with pytest.raises(UsageError, match="expected one of reference, model"):
-        score_card(result, {}, "correct")
+    for answers in QUERY_ANSWERS:
+        result = SimpleNamespace(config=ScoreConfig(model="m", query_answers=answers),
+                                 plan=SimpleNamespace(render=lambda: "plan"), stability={})
+        settings = score_card(result, {})["Influence settings"]
+        assert f"- query answers: {answers}" in settings and "query_answers" not in settings
+    with pytest.raises(UsageError, match="query_answers .correct.: choose from reference, model"):
+        ScoreConfig(model="m", query_answers="correct")

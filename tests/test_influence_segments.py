@@ -11,7 +11,7 @@ from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
 from curate.influence.engine import score_pool
 from curate.influence.scoring import score_batches
-from curate.influence.segments import segment
+from curate.data.segments import segment
 from curate.influence.tokens import tokenize_example
 from curate.stages import load_tensors
 from tests.tiny import add_example, tiny_chat_llama

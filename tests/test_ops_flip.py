@@ -137,4 +137,4 @@ def test_donor_without_code_is_an_error(tmp_path, write_jsonl, capsys):
 def test_bad_flip_options(tmp_path, capsys):
     msg = cli_error(["flip", str(SAMPLE / "pool.jsonl"), "--donor", str(SAMPLE / "donor.jsonl"), "-o", str(tmp_path / "o"),
                      "--swap-frac", "0", "--easy-max", "8"], capsys)
-    assert "swap_frac=0.0" in msg and "easy_max=8.0" in msg
+    assert "--swap-frac 0.0: must be in (0, 1]" in msg and "--easy-max 8.0, --hard-min 5.0: need --easy-max < --hard-min" in msg

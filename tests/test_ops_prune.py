@@ -92,13 +92,13 @@ def test_baselines(pool):
 def test_config_reports_all_problems_at_once():
     with pytest.raises(UsageError) as err:
         PruneConfig(keep=1.5, strategy="nope", ngram=2)
-    assert "keep=1.5" in str(err.value) and "strategy='nope'" in str(err.value) and "ngram=2" in str(err.value)
+    assert "keep 1.5" in str(err.value) and "strategy 'nope'" in str(err.value) and "ngram 2" in str(err.value)
 
 
 @pytest.mark.parametrize("keep", ["0", "1.5"])
 def test_cli_bad_keep(tmp_path, capsys, keep):
     msg = cli_error(["prune", str(SAMPLE / "pool.jsonl"), "--keep", keep, "-o", str(tmp_path / "o.parquet")], capsys)
-    assert "keep=" in msg
+    assert f"--keep {float(keep)}: must be in (0, 1]" in msg  # the flag the user typed, not the field
 
 
 def test_cli_missing_column_lists_available(tmp_path, pool, capsys):
@@ -141,7 +141,7 @@ def test_embedding_is_mean_of_last_hidden_states(tiny_model_dir, embed_files):
 
     from curate.influence.tokens import tokenize_example
     from curate.models import load_model
-    from curate.ops.embed import embed_examples
+    from curate.influence.embedding import embed_examples
 
     model, tok = load_model(str(tiny_model_dir))
     examples = list(load_pool(embed_files[0]).examples())
@@ -161,7 +161,7 @@ def test_embedding_is_mean_of_last_hidden_states(tiny_model_dir, embed_files):
 def test_cosine_to_mean_direction_ranks_like_mean_cosine():
     import torch
 
-    from curate.ops.embed import cosine_scores
+    from curate.influence.embedding import cosine_scores
 
     gen = torch.Generator().manual_seed(0)
     pool_emb, queries = torch.randn(50, 8, generator=gen), torch.randn(3, 8, generator=gen)
@@ -186,12 +186,39 @@ def test_cli_embedding_keeps_query_copies(tiny_model_dir, embed_files, tmp_path,
     assert all(e.reason.startswith("prune:embedding score ") and ", rank " in e.reason for e in entries)
 
 
+def test_embedding_scores_are_columns_that_prune_ranks_by(tiny_model_dir, embed_files, tmp_path):
+    """`curate score --method embedding`, then `curate prune --strategy embedding` (no model): the
+    same rows as the one-command shortcut; the op itself reads columns only."""
+    pool_path, query_path = embed_files
+    scored = tmp_path / "scored.parquet"
+    main(["score", str(pool_path), "--method", "embedding", "--model", str(tiny_model_dir), "--query",
+          f"q={query_path}", "--max-length", "1024", "--batch-tokens", "1024", "--device", "cpu", "-o", str(scored)])
+    table = load_pool(scored).dataset
+    assert "curate_embedding_q" in table.column_names and "curate_influence_q" not in table.column_names
+    assert max(table["curate_embedding_q"]) == pytest.approx(1.0)  # the row the query copies
+    assert "Embedding scores" in (tmp_path / "scored.README.md").read_text()
+    two_steps, shortcut = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    main(["prune", str(scored), "--keep", "0.3", "--strategy", "embedding", "-o", str(two_steps)])
+    main(["prune", str(pool_path), "--keep", "0.3", "--strategy", "embedding", "--model", str(tiny_model_dir),
+          "--query", str(query_path), "--max-length", "1024", "--batch-tokens", "1024", "--device", "cpu",
+          "-o", str(shortcut)])
+    assert load_pool(two_steps).dataset["curate_id"] == load_pool(shortcut).dataset["curate_id"]
+
+
 @pytest.mark.parametrize("args, expected", [
-    (["--strategy", "embedding", "--query", "q.jsonl"], "strategy embedding needs a model"),
-    (["--strategy", "embedding", "--model", "m"], "strategy embedding needs at least one query file"),
-    (["--strategy", "random", "--model", "m"], "model/queries apply to strategy embedding, not random"),
-    (["--query", "q.jsonl"], "model/queries apply to strategy embedding, not score"),
+    (["--strategy", "embedding", "--query", "q.jsonl"], "only with both --model and --query"),
+    (["--strategy", "embedding", "--model", "m"], "only with both --model and --query"),
+    (["--strategy", "random", "--model", "m"], "--model/--query score embeddings for --strategy embedding, not random"),
+    (["--query", "q.jsonl"], "--model/--query score embeddings for --strategy embedding, not score"),
+    (["--strategy", "embedding"], "the pool has no curate_embedding_* columns (run `curate score --method embedding`"),
 ])
 def test_cli_embedding_config_errors(tmp_path, capsys, args, expected):
     msg = cli_error(["prune", str(SAMPLE / "pool.jsonl"), "--keep", "0.5", *args, "-o", str(tmp_path / "o.parquet")], capsys)
     assert expected in msg
+
+
+def test_embedding_method_refuses_influence_only_settings():
+    from curate.influence.config import ScoreConfig
+
+    with pytest.raises(UsageError, match="tokens applies to method ekfac, not embedding"):
+        ScoreConfig(model="m", method="embedding", tokens=True)

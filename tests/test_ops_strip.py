@@ -11,9 +11,11 @@ from click.testing import CliRunner
 from curate.cli import cli, main
 from curate.data import load_pool, read_manifest
 from curate.data.canonical import split_response
+from curate.data.traces import find_trace
 from curate.errors import UsageError
 from curate.ops import StripConfig, strip
-from curate.ops.strip import apply_deletions, find_trace, last_boxed, parse_delete
+from curate.ops.strip import apply_deletions, last_boxed
+from curate.tagging.exploration import SPANS_COLUMN, parse_delete
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "curate" / "resources" / "sample" / "pool.jsonl"
@@ -130,42 +132,91 @@ def test_cli_writes_input_schema_and_manifest(tmp_path):
     assert [e.action for e in read_manifest(tmp_path / "out.manifest.jsonl")] == ["replaced", "replaced"]
 
 
-def test_llm_path_against_the_fake_server(tmp_path, monkeypatch):
+def _rater(content: str, unparseable: float = 0.0) -> str:
+    if "Solve" not in content and "2x + 2" in content:  # the Sky-T1 row: delete its exploration
+        return "The answer is reached in segment 3; 4-5 explore. <delete>4-5</delete>"
+    if "adds two numbers" in content:  # the code row: a reply that would delete the answer
+        return "<delete>2</delete>"
+    return "Nothing after the answer. <delete>none</delete>"
+
+
+def test_rater_spans_are_a_tagging_task_that_strip_applies(tmp_path, monkeypatch):
+    """The rater marks segments as `curate tag --tasks exploration_spans`; `strip` (which calls no
+    server) applies them, checked; a rerun of the tagging is served from the cache."""
+    from curate.results import OpReport, OpResult
+    from curate.tagging import TagConfig, tag_pool
     from tests import openai_server
     from tests.openai_server import FakeOpenAI
 
-    def reply(content: str, unparseable: float = 0.0) -> str:
-        if "Solve" not in content and "2x + 2" in content:  # the Sky-T1 row: delete its exploration
-            return "The answer is reached in segment 3; 4-5 explore. <delete>4-5</delete>"
-        if "adds two numbers" in content:  # the code row: a reply that would delete the answer
-            return "<delete>2</delete>"
-        return "Nothing after the answer. <delete>none</delete>"
-
-    monkeypatch.setattr(openai_server, "reply_text", reply)
+    monkeypatch.setattr(openai_server, "reply_text", _rater)
     pool = load_pool(str(_pool(tmp_path)))
     cache = tmp_path / "c.sqlite"
     with FakeOpenAI() as server:
-        config = StripConfig(base_urls=(server.url,), model="rater-x", cache=str(cache), max_retries=0)
-        result = strip(pool, config)
+        config = TagConfig(tasks=("exploration_spans",), base_urls=(server.url,), model="rater-x", cache=str(cache),
+                           max_retries=0)
+        annotations, _ = tag_pool(pool, config)
         sent = server.bodies()
     assert len(sent) == 3 and all("<delete>" in b and "[1] " in b for b in sent)
     assert sent[0].index("[1] ") < sent[0].index("# Question")  # trace first, instructions after
+    cells = dict(zip(annotations["curate_id"], annotations[SPANS_COLUMN], strict=True))
+    assert [json.loads(c)["delete"] for c in cells.values()] == [[4, 5], [2], []]
+    tagged = OpResult(pool, [], OpReport(), annotations=annotations).annotated()
+    result = strip(tagged, StripConfig())
     out = _texts(result.pool)
     assert next(v for k, v in out.items() if k.endswith("sky~strip")) == SKY.replace(EXPLORE, "")
     assert next(v for k, v in out.items() if k.endswith(":think")) == THINK  # refused: kept original
     c = result.report.counts
     assert (c["stripped"], c["unchanged"], c["refused"]) == (1, 1, 1)
     assert any("think" in n and "kept original" in n for n in result.report.notes)
+    assert "chosen by: `curate_exploration_spans` (llm 3)" in result.report.card["Exploration stripping"]
     # A rerun is served from the SQLite cache: no request reaches a server.
-    again = strip(pool, StripConfig(base_urls=("http://127.0.0.1:9/v1",), model="rater-x", cache=str(cache),
-                                    max_retries=0))
-    assert again.report.counts == c
+    again, _ = tag_pool(pool, TagConfig(tasks=("exploration_spans",), base_urls=("http://127.0.0.1:9/v1",),
+                                        model="rater-x", cache=str(cache), max_retries=0))
+    assert again[SPANS_COLUMN].to_list() == annotations[SPANS_COLUMN].to_list()
+
+
+def test_offline_spans_equal_the_rule_and_stale_spans_are_refused(tmp_path):
+    from curate.results import OpReport, OpResult
+    from curate.tagging import TagConfig, tag_pool
+
+    pool = load_pool(str(_pool(tmp_path)))
+    annotations, _ = tag_pool(pool, TagConfig(tasks=("exploration_spans",), offline=True))
+    tagged = OpResult(pool, [], OpReport(), annotations=annotations).annotated()
+    by_spans, by_rule = strip(tagged, StripConfig()), strip(pool, StripConfig())
+    assert _texts(by_spans.pool) == _texts(by_rule.pool) and by_spans.manifest == by_rule.manifest
+    other_unit = strip(tagged, StripConfig(unit="sentences"))
+    assert other_unit.report.counts["refused"] == 3 and "counts steps segments, not sentences" in str(
+        other_unit.report.data["refused"])
+    edited = tagged.with_dataset(tagged.dataset.map(
+        lambda row: {"conversations": [row["conversations"][0],
+                                       {**row["conversations"][1], "value": row["conversations"][1]["value"].replace("We need", "We must")}]}))
+    changed = strip(edited, StripConfig())
+    assert changed.report.counts["refused"] == 2  # the two thoughts edited after they were tagged
+    assert "made for another text" in str(changed.report.data["refused"])
+
+
+def test_cli_rater_shortcut_tags_then_strips(tmp_path, monkeypatch):
+    from tests import openai_server
+    from tests.openai_server import FakeOpenAI
+
+    monkeypatch.setattr(openai_server, "reply_text", _rater)
+    out = tmp_path / "out.jsonl"
+    with FakeOpenAI() as server:
+        result = CliRunner().invoke(cli, ["strip", str(_pool(tmp_path)), "--base-url", server.url, "--model",
+                                          "rater-x", "--max-retries", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.jsonl.stripcache.sqlite").exists()
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["conversations"][1]["value"] == SKY.replace(EXPLORE, "")
+    assert rows[0][SPANS_COLUMN] is None and json.loads(rows[1][SPANS_COLUMN])["delete"] == [2]  # stale when stripped
+    card = (tmp_path / "out.README.md").read_text()
+    assert "Tagging accounting" in card and "rater-x" in card
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--behavior", "verbosity"], "behavior 'verbosity' is unknown"),
     (["--behavior", "verification"], "stripping it is not built"),
-    (["--offline", "--base-url", "http://localhost:1/v1", "--model", "m"], "not both"),
+    (["--model", "m", "--timeout", "3"], "--model, --timeout: rater settings apply with --base-url"),
     (["--base-url", "http://localhost:1/v1"], "give --model"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, message):
@@ -183,9 +234,10 @@ def test_config_reports_all_problems_at_once():
 
 
 def test_unit_is_a_choice_of_the_config_units(tmp_path):
-    from curate.cli.strip import strip as command
+    from curate.cli.operation import operation_command
     from curate.ops.strip import UNITS
 
+    command = operation_command("strip")
     option = next(p for p in command.params if p.name == "unit")
     assert tuple(option.type.choices) == UNITS
     result = CliRunner().invoke(cli, ["strip", str(_pool(tmp_path)), "-o", str(tmp_path / "o.jsonl"),

@@ -46,7 +46,7 @@ def test_three_mistakes_reported_at_once_with_lines(tmp_path):
     assert len(errors) == 3, errors
     assert errors[0].startswith(f"{path}:6: ") and "unknown op 'shuffle'" in errors[0]
     assert errors[1].startswith(f"{path}:10: ") and "unknown parameter 'kep'" in errors[1] and "keep" in errors[1]
-    assert errors[2].startswith(f"{path}:13: ") and "keep=1.5: must be in (0, 1]" in errors[2]
+    assert errors[2].startswith(f"{path}:13: ") and "keep 1.5: must be in (0, 1]" in errors[2]
 
     result = CliRunner().invoke(cli, ["run", str(path), "--dry-run"])
     assert isinstance(result.exception, RecipeError.__mro__[1])  # UsageError: exit code 2 at the CLI boundary

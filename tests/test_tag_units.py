@@ -92,7 +92,7 @@ def test_config_reports_every_error_at_once():
     with pytest.raises(UsageError) as err:
         TagConfig(tasks="difficulty,colour", concurrency=0, long="fold")
     message = str(err.value)
-    assert "colour" in message and "concurrency" in message and "fold" in message and "--base-url" in message
+    assert "colour" in message and "concurrency" in message and "fold" in message and "give base_urls" in message
     assert TagConfig(offline=True, tasks="behaviors").tasks == ("behaviors",)
 
 

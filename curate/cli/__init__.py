@@ -11,16 +11,13 @@ import sys
 
 import click
 
+from curate.registry import OPERATIONS
+
+# Commands besides the operations (`curate.registry`, whose commands `curate.cli.operation` builds):
 # name -> ("module:attribute", one-line help). A module of None means: designed, not built yet.
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "inspect": ("curate.cli.inspect:inspect", "Show a pool's shape, size, domains, difficulties and lengths."),
-    "tag": ("curate.cli.tag:tag", "Tag domain, difficulty and cognitive behaviours with an LLM (or offline rules)."),
-    "score": ("curate.cli.score:score", "Score every example by EK-FAC influence on query sets."),
     "query": ("curate.cli.query:query", "Build query sets of correctly (and incorrectly) answered benchmark problems."),
-    "flip": ("curate.cli.flip:flip", "Difficulty flip: harder math in, easier code in, from a donor pool."),
-    "prune": ("curate.cli.prune:prune", "Keep the top fraction of a pool by influence or a baseline."),
-    "reweight": ("curate.cli.reweight:reweight", "Repeat or drop rows by a weight column (shift a mixture)."),
-    "strip": ("curate.cli.strip:strip", "Remove post-answer exploration from reasoning traces."),
     "run": ("curate.cli.run:run", "Run a declarative YAML recipe of operations (--dry-run checks it)."),
     "validate": ("curate.cli.validate:validate", "Fine-tune a base model on each variant (TRL SFT) and evaluate it."),
     "audit": ("curate.cli.audit:audit", "Check the stability of influence scores and their counterfactual effect."),
@@ -45,9 +42,13 @@ class LazyGroup(click.Group):
     """A click group that imports a command's module only when that command runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return [name for name, _ in _listing()]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in OPERATIONS:
+            from curate.cli.operation import operation_command
+
+            return operation_command(name)
         if name not in COMMANDS:
             return None
         target, help_text = COMMANDS[name]
@@ -58,9 +59,14 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help from the table, so listing commands imports none of them.
-        rows = [(n, h + ("" if t else " [not built yet]")) for n, (t, h) in COMMANDS.items()]
         with formatter.section("Commands"):
-            formatter.write_dl(rows)
+            formatter.write_dl(_listing())
+
+
+def _listing() -> list[tuple[str, str]]:
+    """(name, one-line help) of every command: inspect, the operations, then the rest."""
+    rows = [(n, h + ("" if t else " [not built yet]")) for n, (t, h) in COMMANDS.items()]
+    return rows[:1] + [(op.name, op.summary) for op in OPERATIONS.values()] + rows[1:]
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

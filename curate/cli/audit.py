@@ -50,7 +50,7 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
     from curate.audit.counterfactual import AuditConfig, resolve_column, steps_of
     from curate.audit.counterfactual import audit as run
     from curate.cli import quiet_third_party_progress
-    from curate.cli.score import _parse_queries
+    from curate.cli.operation import named_paths
     from curate.data import load_pool
     from curate.errors import UsageError
     from curate.models import check_model
@@ -59,7 +59,9 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
 
     if not 0 < k <= 0.5:
         raise UsageError(f"--k must be in (0, 0.5], got {k}")
-    query_paths = _parse_queries(queries)
+    query_paths = named_paths("--query", queries)
+    if not query_paths:
+        raise UsageError("give at least one --query NAME=PATH")
     for name in [proxy] if proxy else [base, model]:  # the models loaded: fail on a typo before any data
         check_model(name)
     max_steps = max_steps or steps_of(model)

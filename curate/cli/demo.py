@@ -81,7 +81,7 @@ class _Events:
             if isinstance(result, str):
                 self.console.print(f"[yellow]{escape(result)}[/yellow]")
             else:
-                from curate.cli.prune import render
+                from curate.cli.operation import render
 
                 render(result)
         elif name == "validate":

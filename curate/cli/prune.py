@@ -1,70 +1,80 @@
-"""`curate prune`: keep the top fraction of a pool by influence, rank or a baseline."""
+"""`curate prune`'s command: the operation, plus the `--strategy embedding` shortcut that scores
+embeddings first (`curate score --method embedding`), so one command does what two would."""
 
 from __future__ import annotations
 
-import sys
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
-import click
-
-from curate.cli.options import write_options
-
-
-def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
-    """Repeatable options that also accept comma-separated lists."""
-    return tuple(v.strip() for item in values for v in item.split(",") if v.strip())
+from curate.settings import setting
 
 
-@click.command()
-@click.argument("pool")
-@click.option("-o", "--output", "out", required=True, help="Output: a folder (save_to_disk), .parquet or .jsonl.")
-@click.option("--keep", type=float, help="Fraction of rows to keep, in (0, 1]; exactly round(keep x N) are kept. "
-              "No default: give exactly one of --keep and --keep-n.")
-@click.option("--keep-n", type=int, help="Number of rows to keep (instead of --keep; no default).")
-@click.option("--by", "by", multiple=True, metavar="COL[,COL...]",
-              help="Score column(s) [default: every curate_influence_<q> column without _split].")
-@click.option("--strategy", type=click.Choice(["score", "rank", "correct-incorrect", "random", "mid-perplexity", "length", "embedding"]),
-              default="score", show_default=True,
-              help="score: one column or z-scores summed; rank: mean rank percentile; correct-incorrect: "
-                   "keep high --correct, drop high --incorrect (split-damped); baselines random, "
-                   "mid-perplexity (middle of curate_nll), length (curate_tokens or response chars), embedding "
-                   "(cosine of mean-pooled hidden states to the --query sets under --model).")
-@click.option("--correct", help="s_C column for correct-incorrect (e.g. curate_influence_correct).")
-@click.option("--incorrect", help="s_I column for correct-incorrect.")
-@click.option("--per-domain", is_flag=True, help="Keep the fraction within each curate_domain (exact total, largest remainder).")
-@click.option("--lowest", is_flag=True, help="Keep the lowest scores instead (e.g. the shortest with --strategy length).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
-@click.option("--decontaminate", multiple=True, metavar="BENCH", help="Benchmark file(s): drop rows whose problem overlaps.")
-@click.option("--ngram", type=int, default=13, show_default=True, help="Shared word n-gram that counts as overlap.")
-@click.option("--model", help="Model path, Hub id or alias (smollm2-135m) for --strategy embedding.")
-@click.option("--query", "queries", multiple=True, metavar="PATH", help="Query set file(s) for --strategy embedding.")
-@click.option("--max-length", type=int, default=2048, show_default=True, help="Tokens per example embedded (cut at the end).")
-@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Padded tokens per embedding batch.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ... (embedding).")
-@click.option("--split", help="Split of the pool (folder or Hub dataset).")
-@click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
-@write_options
-def prune(pool, out, by, decontaminate, queries, split, maps, emit, fmt, push_to_hub, **settings) -> None:
-    """Keep the best rows of POOL; write them in POOL's schema with a manifest of every dropped row."""
-    from curate.data import load_pool, parse_mapping, write_pool
-    from curate.ops import PruneConfig
-    from curate.ops import prune as run
+@dataclass(frozen=True)
+class PruneCommand:
+    """The embedding shortcut's settings; unset ones take `curate score`'s defaults."""
 
-    config = PruneConfig(by=split_list(by), decontaminate=split_list(decontaminate),
-                          queries=split_list(queries), **settings)
-    if config.model:  # --strategy embedding: a mistyped model fails before the pool is loaded
-        from curate.models import check_model
+    model: str | None = setting(None, "With --strategy embedding: score embeddings under this model first "
+                                "(path, Hub id or alias, e.g. smollm2-135m).", model=True)
+    queries: tuple[str, ...] = setting((), "With --strategy embedding and --model: a query set file; one "
+                                       "curate_embedding_<file stem> column each.", flag="--query", metavar="PATH")
+    max_length: int | None = setting(None, "With the shortcut: tokens per example embedded [default: as curate "
+                                     "score].")
+    batch_tokens: int | None = setting(None, "With the shortcut: padded tokens per batch [default: as curate "
+                                       "score].")
+    device: str | None = setting(None, "With the shortcut: auto, cpu, cuda:1, ... [default: as curate score].")
 
-        check_model(config.model)
-    loaded = load_pool(pool, split=split, mapping=parse_mapping(maps))
-    result = run(loaded, config)
-    path = write_pool(result.pool, out, manifest=result.manifest, command=["curate", *sys.argv[1:]],
-                      extra_card=result.report.card, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
+
+def prune(call) -> None:
+    """Keep the best rows of POOL; write them in POOL's schema with a manifest of every dropped row.
+
+    \b
+    --strategy embedding ranks by curate_embedding_<q> columns; with --model M
+    and --query PATH it scores them first (as `curate score --method embedding`
+    would) and writes them with the output.
+    """
+    from curate.cli.operation import default_flow, render, split_list
+    from curate.errors import UsageError
+
+    shortcut: PruneCommand = call.command
+    strategy = call.values.get("strategy") or "score"
+    queries = split_list(shortcut.queries)
+    if not (shortcut.model or queries):
+        return default_flow(call)
+    if strategy != "embedding":
+        raise UsageError(f"--model/--query score embeddings for --strategy embedding, not {strategy}")
+    if not (shortcut.model and queries):
+        raise UsageError("--strategy embedding scores embeddings first only with both --model and --query")
+    import click
+
+    from curate.data import load_pool
+    from curate.influence.config import ScoreConfig
+    from curate.progress import RichProgress
+    from curate.registry import OPERATIONS
+    from curate.results import OpContext
+
+    config = call.config()
+    given = {k: getattr(shortcut, k) for k in ("max_length", "batch_tokens", "device") if getattr(shortcut, k)}
+    score_config = ScoreConfig(model=shortcut.model, method="embedding", **given)
+    names = _names(queries)
+    sets = {name: load_pool(path) for name, path in zip(names, queries, strict=True)}
+    pool, removed = call.load()
+    progress = RichProgress()
+    scored = OPERATIONS["score"](pool, {"queries": sets}, score_config, OpContext(progress))
+    result = call.op(scored.annotated(), {}, config, OpContext(progress))
+    result.report.card.update(scored.report.card)
+    written = call.write(result, removed)
     render(result.report)
-    click.echo(str(path))
+    click.echo(str(written.path))
 
 
-def render(report) -> None:
-    """Counts and notes to stderr."""
-    click.echo(", ".join(f"{k}: {v}" for k, v in report.counts.items()), err=True)
-    for note in report.notes:
-        click.echo(f"note: {note}", err=True)
+def _names(paths: tuple[str, ...]) -> list[str]:
+    """Column names for query files: their stems as identifiers, numbered when two collide."""
+    names: list[str] = []
+    for path in paths:
+        base = re.sub(r"\W", "_", Path(path).name.split(".")[0]) or "query"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from curate.cli.options import write_options
+from curate.cli.operation import write_params
 
 
 @click.command()
@@ -13,7 +13,6 @@ from curate.cli.options import write_options
 @click.option("--no-files", is_flag=True, help="With --dry-run: skip the check that input files exist "
               "(recipes whose paths are placeholders).")
 @click.option("-o", "--output", help="Write here instead of the recipe's output (relative to the current directory).")
-@write_options
 def run(recipe, dry_run, no_files, output, emit, fmt, push_to_hub) -> None:
     """Run RECIPE: inputs, then steps (tag, score, flip, prune, strip, write), then the output.
 
@@ -45,6 +44,9 @@ def run(recipe, dry_run, no_files, output, emit, fmt, push_to_hub) -> None:
                         fmt=fmt, push_to_hub=push_to_hub)
     render_run(result, f"curate run {recipe}")
     click.echo(str(result.output))
+
+
+run.params.extend(write_params())
 
 
 def render_run(result, title: str) -> None:

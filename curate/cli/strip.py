@@ -1,66 +1,82 @@
-"""`curate strip`: remove post-answer exploration from reasoning traces (offline rules or a rater LLM)."""
+"""`curate strip`'s command: the operation (offline rules, or the spans a pool already has), plus
+the rater shortcut: with `--base-url`, tag `exploration_spans` first (`curate tag --tasks
+exploration_spans`), then strip, in one command."""
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+from dataclasses import dataclass
 
-import click
+from curate.settings import setting, settings_of
 
-from curate.cli.options import decontaminated, output_options
+# StripCommand field -> the TagConfig field it sets (the rest keep their names).
+_TAG_FIELDS = {"max_chars": "spans_max_chars"}
 
 
-@click.command()
-@click.argument("pool")
-@click.option("-o", "--output", "out", required=True, help="Output: a folder (save_to_disk), .parquet or .jsonl.")
-@click.option("--behavior", default="exploration", show_default=True, help="Behaviour to remove (exploration).")
-@click.option("--offline", is_flag=True, help="Rule-based segment remover (the default without --base-url).")
-@click.option("--base-url", "base_urls", multiple=True,
-              help="OpenAI-compatible rater server (…/v1) that marks the segments to delete. Repeatable.")
-@click.option("--model", default="", help="Rater model name on the server.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="Environment variable holding the API key (never written anywhere).")
-# The choices are curate.ops.strip.UNITS, spelled out so that --help imports no data stack.
-@click.option("--unit", type=click.Choice(["steps", "sentences"]), default="steps", show_default=True,
-              help="Segments: steps (paragraphs) or sentences.")
-@click.option("--marker", "markers", multiple=True, metavar="REGEX",
-              help="Exploration opener (case-insensitive regex); repeat to replace the default list.")
-@click.option("--stop", "stops", multiple=True, metavar="REGEX",
-              help="Segment start that ends a deleted run; repeat to replace the default list.")
-@click.option("--concurrency", type=int, default=32, show_default=True, help="Requests in flight, over all servers.")
-@click.option("--temperature", type=float, default=0.0, show_default=True)
-@click.option("--max-tokens", type=int, default=512, show_default=True, help="Bound on each rater reply.")
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per request.")
-@click.option("--max-retries", type=int, default=6, show_default=True)
-@click.option("--max-chars", type=int, default=60000, show_default=True,
-              help="Longest numbered thought sent; longer rows are kept unchanged (refused).")
-@click.option("--prompts", "prompts_dir", help="Folder with a strip_exploration.md overriding the bundled prompt.")
-@click.option("--cache", help="SQLite request cache [default: OUTPUT.stripcache.sqlite].")
-@click.option("--tokenizer", help="Tokenizer (path or name) to count removed tokens [default: chars/4].")
-@click.option("--split", help="Split of the pool (folder or Hub dataset).")
-@click.option("--map", "maps", multiple=True, metavar="ROLE=COLUMN", help="Column roles of the pool (see inspect).")
-@output_options
-def strip(pool, out, markers, stops, base_urls, cache, split, maps, emit, fmt, push_to_hub, decontaminate,
-          **settings) -> None:
+@dataclass(frozen=True)
+class StripCommand:
+    """The rater shortcut's settings; unset ones take `curate tag`'s defaults."""
+
+    base_urls: tuple[str, ...] = setting((), "OpenAI-compatible rater server (.../v1) that marks the segments to "
+                                         "delete (tags exploration_spans first). Repeatable.", flag="--base-url",
+                                         metavar="URL")
+    model: str | None = setting(None, "Rater model name on the server.")
+    api_key_env: str | None = setting(None, "Environment variable holding the API key [default: as curate tag].")
+    concurrency: int | None = setting(None, "Requests in flight [default: as curate tag].")
+    temperature: float | None = setting(None, "Rater sampling temperature [default: as curate tag].")
+    max_tokens: int | None = setting(None, "Bound on each rater reply [default: as curate tag].")
+    timeout: float | None = setting(None, "Seconds per request [default: as curate tag].")
+    max_retries: int | None = setting(None, "Retries per request [default: as curate tag].")
+    max_chars: int | None = setting(None, "Longest numbered thought sent; longer rows are kept unchanged "
+                                    "[default: curate tag's --spans-max-chars].")
+    prompts_dir: str | None = setting(None, "Folder with a strip_exploration.md overriding the bundled prompt.",
+                                      flag="--prompts")
+    cache: str | None = setting(None, "SQLite request cache [default: OUTPUT.stripcache.sqlite].")
+
+
+def strip(call) -> None:
     """Delete post-answer exploration segments from the thoughts of POOL's traces; write the pool in
     its own schema, stripped rows under new ids `<id>~strip`, with a manifest of every replaced row.
-    Every result is checked to be a pure deletion that keeps the final answer, else the row is kept."""
-    from curate.cli.prune import render
-    from curate.data import load_pool, parse_mapping, write_pool
-    from curate.ops import StripConfig
-    from curate.ops import strip as run
-    from curate.ops.strip import EXPLORATION_MARKERS, STOP_MARKERS
+    Every result is checked to be a pure deletion that keeps the final answer, else the row is kept.
+
+    \b
+    Which segments: POOL's curate_exploration_spans column when it has one
+    (`curate tag --tasks exploration_spans`), else the offline rule
+    (--marker/--stop); with --base-url and --model a rater marks them first.
+    """
+    import click
+
+    from curate.cli.operation import build, default_flow, render
+    from curate.errors import UsageError
+
+    rater: StripCommand = call.command
+    flags = {s.name: s.flag for s in settings_of(StripCommand)}
+    given = {k: getattr(rater, k) for k in flags if getattr(rater, k) not in (None, ())}
+    if not rater.base_urls:
+        if given:
+            raise UsageError(f"{', '.join(flags[k] for k in given)}: rater settings apply with --base-url")
+        return default_flow(call)
+    if not rater.model:
+        raise UsageError("give --model (the rater's name on the server) with --base-url")
     from curate.progress import RichProgress
+    from curate.registry import OPERATIONS
+    from curate.results import OpContext
+    from curate.tagging.config import TagConfig
+    from curate.tagging.exploration import SPANS_COLUMN
 
-    config = StripConfig(markers=markers or EXPLORATION_MARKERS, stops=stops or STOP_MARKERS, base_urls=base_urls,
-                         cache=None if not base_urls else (cache or f"{out.rstrip('/')}.stripcache.sqlite"),
-                         **settings)
-    if config.tokenizer:  # used only after every row is stripped: a typo must fail before that work
-        from curate.models import check_model
-
-        check_model(config.tokenizer)
-    loaded, removed = decontaminated(load_pool(pool, split=split, mapping=parse_mapping(maps)), decontaminate)
-    result = run(loaded, config, progress=RichProgress())
-    path = write_pool(result.pool, out, manifest=removed + result.manifest, command=["curate", *sys.argv[1:]],
-                      extra_card=result.report.card, emit=emit, fmt=fmt, push_to_hub=push_to_hub)
+    config = call.config()
+    values = {_TAG_FIELDS.get(k, k): v for k, v in given.items()}
+    values.setdefault("cache", f"{call.out.rstrip('/')}.stripcache.sqlite")
+    tag_config = build(TagConfig, {**values, "tasks": ("exploration_spans",), "segments": config.unit},
+                       {_TAG_FIELDS.get(k, k): flag for k, flag in flags.items()})
+    pool, removed = call.load()
+    progress = RichProgress()
+    tagged = OPERATIONS["tag"](pool, {}, tag_config, OpContext(progress))
+    spans = dataclasses.replace(tagged, annotations=tagged.annotations.select(
+        "curate_id", SPANS_COLUMN, "curate_tag_errors"))
+    result = call.op(spans.annotated(), {}, config, OpContext(progress))
+    result.report.card.update(tagged.report.card)
+    written = call.write(result, removed)
     render(result.report)
-    click.echo(str(path))
+    click.echo(str(written.path))
+

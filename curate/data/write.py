@@ -246,10 +246,10 @@ def _atomic_folder(path: Path, build: Callable[[Path], object]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def side_path(pool_path: str | Path, name: str) -> Path:
-    """Where `curate score` writes (and `curate report` finds) side file `name` (tokens, sentences)
-    of the scored pool at `pool_path`: inside a folder, or `<stem>.<name>.parquet` beside a file."""
+def side_path(pool_path: str | Path, name: str, suffix: str = ".parquet") -> Path:
+    """Where side file `name` (tokens, sentences, a figure) of the pool at `pool_path` goes, and
+    where `curate report` finds it: inside a folder, or `<stem>.<name><suffix>` beside a file."""
     path = Path(pool_path)
-    if path.is_dir():
-        return path / f"{name}.parquet"
-    return path.with_name(f"{path.name.split('.')[0]}.{name}.parquet")
+    if path.is_dir() or not path.suffix:
+        return path / f"{name}{suffix}"
+    return path.with_name(f"{path.name.split('.')[0]}.{name}{suffix}")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 
+from curate.data.segments import SEGMENT_METHODS, SEGMENTERS
 from curate.errors import UsageError
+from curate.settings import Problem, check_settings, raise_problems, setting
 from curate.shard import Shard
 
 FISHER = ("true", "empirical")
 NORMALIZE = ("none", "query", "train", "both")
 DTYPES = ("float32", "float64", "bfloat16")
+QUERY_ANSWERS = ("reference", "model")
+METHODS = ("ekfac", "embedding")
 
 
 AUTO_SPLIT_MIN = 4  # query examples per set below which the default scores no splits
@@ -17,131 +21,98 @@ AUTO_SPLIT_MIN = 4  # query examples per set below which the default scores no s
 
 @dataclass
 class ScoreConfig:
-    """Settings of `curate score`.
+    """Settings of `curate score` (each field's help says what it does; see also METHODS.md).
 
-    model: HF causal LM (local path, Hub id, or the alias `smollm2-135m`): the model studied,
-        normally the one already fine-tuned on the pool (Infra scores the SFT'd model).
-    fisher: "true" samples the labels that form S and Lambda* from the model (Grosse et al.,
-        seeded); "empirical" uses the data's own tokens.
-    damping: "auto" = 0.1 x mean(Lambda*) per module, or an absolute number.
-    fit_on: number of pool examples (seeded subsample) used to fit the factors; all when fewer.
-    fit_max_length: tokens per sequence when fitting (Infra: 4096); longer ones are cut and counted.
-    max_length: tokens per sequence when scoring; None = the model's context. Cut ones are
-        counted and flagged in `curate_truncated`.
-    modules: "mlp" (the MLP projections, as Infra), "all" (every Linear but the head), or a
-        regular expression on module names.
-    normalize: per-token log-likelihoods for the query objective ("query"), the training
-        example ("train"), both, or neither (default: summed, as the papers write them).
-    query_splits: K >= 2 also scores K disjoint, seeded splits of each query set (0 = none); their
-        agreement is the ranking-stability report (`curate.influence.stability`). None (default):
-        2 when every query set has at least `AUTO_SPLIT_MIN` examples, else 0.
-    query_rank: None (default) keeps each preconditioned query direction exact; R keeps its best
-        rank-R approximation (truncated SVD, as kronfluence's `query_gradient_low_rank`), which
-        cuts the directions' memory and the scoring hooks' work per token from out x in' to
-        R (out + in') per tracked layer and function (`curate.influence.directions`). An
-        approximation: benchmarks/RESULTS.md reports its rank correlation with exact scores.
-    seed: seeds the Fisher label sampling, the fit subsample and the query splits.
-    batch_tokens: padded tokens per batch (B x T); bounds activation memory.
-    chunk_size: examples per resumable scoring chunk.
-    dtype: the model's compute dtype; factors are always float64.
-    group_memory_gb: factor memory per module group (GB, float64); each group costs one pass.
-    device: "auto" (cuda when available, else cpu), or a torch device string.
-    pair_cache_gb: memory (GB) for keeping the covariance pass's activations and output
-        gradients, so the eigenvalue correction replays them instead of running the model a second
-        time; when the fit data needs more, the second pass runs as usual. With the empirical
-        Fisher the same pairs also score the fit examples (their covariance pass is their
-        scoring pass), so a pool that is its own fit set runs through the model once. 0 disables it.
-    pair_spill_gb: disk (GB, under the work dir's factors/.pairs, deleted after use) for the pairs
-        past `pair_cache_gb`. None (default): 32 on CPU, where reading pairs back is far cheaper
-        than recomputing them, and 0 on GPUs, where it is not.
-    tokens: also compute exact per-token scores (one forward-mode pass per query set; see
-        `curate.influence.token_scores`).
-    tokens_top: with `tokens`, score the tokens of only the `tokens_top` highest-scoring examples of
-        each query set (what `curate report` shows), after the instance scores, instead of every
-        example; None = every example. The forward-mode pass costs several plain forwards per
-        query set, so on a large pool this is the difference between minutes and hours.
-    sentences: also compute counterfactual segment influence, I(z) - I(z without y), per segment y
-        of each response, split by "sentences", "steps" (blank-line paragraphs) or "blocks"
-        (thought / solution).
-    sentence_method: "ablation" (Infra: I(z) - I(z without y), one extra scored example per
-        segment) or "linear" (the sum of the segment's exact token scores; one forward-mode pass
-        per query set; see `curate.influence.segment_scores`).
-    shard: "i/N" makes this run one of N independent jobs (no process group): it does its part
-        of the next unfinished step and stops; `curate merge` combines the parts (see
-        `curate.influence.parts`). Under torchrun the ranks divide the work instead.
+    Units: `*_gb` in GB (factors are float64), lengths in tokens, `batch_tokens` in padded tokens
+    (B x T). `seed` seeds the Fisher label sampling, the fit subsample and the query splits.
     """
 
-    model: str
-    fisher: str = "true"
-    damping: float | str = "auto"
-    fit_on: int = 5000
-    fit_max_length: int = 4096
-    max_length: int | None = None
-    modules: str = "mlp"
-    normalize: str = "none"
-    query_splits: int | None = None
-    query_rank: int | None = None
-    seed: int = 0
-    batch_tokens: int = 4096
-    chunk_size: int = 128
-    dtype: str = "float32"
-    group_memory_gb: float = 8.0
-    trust_remote_code: bool = False
-    device: str = "auto"
-    pair_cache_gb: float = 2.0
-    pair_spill_gb: float | None = None
-    tokens: bool = False
-    tokens_top: int | None = None
-    sentences: str | None = None
-    sentence_method: str = "ablation"
-    shard: str | None = None
+    model: str = setting(MISSING, "HF causal LM: local folder, Hub id, or `smollm2-135m` (packaged). Normally "
+                         "the model already fine-tuned on the pool (Infra scores the SFT'd model).", model=True)
+    method: str = setting("ekfac", "ekfac: EK-FAC influence, curate_influence_<q>; embedding: the RDS+ baseline, "
+                          "cosine of each row's mean-pooled last hidden state to query set q's mean direction, "
+                          "curate_embedding_<q> (one forward pass per row; only {model}, {max_length}, "
+                          "{batch_tokens}, {dtype}, {device} and {trust_remote_code} apply).", choices=METHODS)
+    query_answers: str = setting("reference", "What the query answers are: reference solutions, or the model's "
+                                 "own verified-correct answers (Infra's reading; `curate query` builds them). "
+                                 "Recorded in the card.", choices=QUERY_ANSWERS)
+    fisher: str = setting("true", "Labels for the curvature: sampled from the model (true Fisher, seeded; Grosse "
+                          "et al.) or the data's own (empirical).", choices=FISHER)
+    damping: float | str = setting("auto", "auto = 0.1 x mean corrected eigenvalue per module, or a number >= 0.")
+    fit_on: int = setting(5000, "Pool examples (seeded subsample) used to fit the factors; all when fewer.", low=1)
+    fit_max_length: int = setting(4096, "Token bound when fitting (Infra: 4096); longer ones are cut and counted.",
+                                  low=1)
+    max_length: int | None = setting(None, "Token bound when scoring; cut examples are counted and flagged in "
+                                     "curate_truncated [default: the model's context].", low=2)
+    modules: str = setting("mlp", "Tracked Linears: mlp (the MLP projections, as Infra), all (every Linear but "
+                           "the head), or a regex on module names.")
+    normalize: str = setting("none", "Per-token log-likelihoods for the query objective, the train example, both "
+                             "or neither (summed, as the papers write them).", choices=NORMALIZE)
+    query_splits: int | None = setting(None, "Also score K disjoint, seeded splits of each query set (K >= 2; 0 = "
+                                       "none); their agreement is the ranking-stability report [default: 2 when "
+                                       f"every query set has >= {AUTO_SPLIT_MIN} examples, else 0].", low=0)
+    query_rank: int | None = setting(None, "Keep each preconditioned query direction as its best rank-R "
+                                     "approximation (truncated SVD, as kronfluence's query_gradient_low_rank): "
+                                     "memory and scoring work per layer and function drop from out x in to "
+                                     "R (out + in), at the cost of exactness (see benchmarks/RESULTS.md) "
+                                     "[default: exact].", low=1, metavar="R")
+    seed: int = setting(0, "Seed of the Fisher label sampling, the fit subsample and the query splits.")
+    batch_tokens: int = setting(4096, "Padded tokens per batch (B x T); bounds activation memory.", low=1)
+    chunk_size: int = setting(128, "Examples per resumable scoring chunk.", low=1)
+    dtype: str = setting("float32", "The model's compute dtype; factors are always float64.", choices=DTYPES)
+    group_memory_gb: float = setting(8.0, "Factor memory per module group (float64); each group costs one pass.",
+                                     low=0, low_open=True, unit="GB")
+    trust_remote_code: bool = setting(False, "Let transformers run the model repository's own code.")
+    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda:1, ...")
+    pair_cache_gb: float = setting(2.0, "Memory for replaying the covariance pass in the eigenvalue correction "
+                                   "(skips a model pass when the fit data fits; with the empirical Fisher the same "
+                                   "pairs also score the fit examples). 0 disables it.", low=0, unit="GB")
+    pair_spill_gb: float | None = setting(None, "Disk under the work dir for the pairs past {pair_cache_gb}, read "
+                                          "back instead of rerunning the model (deleted after use) [default: 32 on "
+                                          "CPU, 0 on GPUs, where recomputing is faster].", low=0, unit="GB")
+    tokens: bool = setting(False, "Also write per-token influence of every response token (OUT/tokens.parquet, "
+                           "or NAME.tokens.parquet next to a file output), keyed by curate_id; tokens sum to the "
+                           "example's score.")
+    tokens_top: int | None = setting(None, "With {tokens}: only the K highest-scoring examples of each query set "
+                                     "(what `curate report` shows), after the instance scores; far cheaper than "
+                                     "every example on a large pool.", low=1, metavar="K")
+    sentences: str | None = setting(None, "Also write counterfactual segment influence I(z) - I(z without y) for "
+                                    "each segment y (sentences, blank-line steps, or thought/solution blocks) to "
+                                    "OUT/sentences.parquet (or NAME.sentences.parquet); costs one scored variant "
+                                    "per segment.", choices=SEGMENTERS)
+    sentence_method: str = setting("ablation", "ablation: I(z) - I(z without y), as Infra; linear: sum of the "
+                                   "segment's exact token scores (one pass per query set, ignores the segment's "
+                                   "role as context).", choices=SEGMENT_METHODS)
+    shard: str | None = setting(None, "Run as job i of N independent jobs (SLURM arrays, spot machines) sharing the "
+                                "work dir: each run does its part of the next step and stops; `curate merge WORK` "
+                                "combines the parts; repeat until the jobs report scores, then run without {shard} "
+                                "to write the output. (Under torchrun / accelerate launch the ranks divide the "
+                                "work without this.)", metavar="i/N", recipe=False)
 
     def __post_init__(self) -> None:
-        errors = []
-        if self.fisher not in FISHER:
-            errors.append(f"fisher must be one of {FISHER}, got {self.fisher!r}")
-        if self.normalize not in NORMALIZE:
-            errors.append(f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
-        if self.dtype not in DTYPES:
-            errors.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        problems = check_settings(self)
         if self.damping != "auto":
             try:
                 self.damping = float(self.damping)
             except ValueError:
-                errors.append(f"damping must be 'auto' or a number, got {self.damping!r}")
+                problems.append(Problem(f"{{damping}} {self.damping!r}: must be 'auto' or a number"))
             else:
                 if self.damping < 0:
-                    errors.append("damping must be >= 0")
-        if self.query_splits is not None and (self.query_splits == 1 or self.query_splits < 0):
-            errors.append("query_splits must be 0 (none) or >= 2")
-        if self.tokens_top is not None and (self.tokens_top < 1 or not self.tokens):
-            errors.append("tokens_top must be >= 1, and only applies with tokens")
-        if self.query_rank is not None and self.query_rank < 1:
-            errors.append("query_rank must be >= 1 (or None for exact directions)")
-        for name in ("fit_on", "fit_max_length", "batch_tokens", "chunk_size"):
-            if getattr(self, name) < 1:
-                errors.append(f"{name} must be >= 1")
-        if self.max_length is not None and self.max_length < 2:
-            errors.append("max_length must be >= 2")
-        from curate.influence.segments import SEGMENT_METHODS, SEGMENTERS
-
-        if self.sentences is not None and self.sentences not in SEGMENTERS:
-            errors.append(f"sentences must be one of {SEGMENTERS}, got {self.sentences!r}")
+                    problems.append(Problem(f"{{damping}} {self.damping}: must be >= 0"))
+        if self.query_splits == 1:
+            problems.append(Problem("{query_splits} 1: must be 0 (none) or >= 2"))
+        if self.tokens_top is not None and not self.tokens:
+            problems.append(Problem("{tokens_top} only applies with {tokens}"))
+        if self.method == "embedding":
+            for name in ("tokens", "sentences", "shard"):
+                if getattr(self, name):
+                    problems.append(Problem(f"{{{name}}} applies to {{method}} ekfac, not embedding"))
         if self.shard is not None:
             try:
                 Shard.parse(self.shard)
             except UsageError as err:
-                errors.append(str(err))
-        if self.sentence_method not in SEGMENT_METHODS:
-            errors.append(f"sentence_method must be one of {SEGMENT_METHODS}, got {self.sentence_method!r}")
-        if self.pair_cache_gb < 0:
-            errors.append("pair_cache_gb must be >= 0")
-        if self.pair_spill_gb is not None and self.pair_spill_gb < 0:
-            errors.append("pair_spill_gb must be >= 0")
-        if self.group_memory_gb <= 0:
-            errors.append("group_memory_gb must be > 0")
-        if errors:
-            raise UsageError("; ".join(errors))
+                problems.append(Problem(f"{{shard}}: {err}"))
+        raise_problems(self, problems)
 
     @property
     def resolved_device(self) -> str:

@@ -1,28 +1,25 @@
-"""Writing a scored pool: the dataset card's influence sections and the token/segment side files.
+"""Scoring as an operation: `run` (the registry's call shape) and the scored pool's card.
 
-`curate score`, the `score` step of a recipe and `curate demo` all write through `write_scored`, so
-every scored pool carries the same card (sign and scale, settings with the query set sizes, plan,
-ranking stability) and its `tokens.parquet` / `sentences.parquet` sit where `curate report` finds
-them (`curate.data.side_path`).
+`curate score`, the `score` step of a recipe and `curate demo` all go through `run` and
+`curate.ops.write_result`, so every scored pool carries the same card (sign and scale, settings
+with the query set sizes, plan, ranking stability) and its `tokens.parquet` / `sentences.parquet`
+sit where `curate report` finds them (`curate.data.side_path`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from curate.errors import UsageError
 
 if TYPE_CHECKING:  # kept light: `curate score --help` reads SIGN_AND_SCALE without importing torch
-    from curate.data import ManifestEntry, Pool
+    from curate.data import Pool
+    from curate.influence.config import ScoreConfig
     from curate.influence.engine import ScoreResult
-
-# What the query sets' answers are (`curate score --query-answers`, the card's `query answers`):
-# reference solutions, or the model's own verified-correct answers (`curate query --answers model`).
-QUERY_ANSWERS = ("reference", "model")
+    from curate.results import OpContext, OpResult
 
 SIGN_AND_SCALE = """\
 `curate_influence_<q>` = grad f_q(theta)^T (EK-FAC + damping I)^{-1} grad log p(z; theta), where
@@ -46,6 +43,11 @@ counterfactual check (does removing what the scores call helpful hurt more than 
 rows?)."""
 
 
+EMBEDDING_NOTE = """\
+`curate_embedding_<q>` = cos(e(z), m_q): e(z) is the example's mean-pooled last hidden state
+(prompt and response) and m_q the mean of query set q's normalised embeddings (RDS+, Humane et al.).
+In [-1, 1]; higher = more like the query set. A similarity baseline, not an influence estimate."""
+
 _QUERY_LINE = re.compile(r"^- query `(?P<query>[^`]+)`: .*\((?P<n>\d+) examples\)$", re.M)
 
 
@@ -57,30 +59,18 @@ class QuerySource:
     size: int
 
 
-@dataclass
-class ScoredOutput:
-    """The written pool (`path`: folder or file) and its side files (tokens, sentences)."""
-
-    path: Path
-    side_files: list[Path] = field(default_factory=list)
-
-
-def score_card(result: ScoreResult, queries: Mapping[str, QuerySource], query_answers: str = "reference"
-               ) -> dict[str, str]:
+def score_card(result: ScoreResult, queries: Mapping[str, QuerySource]) -> dict[str, str]:
     """The dataset card sections of a scored pool, with the settings as run (`result.config`);
-    `curate report` reads the query set sizes back from the `- query` lines. `query_answers` is one
-    of `QUERY_ANSWERS`."""
-    if query_answers not in QUERY_ANSWERS:
-        raise UsageError(f"query answers {query_answers!r}: expected one of {', '.join(QUERY_ANSWERS)}")
+    `curate report` reads the query set sizes back from the `- query` lines."""
     config = result.config
     from rich.text import Text
 
     card = {
         "Influence scores": SIGN_AND_SCALE,
         "Influence settings": "\n".join(
-            [f"- model: `{config.model}`", f"- query answers: {query_answers}"]
+            [f"- model: `{config.model}`", f"- query answers: {config.query_answers}"]
             + [f"- query `{q}`: `{src.path}` ({src.size} examples)" for q, src in queries.items()]
-            + [f"- {k}: `{v}`" for k, v in vars(config).items() if k != "model"]
+            + [f"- {k}: `{v}`" for k, v in vars(config).items() if k not in ("model", "query_answers")]
         ),
         "Influence plan": "```\n" + Text.from_markup(result.plan.render()).plain + "\n```",
     }
@@ -95,22 +85,34 @@ def card_query_sizes(card: str) -> dict[str, int]:
     return {m["query"]: int(m["n"]) for m in _QUERY_LINE.finditer(card)}
 
 
-def write_scored(pool: Pool, result: ScoreResult, out: str | Path, *, queries: Mapping[str, QuerySource],
-                 query_answers: str = "reference",
-                 command: str | Sequence[str] | None = None, manifest: Iterable[ManifestEntry] = (),
-                 **write_options) -> ScoredOutput:
-    """Write `pool` with `result`'s score columns, its card and side files; `write_options` go to
-    `curate.data.write_pool` (fmt, emit, push_to_hub)."""
-    from curate.data import side_path, write_pool
+def run(pool: Pool, inputs: dict, config: ScoreConfig, context: OpContext, *, model=None,
+        tokenizer=None) -> OpResult:
+    """The registry's call shape: `inputs["queries"]` maps each query set's name to its pool;
+    resumable state lives in `context.work_dir` (required). The rows are unchanged; the scores
+    are `annotations`, the token / sentence tables `side` files, the `ScoreResult` is
+    `report.data["score"]` (a `--shard` job that did its part: `result.pending`, no table).
 
-    path = write_pool(pool, out, annotations=result.table, command=command, manifest=manifest,
-                      extra_card=score_card(result, queries, query_answers), **write_options)
-    written = ScoredOutput(path)
-    for name, side in (("tokens", result.tokens), ("sentences", result.sentences)):
-        target = side_path(path, name)
-        if side is None:
-            target.unlink(missing_ok=True)  # an earlier run's file beside a file output would be read as ours
-        else:
-            side.write_parquet(target)
-            written.side_files.append(target)
-    return written
+    `model`/`tokenizer`: already loaded (tests, the demo), else `config.model` is loaded."""
+    from curate.influence.engine import score_pool
+    from curate.results import OpReport, OpResult
+
+    queries: dict[str, Pool] = inputs["queries"]
+    if config.method == "embedding":
+        from curate.influence.embedding import embedding_table
+
+        table = embedding_table(pool, queries, config, model=model, tokenizer=tokenizer, progress=context.progress)
+        card = {"Embedding scores": EMBEDDING_NOTE + "\n\n" + "\n".join(
+            [f"- model: `{config.model}`"] + [f"- query `{q}`: `{p.origin}` ({len(p)} examples)" for q, p in queries.items()]
+            + [f"- {k}: `{getattr(config, k)}`" for k in ("max_length", "batch_tokens", "dtype")])}
+        return OpResult(pool, [], OpReport({"rows": len(table), "columns": table.columns[1:]}, [], card), annotations=table)
+    if context.work_dir is None:
+        raise UsageError("scoring needs a work folder for its stages (OpContext.work_dir)")
+    result = score_pool(list(pool.examples()), {q: list(p.examples()) for q, p in queries.items()}, config,
+                        context.work_dir,
+                        overwrite=context.overwrite, progress=context.progress, model=model, tokenizer=tokenizer)
+    if result.pending:
+        return OpResult(pool, [], OpReport(notes=[result.pending], data={"score": result}))
+    sources = {q: QuerySource(p.origin, len(p)) for q, p in queries.items()}
+    counts = {"rows": len(result.table), "columns": result.columns}
+    return OpResult(pool, [], OpReport(counts, [], score_card(result, sources), {"score": result}),
+                    annotations=result.table, side={"tokens": result.tokens, "sentences": result.sentences})

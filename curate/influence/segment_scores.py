@@ -16,10 +16,10 @@ import polars as pl
 import torch
 
 from curate.data.example import Example
+from curate.data.segments import segment
 from curate.errors import UsageError
 from curate.influence.batches import make_batches
 from curate.influence.scoring import score_batches
-from curate.influence.segments import segment
 from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 

@@ -11,9 +11,10 @@ from curate.ops.decontam import Benchmark, decontaminate, load_benchmarks
 from curate.ops.donor import load_donor
 from curate.ops.flip import FlipConfig, flip
 from curate.ops.prune import PruneConfig, prune
-from curate.ops.result import OpReport, OpResult
 from curate.ops.reweight import ReweightConfig, reweight
 from curate.ops.strip import StripConfig, strip
+from curate.results import OpContext, OpReport, OpResult, write_result
 
-__all__ = ["Benchmark", "FlipConfig", "OpReport", "OpResult", "PruneConfig", "ReweightConfig", "StripConfig", "decontaminate", "flip", "load_benchmarks",
-           "load_donor", "prune", "reweight", "strip"]
+__all__ = ["Benchmark", "FlipConfig", "OpContext", "OpReport", "OpResult", "PruneConfig", "ReweightConfig", "StripConfig", "decontaminate", "flip", "load_benchmarks",
+           "load_donor", "prune", "reweight", "strip",
+           "write_result"]

@@ -95,7 +95,7 @@ def decontaminate(pool: Pool, paths: Sequence[str | Path], ngram: int = DEFAULT_
     without paths). Used by the write path of every command; flip and prune also call
     `contaminated_rows` themselves, for their donor and their keep fraction."""
     from curate.data import ManifestEntry
-    from curate.ops.result import OpReport, OpResult
+    from curate.results import OpReport, OpResult
 
     found = contaminated_rows(pool, load_benchmarks(paths), ngram) if paths else None
     if found is None or found.is_empty():

@@ -24,12 +24,12 @@ dropped (listed as removed), so the output is smaller by that many.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from curate.analysis import EASY_MAX, HARD_MIN
 from curate.data import ManifestEntry, Pool
-from curate.errors import DataError, UsageError
+from curate.errors import DataError
 from curate.ops.decontam import (
     DEFAULT_NGRAM,
     Benchmark,
@@ -37,9 +37,10 @@ from curate.ops.decontam import (
     load_benchmarks,
     normalise,
 )
-from curate.ops.result import OpReport, OpResult
 from curate.ops.select import round_half_up
 from curate.ops.text import problem_texts
+from curate.results import OpContext, OpReport, OpResult
+from curate.settings import Problem, check_settings, raise_problems, setting
 
 if TYPE_CHECKING:
     import polars as pl
@@ -66,36 +67,30 @@ class Swap(NamedTuple):
 class FlipConfig:
     """How to flip. Thresholds are on the 1-10 difficulty scale."""
 
-    swap_frac: float = field(default=0.25, metadata={"help": "Fraction of each flipped domain to swap."})
-    swap_n: int | None = field(default=None, metadata={"help": "Rows to swap per domain (instead of swap_frac)."})
-    easy_max: float = field(default=EASY_MAX, metadata={"help": "Easy = difficulty <= this (MATH levels 1-2, TACO EASY)."})
-    hard_min: float = field(default=HARD_MIN, metadata={
-        "help": "Hard = difficulty >= this (MATH levels 4-5, TACO MEDIUM_HARD and up, APPS competition)."})
-    domains: tuple[str, ...] = field(default=FLIP_DOMAINS, metadata={"help": "Domains to flip."})
-    reverse: bool = field(default=False, metadata={"help": "Control: harder code, easier math."})
-    difficulty_col: str = field(default="curate_difficulty", metadata={"help": "Difficulty column (1-10)."})
-    allow_mixed_sources: bool = field(default=False, metadata={"help": "Allow pool and donor difficulty sources to differ."})
-    seed: int = field(default=0, metadata={"help": "Seed of the donor draw."})
-    decontaminate: tuple[str, ...] = field(default=(), metadata={"help": "Benchmark files to decontaminate against."})
-    ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": "Shared word n-gram that counts as overlap."})
+    swap_frac: float = setting(0.25, "Fraction of each flipped domain to swap.", low=0, high=1, low_open=True)
+    swap_n: int | None = setting(None, "Rows to swap per domain (instead of {swap_frac}).", low=1)
+    easy_max: float = setting(EASY_MAX, "Easy: difficulty <= this (1-10 scale; MATH levels 1-2, TACO EASY).",
+                              low=1, high=10)
+    hard_min: float = setting(HARD_MIN, "Hard: difficulty >= this (MATH levels 4-5, TACO MEDIUM_HARD and up, "
+                              "APPS competition).", low=1, high=10)
+    domains: tuple[str, ...] = setting(FLIP_DOMAINS, "Domains to flip.", choices=FLIP_DOMAINS)
+    reverse: bool = setting(False, "The control: harder code, easier math.")
+    difficulty_col: str = setting("curate_difficulty", "Difficulty column (1-10); without it a MATH `level` L "
+                                  "counts as L + 1 (the offline tagger's table).")
+    allow_mixed_sources: bool = setting(False, "Flip even when pool and donor difficulty sources differ.")
+    seed: int = setting(0, "Seed of the donor draw.")
+    decontaminate: tuple[str, ...] = setting((), "Benchmark file(s): drop pool and donor rows that overlap one.",
+                                             metavar="BENCH", input_names=True)
+    ngram: int = setting(DEFAULT_NGRAM, "Shared word n-gram that counts as overlap.", low=4)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domains", tuple(self.domains))
         object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
-        problems = []
-        if not 0 < self.swap_frac <= 1:
-            problems.append(f"swap_frac={self.swap_frac}: must be in (0, 1]")
-        if self.swap_n is not None and self.swap_n < 1:
-            problems.append(f"swap_n={self.swap_n}: must be at least 1")
-        if not 1 <= self.easy_max < self.hard_min <= 10:
-            problems.append(f"easy_max={self.easy_max}, hard_min={self.hard_min}: need 1 <= easy_max < hard_min <= 10")
-        bad = [d for d in self.domains if d not in FLIP_DOMAINS]
-        if bad or not self.domains:
-            problems.append(f"domains={list(self.domains)}: choose from {', '.join(FLIP_DOMAINS)}")
-        if self.ngram < 4:
-            problems.append(f"ngram={self.ngram}: must be at least 4")
-        if problems:
-            raise UsageError("; ".join(problems))
+        problems = check_settings(self)
+        if not self.easy_max < self.hard_min:
+            problems.append(Problem(f"{{easy_max}} {self.easy_max}, {{hard_min}} {self.hard_min}: "
+                                    "need {easy_max} < {hard_min}"))
+        raise_problems(self, problems)
 
     def direction(self, domain: str) -> str:
         return "harder" if (domain == "math") != self.reverse else "easier"
@@ -271,6 +266,17 @@ def _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, befor
     counts = {"rows in": len(pool), "rows out": len(pool) - len(dirty),
               **{f"{d} swapped": v["swapped"] for d, v in per_domain.items()}, "decontaminated": len(dirty)}
     return OpReport(counts, notes, {"Difficulty flip": "\n".join(lines)}, {"histograms": hist})
+
+
+def run(pool: Pool, inputs: dict, config: FlipConfig, context: OpContext) -> OpResult:
+    """The registry's call shape: `inputs["donor"]` is the donor pool; the result carries the
+    before/after histograms as a figure."""
+    import dataclasses
+
+    result = flip(pool, inputs["donor"], config)
+    histograms = result.report.data["histograms"]
+    return dataclasses.replace(result, figures={"difficulty": ("Difficulty flip",
+                                                               lambda path: plot_histograms(histograms, path))})
 
 
 def plot_histograms(histograms: dict[str, dict[str, dict[str, int]]], path: str) -> None:

@@ -13,9 +13,11 @@ Strategies (every score is "higher = keep"; `lowest=True` keeps the lowest inste
 - `random`: uniform, seeded; independent of row order (rows are drawn in curate_id order).
 - `mid-perplexity`: keep the middle of `curate_nll` (score = -|pct(nll) - 0.5|).
 - `length`: `curate_tokens` when the pool has it, else response characters; longest kept.
-- `embedding` (RDS+, Humane et al.): cosine of the row's mean-pooled last hidden state under
-  `model` to the mean direction of the normalised embeddings of the `queries` examples
-  (`curate.ops.embed`; ranks like the mean cosine to each query).
+- `embedding` (RDS+, Humane et al.): the `curate_embedding_<q>` columns that `curate score
+  --method embedding` writes (`curate.influence.embedding`: cosine of the row's mean-pooled last
+  hidden state to query set q's mean direction), ranked as `score` ranks columns. The op reads
+  columns only; `curate prune --strategy embedding --model M --query PATH` is a shortcut that
+  scores the embeddings first.
 
 Counts: exactly `round(keep * N)` rows are kept (half rounds up), or `keep_n`. With `per_domain`
 the total is split over `curate_domain` values in proportion to their sizes by largest remainder
@@ -27,14 +29,16 @@ With `decontaminate`, overlapping rows are dropped first and the keep fraction a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from curate.data import ManifestEntry, Pool
-from curate.errors import DataError, UsageError
+from curate.data.pool import EMBEDDING_PREFIX
+from curate.errors import DataError
 from curate.ops.decontam import DEFAULT_NGRAM, Benchmark, contaminated_rows, load_benchmarks
-from curate.ops.result import OpReport, OpResult
 from curate.ops.select import apportion, order_rows, percentile, round_half_up, zscore
+from curate.results import OpContext, OpReport, OpResult
+from curate.settings import Problem, check_settings, raise_problems, setting
 
 if TYPE_CHECKING:
     import polars as pl
@@ -47,63 +51,46 @@ INFLUENCE_PREFIX = "curate_influence_"
 class PruneConfig:
     """How to prune. Exactly one of `keep` (fraction in (0, 1]) and `keep_n` (rows)."""
 
-    keep: float | None = field(default=None, metadata={"help": "Fraction of rows to keep, in (0, 1]."})
-    keep_n: int | None = field(default=None, metadata={"help": "Number of rows to keep."})
-    strategy: str = field(default="score", metadata={"help": f"One of {', '.join(STRATEGIES)}."})
-    by: tuple[str, ...] = field(default=(), metadata={
-        "help": "Score columns for score/rank [default: every curate_influence_<q> without _split]."})
-    correct: str | None = field(default=None, metadata={"help": "s_C column (correct-incorrect)."})
-    incorrect: str | None = field(default=None, metadata={"help": "s_I column (correct-incorrect)."})
-    per_domain: bool = field(default=False, metadata={"help": "Keep the fraction within each curate_domain."})
-    lowest: bool = field(default=False, metadata={"help": "Keep the lowest scores instead of the highest."})
-    seed: int = field(default=0, metadata={"help": "Seed of the random strategy."})
-    decontaminate: tuple[str, ...] = field(default=(), metadata={"help": "Benchmark files to decontaminate against."})
-    ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": "Shared word n-gram that counts as overlap."})
-    model: str | None = field(default=None, metadata={"help": "Model path, Hub id or alias (embedding)."})
-    queries: tuple[str, ...] = field(default=(), metadata={"help": "Query set files to embed (embedding)."})
-    max_length: int = field(default=2048, metadata={"help": "Tokens per example embedded; longer ones are cut."})
-    batch_tokens: int = field(default=4096, metadata={"help": "Padded tokens per embedding batch."})
-    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda:1, ... (embedding)."})
+    keep: float | None = setting(None, "Fraction of rows to keep; exactly round(keep x N) are kept. No default: "
+                                 "give exactly one of {keep} and {keep_n}.", low=0, high=1, low_open=True)
+    keep_n: int | None = setting(None, "Number of rows to keep (instead of {keep}; no default).", low=1)
+    strategy: str = setting("score", "score: one column or z-scores summed; rank: mean rank percentile; "
+                            "correct-incorrect: keep high {correct}, drop high {incorrect} (split-damped); baselines "
+                            "random, mid-perplexity (middle of curate_nll), length (curate_tokens or response "
+                            "chars), embedding (the curate_embedding_<q> columns of `curate score --method embedding`, as "
+                            "score ranks them).",
+                            choices=STRATEGIES)
+    by: tuple[str, ...] = setting((), "Score column(s) [default: every curate_influence_<q> column without _split; "
+                                  "with {strategy} embedding, every curate_embedding_<q> column].",
+                                  metavar="COL[,COL...]")
+    correct: str | None = setting(None, "s_C column for correct-incorrect (e.g. curate_influence_correct).")
+    incorrect: str | None = setting(None, "s_I column for correct-incorrect.")
+    per_domain: bool = setting(False, "Keep the fraction within each curate_domain (exact total, largest remainder).")
+    lowest: bool = setting(False, "Keep the lowest scores instead (e.g. the shortest with {strategy} length).")
+    seed: int = setting(0, "Seed of {strategy} random.")
+    decontaminate: tuple[str, ...] = setting((), "Benchmark file(s): drop rows whose problem overlaps one.",
+                                             metavar="BENCH", input_names=True)
+    ngram: int = setting(DEFAULT_NGRAM, "Shared word n-gram that counts as overlap.", low=4)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "by", tuple(self.by))
-        object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
-        object.__setattr__(self, "queries", tuple(self.queries))
-        problems = []
+        for name in ("by", "decontaminate"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = check_settings(self)
         if (self.keep is None) == (self.keep_n is None):
-            problems.append("give exactly one of keep (a fraction) and keep_n (a count)")
-        if self.keep is not None and not 0 < self.keep <= 1:
-            problems.append(f"keep={self.keep}: must be in (0, 1] (a fraction of rows; use keep_n for a count)")
-        if self.keep_n is not None and self.keep_n < 1:
-            problems.append(f"keep_n={self.keep_n}: must be at least 1")
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+            problems.append(Problem("give exactly one of {keep} (a fraction) and {keep_n} (a count)"))
         if self.strategy == "correct-incorrect":
             if not (self.correct or self.incorrect):
-                problems.append("strategy correct-incorrect needs correct and/or incorrect columns")
+                problems.append(Problem("{strategy} correct-incorrect needs {correct} and/or {incorrect} columns"))
             if self.by:
-                problems.append("strategy correct-incorrect takes correct/incorrect, not by")
+                problems.append(Problem("{strategy} correct-incorrect takes {correct}/{incorrect}, not {by}"))
         elif self.correct or self.incorrect:
-            problems.append(f"correct/incorrect apply to strategy correct-incorrect, not {self.strategy}")
+            problems.append(Problem(f"{{correct}}/{{incorrect}} apply to {{strategy}} correct-incorrect, "
+                                    f"not {self.strategy}"))
         if self.strategy in ("random", "mid-perplexity") and self.by:
-            problems.append(f"strategy {self.strategy} takes no by columns")
+            problems.append(Problem(f"{{strategy}} {self.strategy} takes no {{by}} columns"))
         if self.strategy == "length" and len(self.by) > 1:
-            problems.append("strategy length takes at most one by column")
-        if self.strategy == "embedding":
-            if not self.model:
-                problems.append("strategy embedding needs a model")
-            if not self.queries:
-                problems.append("strategy embedding needs at least one query file")
-            if self.by:
-                problems.append("strategy embedding takes no by columns")
-        elif self.model or self.queries:
-            problems.append(f"model/queries apply to strategy embedding, not {self.strategy}")
-        if self.max_length < 1 or self.batch_tokens < 1:
-            problems.append(f"max_length={self.max_length}, batch_tokens={self.batch_tokens}: must be at least 1")
-        if self.ngram < 4:
-            problems.append(f"ngram={self.ngram}: must be at least 4")
-        if problems:
-            raise UsageError("; ".join(problems))
+            problems.append(Problem("{strategy} length takes at most one {by} column"))
+        raise_problems(self, problems)
 
 
 def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | None = None) -> OpResult:
@@ -166,17 +153,18 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
                 raise DataError(_missing(name, columns))
         return pl.from_arrow(table.select(names)).with_row_index("row").filter(pl.col("row").is_in(rows.implode()))
 
-    if strategy in ("score", "rank"):
-        by = list(config.by) or [c for c in columns if c.startswith(INFLUENCE_PREFIX) and "_split" not in c]
+    if strategy in ("score", "rank", "embedding"):
+        prefix = EMBEDDING_PREFIX if strategy == "embedding" else INFLUENCE_PREFIX
+        by = list(config.by) or [c for c in columns if c.startswith(prefix) and "_split" not in c]
         if not by:
-            raise DataError(_missing(None, columns))
+            raise DataError(_missing(None, columns, prefix))
         f = frame_of(by)
         if len(by) == 1:
             return f[by[0]].cast(pl.Float64).fill_nan(None)
-        parts = f.select((zscore if strategy == "score" else percentile)(c) for c in by)
+        parts = f.select((percentile if strategy == "rank" else zscore)(c) for c in by)
         total = parts.select(pl.sum_horizontal(pl.all()).alias("s"), pl.any_horizontal(pl.all().is_null()).alias("n"))
         s = total.select(pl.when(pl.col("n")).then(None).otherwise(pl.col("s")))
-        return s.to_series() / (1 if strategy == "score" else len(by))
+        return s.to_series() / (len(by) if strategy == "rank" else 1)
     if strategy == "correct-incorrect":
         utility = pl.lit(0.0)
         names = []
@@ -197,8 +185,6 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
         order = f.sort("curate_id")
         draws = np.random.default_rng(config.seed).random(len(order))
         return order.with_columns(pl.Series("s", draws)).sort("pos")["s"]
-    if strategy == "embedding":
-        return _embedding_scores(pool, config, rows)
     if strategy == "mid-perplexity":
         f = frame_of(["curate_nll"])
         return f.select(-(percentile("curate_nll") - 0.5).abs()).to_series()
@@ -211,25 +197,11 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
     return response_chars(pool).cast(pl.Float64).gather(rows)
 
 
-def _embedding_scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
-    """Cosine of each row in `rows` to the queries (see `curate.ops.embed`)."""
-    import polars as pl
-
-    from curate.data import load_pool
-    from curate.ops.embed import embedding_scores
-
-    wanted = set(rows.to_list())
-    examples = [e for i, e in enumerate(pool.examples()) if i in wanted]  # ascending, as `rows` is
-    queries = [e for path in config.queries for e in load_pool(path).examples()]
-    scores = embedding_scores(config.model, examples, queries, max_length=config.max_length,
-                              batch_tokens=config.batch_tokens, device=config.device)
-    return pl.Series("score", scores, dtype=pl.Float64)
-
-
-def _missing(name: str | None, columns: list[str]) -> str:
-    found = [c for c in columns if c.startswith(INFLUENCE_PREFIX)]
-    have = f"available curate_influence_* columns: {', '.join(found)}" if found else \
-        "the pool has no curate_influence_* columns (run `curate score` first)"
+def _missing(name: str | None, columns: list[str], prefix: str = INFLUENCE_PREFIX) -> str:
+    found = [c for c in columns if c.startswith(prefix)]
+    how = "`curate score --method embedding`" if prefix == EMBEDDING_PREFIX else "`curate score`"
+    have = f"available {prefix}* columns: {', '.join(found)}" if found else \
+        f"the pool has no {prefix}* columns (run {how} first)"
     return f"the pool has no score column {name!r}; {have}" if name else f"no score column given; {have}"
 
 
@@ -247,10 +219,9 @@ def _report(config, pool, ordered, kept, nulls, dirty, sign) -> OpReport:
         pl.len().alias("rows"), (pl.col("rank") <= pl.col("quota")).sum().alias("kept"),
         pl.col("score").filter(pl.col("rank") <= pl.col("quota")).min().alias("lowest kept"),
     ).sort("curate_domain")
-    what = {"correct-incorrect": f"correct `{config.correct}`, incorrect `{config.incorrect}`",
-            "embedding": f"model `{config.model}`, queries {', '.join(f'`{q}`' for q in config.queries)}"}.get(
+    what = {"correct-incorrect": f"correct `{config.correct}`, incorrect `{config.incorrect}`"}.get(
         config.strategy, ", ".join(f"`{c}`" for c in config.by) or "default columns")
-    if config.strategy == "score" and len(config.by) > 1:
+    if config.strategy in ("score", "embedding") and len(config.by) > 1:
         what += "; the score is the sum of the columns, each z-scored over its non-null values"
     lines = [
         f"- strategy: `{config.strategy}` ({what}){'; lowest kept' if config.lowest else ''}",
@@ -263,3 +234,8 @@ def _report(config, pool, ordered, kept, nulls, dirty, sign) -> OpReport:
     for domain, rows, k, low in per.iter_rows():
         lines.append(f"| {domain} | {rows} | {k} | {'' if low is None else f'{sign * low:.6g}'} |")
     return OpReport(counts, notes, {"Pruning": "\n".join(lines)})
+
+
+def run(pool: Pool, inputs: dict, config: PruneConfig, context: OpContext) -> OpResult:
+    """The registry's call shape (no inputs besides the pool)."""
+    return prune(pool, config)

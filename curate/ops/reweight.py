@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 
 from curate.data import ManifestEntry, Pool
-from curate.errors import DataError, UsageError
-from curate.ops.result import OpReport, OpResult
+from curate.errors import DataError
 from curate.progress import quiet_datasets
+from curate.results import OpContext, OpReport, OpResult
+from curate.settings import Problem, check_settings, raise_problems, setting
 
 
 @dataclass(frozen=True)
 class ReweightConfig:
     """How to reweight."""
 
-    by: str = field(default="curate_weight", metadata={"help": "Column of non-negative weights."})
-    keep_size: bool = field(default=False, metadata={"help": "Rescale weights to sum to the pool size."})
-    seed: int = field(default=0, metadata={"help": "Seed of the fractional-weight coins."})
+    by: str = setting(MISSING, "Column of non-negative weights (e.g. one you computed from scores).")
+    keep_size: bool = setting(False, "Rescale the weights to sum to the pool size.")
+    seed: int = setting(0, "Seed of the fractional-weight coins.")
 
     def __post_init__(self) -> None:
-        if not self.by:
-            raise UsageError("reweight needs a weight column (by)")
+        raise_problems(self, check_settings(self) + ([] if self.by else [Problem("{by}: give a weight column")]))
 
 
 def _coin(seed: int, curate_id: str) -> float:
@@ -75,3 +75,8 @@ def reweight(pool: Pool, config: ReweightConfig) -> OpResult:
     card = {"Reweighting": (f"Weights from `{config.by}`" + (" rescaled to sum to the pool size" if config.keep_size else "")
                             + f"; seed {config.seed}. " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".")}
     return OpResult(pool.with_dataset(dataset), manifest, OpReport(counts=counts, card=card))
+
+
+def run(pool: Pool, inputs: dict, config: ReweightConfig, context: OpContext) -> OpResult:
+    """The registry's call shape (no inputs besides the pool)."""
+    return reweight(pool, config)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from curate.errors import UsageError
 from curate.progress import Progress, Silent
-from curate.recipes.check import Recipe, Step, op_table, parse_recipe
+from curate.recipes.check import Recipe, Step, op_names, parse_recipe
 from curate.recipes.run import RunResult, StepSummary, net_manifest
 
 
@@ -51,5 +51,5 @@ def run_recipe(path: str | Path, dry_run: bool = False, progress: Progress | Non
     return _Runner(recipe, progress or Silent()).run()
 
 
-__all__ = ["Recipe", "RecipeError", "RunResult", "Step", "StepSummary", "check_recipe", "net_manifest", "op_table",
+__all__ = ["Recipe", "RecipeError", "RunResult", "Step", "StepSummary", "check_recipe", "net_manifest", "op_names",
            "parse_recipe", "run_recipe"]

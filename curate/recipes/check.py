@@ -7,15 +7,16 @@ A recipe is YAML with three top-level keys over a closed set of operations:
     output:  path | {path, format, emit}
     validate: {...}                # optional: fine-tune and evaluate output vs. baseline (curate.recipes.validation)
 
-Paths are relative to the recipe file. A step's parameters are the fields of its op's config
-dataclass (`TagConfig`, `ScoreConfig`, `FlipConfig`, `PruneConfig`, `StripConfig`), checked by
-name, by type and by the config's own `__post_init__`, plus a few that name inputs (`donor`,
-`queries`, `also`; `decontaminate` lists input names instead of paths). Nothing names Python code.
+Paths are relative to the recipe file. The ops are the registry's (`curate.registry`) plus
+`write` (write the current pool somewhere and go on). A step's keys are its op's settings
+(`curate.settings`: the config's fields, by the same names), checked by name, by type and by the
+config's own `__post_init__`, plus the op's inputs as input names (`donor`, `queries`; tag's
+`also`); settings marked `input_names` (`decontaminate`) list input names instead of paths.
+Nothing names Python code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -29,37 +30,15 @@ OPTIONAL_KEYS = ("validate",)  # see curate.recipes.validation
 NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
-@dataclass(frozen=True)
-class OpSpec:
-    """An operation: its config class (None for `write`) and the parameters that are not config
-    fields: {name: (kind, required, help)}; kind is "input", "inputs" or a python type."""
-
-    config: type | None
-    extra: dict[str, tuple[Any, bool, str]] = field(default_factory=dict)
-    input_lists: tuple[str, ...] = ()  # config fields given as input names, resolved to paths
+WRITE_KEYS = {"path": "where to write the current pool", "format": "disk, parquet or jsonl [default: from the suffix]",
+              "emit": "input or messages"}
 
 
-def op_table() -> dict[str, OpSpec]:
-    """The closed set of operations (`strip` when `curate.ops` has it)."""
-    import curate.ops as ops
-    from curate.influence.config import ScoreConfig
-    from curate.tagging.config import TagConfig
+def op_names() -> list[str]:
+    """Every op a recipe step may name: the registry's, then `write`."""
+    from curate.registry import OPERATIONS
 
-    table = {
-        "tag": OpSpec(TagConfig, {"also": ("inputs", False, "other inputs tagged with the same settings "
-                                                          "(a flip donor, so both sides share one rater)")}),
-        "score": OpSpec(ScoreConfig, {"queries": ("inputs", True, "query sets (input names) to score against")}),
-        "flip": OpSpec(ops.FlipConfig, {"donor": ("input", True, "the donor pool (an input name)")},
-                       ("decontaminate",)),
-        "prune": OpSpec(ops.PruneConfig, input_lists=("decontaminate",)),
-        "write": OpSpec(None, {"path": (str, True, "where to write the current pool"),
-                               "format": (str, False, "disk, parquet or jsonl [default: from the suffix]"),
-                               "emit": (str, False, "input or messages")}),
-    }
-    if hasattr(ops, "strip") and hasattr(ops, "StripConfig"):
-        table["strip"] = OpSpec(ops.StripConfig)
-    table["reweight"] = OpSpec(ops.ReweightConfig)
-    return table
+    return [*OPERATIONS, "write"]
 
 
 @dataclass
@@ -155,101 +134,122 @@ def _steps(node, inputs: dict[str, Path], base: Path, errors: nodes.Errors) -> l
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         errors.add(node, "steps: expected a list of `- op: NAME` items")
         return []
-    table = op_table()
+    names = op_names()
     steps = []
     for index, item in enumerate(node.value, start=1):
         params = nodes.mapping(item, errors, f"step {index}")
         if "op" not in params:
-            errors.add(item, f"step {index}: missing `op:` (one of {', '.join(table)})")
+            errors.add(item, f"step {index}: missing `op:` (one of {', '.join(names)})")
             continue
         op_node = params.pop("op")[1]
         op = nodes.value(op_node)
-        if op not in table:
-            errors.add(op_node, f"step {index}: unknown op {op!r}; expected one of {', '.join(table)}")
+        if op not in names:
+            errors.add(op_node, f"step {index}: unknown op {op!r}; expected one of {', '.join(names)}")
             continue
         step = Step(index, op, op_node.start_mark.line + 1, {})
-        if _step(step, table[op], params, inputs, base, errors):
+        ok = _write_step(step, params, errors) if op == "write" else _step(step, params, inputs, base, errors)
+        if ok:
             steps.append(step)
     return steps
 
 
-def _step(step: Step, spec: OpSpec, params: dict, inputs: dict[str, Path], base: Path, errors: nodes.Errors) -> bool:
-    fields = {f.name: f for f in dataclasses.fields(spec.config)} if spec.config else {}
-    known = [*fields, *spec.extra]
+def _write_step(step: Step, params: dict, errors: nodes.Errors) -> bool:
+    ok = True
+    for name, (knode, vnode) in params.items():
+        value = nodes.value(vnode)
+        if name not in WRITE_KEYS:
+            errors.add(knode, f"write (step {step.index}): unknown parameter {name!r}; write takes "
+                              f"{', '.join(WRITE_KEYS)}")
+            ok = False
+        elif not isinstance(value, str):
+            errors.add(vnode, f"write (step {step.index}): {name}: expected str, got {value!r}")
+            ok = False
+        else:
+            step.params[name] = value
+    if "path" not in params:
+        errors.add(step.line, f"write (step {step.index}): missing parameter 'path'")
+        ok = False
+    return ok
+
+
+def _input_names(value, many: bool) -> list[str] | None:
+    """The input names a key gives (one name, or a list with `many`), or None when malformed."""
+    names = [value] if isinstance(value, str) and not many else value
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
+def _step(step: Step, params: dict, inputs: dict[str, Path], base: Path, errors: nodes.Errors) -> bool:
+    from curate.registry import OPERATIONS
+    from curate.settings import ConfigError, settings_of
+
+    op = OPERATIONS[step.op]
+    settings = {s.name: s for s in settings_of(op.config_class) if s.meta.get("recipe", True)}
+    refs = {i.name: i.many for i in op.inputs} | ({"also": True} if op.also else {})
+    known = [*settings, *refs]
     kwargs: dict[str, Any] = {}
     ok = True
     where = f"{step.op} (step {step.index})"
+
+    def names_of(key: str, vnode, many: bool) -> list[str] | None:
+        names = _input_names(nodes.value(vnode), many)
+        if names is None:
+            errors.add(vnode, f"{where}: {key} expects {'a list of input names' if many else 'an input name'}")
+            return None
+        for n in names:
+            if n not in inputs:
+                errors.add(vnode, f"{where}: {key}: {n!r} is not an input (inputs: {', '.join(inputs) or 'none'})")
+        return names if all(n in inputs for n in names) else None
+
     for name, (knode, vnode) in params.items():
         value = nodes.value(vnode)
-        if name in spec.extra:
-            kind, _, _ = spec.extra[name]
-            if kind in ("input", "inputs"):
-                names = [value] if kind == "input" else value
-                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                    errors.add(vnode, f"{where}: {name} expects {'an input name' if kind == 'input' else 'a list of input names'}")
-                    ok = False
-                    continue
-                for n in names:
-                    if n not in inputs:
-                        errors.add(vnode, f"{where}: {name}: {n!r} is not an input (inputs: {', '.join(inputs) or 'none'})")
-                        ok = False
-                step.refs[name] = value
-            elif not isinstance(value, kind):
-                errors.add(vnode, f"{where}: {name}: expected {kind.__name__}, got {value!r}")
+        if name in refs:
+            names = names_of(name, vnode, refs[name])
+            if names is None:
                 ok = False
             else:
-                step.params[name] = value
+                step.refs[name] = names if refs[name] else names[0]
             continue
-        if name not in fields:
+        if name not in settings:
             close = difflib.get_close_matches(name, known, n=2)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             errors.add(knode, f"{where}: unknown parameter {name!r}{hint}; {step.op} takes {', '.join(known)}")
             ok = False
             continue
-        if name in spec.input_lists:
-            names = [value] if isinstance(value, str) else value
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                errors.add(vnode, f"{where}: {name} expects a list of input names")
+        setting = settings[name]
+        if setting.meta.get("input_names"):
+            names = names_of(name, vnode, True) if not isinstance(value, str) else names_of(name, vnode, False)
+            if names is None:
                 ok = False
                 continue
-            missing = [n for n in names if n not in inputs]
-            for n in missing:
-                errors.add(vnode, f"{where}: {name}: {n!r} is not an input (inputs: {', '.join(inputs) or 'none'})")
-            ok = ok and not missing
-            value = [str(inputs[n]) for n in names if n in inputs]
             step.refs[name] = names
-        problem = nodes.type_problem(fields[name].type, value)
+            value = [str(inputs[n]) for n in names]
+        problem = nodes.type_problem(setting, value)
         if problem:
             errors.add(vnode, f"{where}: {name}: {problem}")
             ok = False
             continue
-        if name in ("cache", "prompts_dir") and isinstance(value, str):
-            value = str(base / value)  # tag's files live beside the recipe too
+        if setting.meta.get("path") and isinstance(value, str):
+            value = str(base / value)  # files a step reads live beside the recipe, as its inputs do
         kwargs[name] = tuple(value) if isinstance(value, list) else value
-    for name, (_, required, _) in spec.extra.items():
-        if required and name not in params:
-            errors.add(step.line, f"{where}: missing parameter {name!r}")
+    for i in op.inputs:
+        if i.required and i.name not in params:
+            errors.add(step.line, f"{where}: missing parameter {i.name!r}")
             ok = False
-    for name, f in fields.items():
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in params:
+    for name, setting in settings.items():
+        if setting.required and name not in params:
             errors.add(step.line, f"{where}: missing parameter {name!r}")
             ok = False
     if not ok:
         return False
     step.params.update(kwargs)
-    if spec.config is not None:
-        from curate.errors import CurateError
-
-        try:
-            step.config = spec.config(**kwargs)
-        except (CurateError, TypeError, ValueError) as err:
-            # The config joins its problems with "; "; each goes to the line of the parameter it
-            # names first ("keep=1.5: ..."), else to the op's line.
-            for problem in nodes.problems(str(err)):
-                named = re.match(r"(\w+)\b", problem)
-                at = params[named.group(1)][0] if named and named.group(1) in params else step.line
-                errors.add(at, f"{where}: {problem}")
-            return False
+    try:
+        step.config = op.config_class(**kwargs)
+    except ConfigError as err:
+        # Each problem goes to the line of the first key it names that the step has, else the op's line.
+        for problem, text in zip(err.problems, err.render({}), strict=True):
+            keys = [k for k in problem.keys(settings) if k in params]
+            errors.add(params[keys[0]][0] if keys else step.line, f"{where}: {text}")
+        return False
     return True
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from curate.progress import Progress
 from curate.recipes.check import Recipe, Step
+from curate.registry import OPERATIONS
 from curate.stages import atomic_write_bytes, fingerprint
 
 
@@ -50,7 +51,10 @@ class _Runner:
         self.recipe = recipe
         self.progress = progress
         self.root = recipe.output.with_name(recipe.output.name + ".steps")
-        self.donors = {n for s in recipe.steps for n in ([s.refs["donor"]] if "donor" in s.refs else [])}
+        self.donors = set()  # input names some step reads as a donor
+        for step in recipe.steps:
+            if step.op in OPERATIONS:
+                self.donors |= {step.refs[i.name] for i in OPERATIONS[step.op].inputs if i.donor}
         self.loaded: dict[str, Any] = {}  # input name -> Pool (tagged versions replace the raw ones)
         self.manifests: list[list] = []
 
@@ -101,47 +105,21 @@ class _Runner:
 
     def compute(self, step: Step, pool, folder: Path, data: Path, redo: bool) -> tuple[dict, list]:
         """Run one step and write its pool to `data`; returns (counts, notes)."""
-        from curate.data import load_pool, write_pool
-        from curate.ops import flip, load_benchmarks, prune
+        from curate.data import load_pool
+        from curate.results import OpContext, write_result
 
+        op = OPERATIONS[step.op]
         command = f"curate run {self.recipe.path} (step {step.index}: {step.op})"
-        if step.op == "tag":
-            from curate.tagging import tag_pool
-
-            for name in step.refs.get("also", []):
-                other = self.input_pool(name)
-                annotations, report = tag_pool(other, step.config, progress=self.progress)
-                path = write_pool(other, folder / f"{name}.parquet", annotations=annotations, command=command,
-                                  extra_card=report.card())
-                self.loaded[name] = load_pool(path)
-            annotations, report = tag_pool(pool, step.config, progress=self.progress)
-            write_pool(pool, data, annotations=annotations, command=command, extra_card=report.card())
-            return {"rows": report.rows, "difficulty sources": report.sources, "unparsed": report.unparsed}, []
-        if step.op == "score":
-            from curate.influence.engine import score_pool
-            from curate.influence.output import QuerySource, write_scored
-
-            queries = {n: list(self.input_pool(n).examples()) for n in step.refs["queries"]}
-            result = score_pool(list(pool.examples()), queries, step.config, folder / "work",
-                                overwrite=redo, progress=self.progress)
-            sources = {n: QuerySource(str(self.recipe.inputs[n]), len(q)) for n, q in queries.items()}
-            write_scored(pool, result, data, queries=sources, command=command)
-            return {"rows": len(result.table), "columns": result.columns}, []
-        if step.op in ("flip", "prune"):
-            benchmarks = load_benchmarks(step.config.decontaminate)
-            if step.op == "flip":
-                result = flip(pool, self.input_pool(step.refs["donor"]), step.config, benchmarks)
-            else:
-                result = prune(pool, step.config, benchmarks)
-        elif step.op == "strip":
-            import curate.ops
-
-            result = curate.ops.strip(pool, step.config, progress=self.progress)
-        else:
-            from curate.ops import reweight
-
-            result = reweight(pool, step.config)
-        write_pool(result.pool, data, manifest=result.manifest, command=command, extra_card=result.report.card)
+        inputs = {}
+        for i in op.inputs:
+            names = step.refs[i.name]
+            inputs[i.name] = {n: self.input_pool(n) for n in names} if i.many else self.input_pool(names)
+        context = OpContext(self.progress, folder / "work", overwrite=redo)
+        for name in step.refs.get("also", []):
+            other = op(self.input_pool(name), inputs, step.config, context)
+            self.loaded[name] = load_pool(write_result(other, folder / f"{name}.parquet", command=command).path)
+        result = op(pool, inputs, step.config, context)
+        write_result(result, data, command=command)
         return dict(result.report.counts), list(result.report.notes)
 
     def write(self, step: Step, pool) -> StepSummary:

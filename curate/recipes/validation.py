@@ -15,7 +15,6 @@ recipe, by the configs' own `__post_init__`.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +42,11 @@ def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Pat
     from curate.errors import CurateError
     from curate.evaluation.benchmarks import PACKAGED, unknown_benchmark
     from curate.recipes import yaml_nodes as nodes
+    from curate.settings import ConfigError, settings_of
     from curate.training.config import TrainConfig
     from curate.validate import ValidateConfig
 
-    fields = {f.name: f for f in dataclasses.fields(ValidateConfig) if f.name not in DERIVED}
+    fields = {s.name: s for s in settings_of(ValidateConfig) if s.name not in DERIVED}
     known = sorted([*OWN_KEYS, *fields])
     entries = nodes.mapping(node, errors, "validate")
     kwargs: dict[str, Any] = {}
@@ -57,7 +57,7 @@ def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Pat
             errors.add(knode, f"validate: unknown key {key!r}; expected {', '.join(known)}")
             ok = False
         elif key in fields:
-            problem = nodes.type_problem(fields[key].type, value)
+            problem = nodes.type_problem(fields[key], value)
             if problem:
                 errors.add(vnode, f"validate: {key}: {problem}")
                 ok = False
@@ -94,9 +94,15 @@ def parse_validate(node, recipe_path: Path, inputs: dict[str, Path], output: Pat
         config = ValidateConfig(base_model=str(model), evals=tuple(evals), train=train_config,
                                 variants={variant_name(baseline): str(inputs[baseline]),
                                           variant_name(recipe_path.stem): str(output)}, **kwargs)
-    except (CurateError, TypeError, ValueError) as err:
-        for problem in nodes.problems(str(err)):
+    except ConfigError as err:
+        for problem in err.render({}):
             errors.add(node, f"validate: {problem}")
+        return None
+    except CurateError as err:
+        errors.add(node, f"validate: {err}")
+        return None
+    except TypeError as err:  # a train key that is not a TrainConfig field
+        errors.add(entries["train"][1] if "train" in entries else node, f"validate: train: {err}")
         return None
     run_dir = nodes.value(entries["run_dir"][1]) if "run_dir" in entries else None
     return ValidateSpec(config, recipe_path.parent / run_dir if run_dir else output.with_name(output.name + ".validate"))

@@ -22,17 +22,6 @@ class Errors(list):
         self.append((line, f"{self.where}:{line}: {message}"))
 
 
-def problems(message: str) -> list[str]:
-    """A config's "; "-joined problems, not splitting inside parentheses."""
-    out, depth, start = [], 0, 0
-    for i, ch in enumerate(message):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0 and message.startswith("; ", i):
-            out.append(message[start:i])
-            start = i + 2
-    return [*out, message[start:]]
-
-
 def mapping(node, errors: Errors, what: str) -> dict[str, tuple[Any, Any]]:
     """{key: (key node, value node)}; duplicate and non-string keys are errors."""
     import yaml
@@ -59,30 +48,21 @@ def value(node) -> Any:
     return yaml.SafeLoader("").construct_document(node)
 
 
-_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "None": type(None)}
-
-
-def type_problem(annotation: Any, value: Any) -> str | None:
-    """Why `value` cannot be the field typed `annotation` (a string under PEP 563), or None.
-    Cheap checks only: the outer type of each union member."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    members = [m.strip() for m in text.split("|")]
-    for member in members:
-        outer = member.split("[", 1)[0]
-        if outer in ("tuple", "list"):
-            if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
-                return None
-            continue
-        if outer == "dict":
-            if isinstance(value, dict):
-                return None
-            continue
-        python = _TYPES.get(outer)
-        if python is None:
-            return None  # a type this check does not know: leave it to __post_init__
-        if isinstance(value, bool) and outer != "bool":
-            continue
-        if isinstance(value, python):
-            return None
-    shown = " or ".join("a list" if m.startswith(("tuple", "list")) else m for m in members)
-    return f"expected {shown}, got {value!r}"
+def type_problem(setting, value: Any) -> str | None:
+    """Why `value` cannot be the value of `setting` (a `curate.settings.Setting`), or None.
+    Cheap checks of the outer type only; ranges and choices are the config's own checks."""
+    if value is None:
+        return None if setting.optional else f"expected a value, got {value!r}"
+    if setting.kind == "flag":
+        ok, shown = isinstance(value, bool), "true or false"
+    elif setting.kind == "list":
+        ok = isinstance(value, list) and all(isinstance(v, str | int | float) for v in value)
+        shown = "a list"
+    elif setting.kind == "mapping":
+        ok, shown = isinstance(value, dict), "a mapping"
+    else:
+        allowed = tuple(float if t is float else t for t in setting.types) or (str,)
+        ok = (not isinstance(value, bool) and (isinstance(value, allowed)
+                                              or (float in allowed and isinstance(value, int))))
+        shown = " or ".join(t.__name__ for t in allowed)
+    return None if ok else f"expected {shown}, got {value!r}"

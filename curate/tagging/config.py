@@ -2,85 +2,88 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from curate.errors import UsageError
+from curate.settings import Problem, check_settings, raise_problems, setting
 from curate.shard import Shard
+from curate.tagging.exploration import PROMPT_NAME, UNITS
 from curate.tagging.prompts import BEHAVIORS
 
-TASKS = ("difficulty", "behaviors", "domain")
+TASKS = ("difficulty", "behaviors", "domain", "exploration_spans")
+DEFAULT_TASKS = ("difficulty", "behaviors", "domain")
 LONG_POLICIES = ("truncate", "split")
 
 
 @dataclass
 class TagConfig:
-    """Settings of one tagging run. Checked in `__post_init__`; all errors reported at once."""
+    """Settings of one tagging run. Checked in `__post_init__`; all problems reported at once."""
 
-    tasks: tuple[str, ...] = TASKS  # which tags to produce: difficulty, behaviors, domain
-    offline: bool = False  # native labels + rules, no server
-    base_urls: tuple[str, ...] = ()  # OpenAI-compatible servers (…/v1) sharing the load (a string: comma list)
-    model: str = ""  # rater model name as the server knows it
-    api_key_env: str = "OPENAI_API_KEY"  # env var holding the key (the key itself is never stored)
-    concurrency: int = 32  # HTTP requests in flight, over all base URLs
-    server_concurrency: int | None = None  # requests in flight on any one server (None: only the total bound)
-    temperature: float = 0.0
-    max_tokens: int = 512  # rater reply bound
-    timeout: float = 120.0  # seconds per request before it counts as a timeout
-    max_retries: int = 6  # retries per request after the first attempt
-    backoff: float = 0.5  # first backoff (s); doubles per retry, times jitter in [0.5, 1.5)
-    max_backoff: float = 30.0
-    max_chars: int = 12000  # longest text sent per field; longer: head/tail truncation or windows
-    long: str = "truncate"  # long-trace policy: truncate (head + tail) or split (windows, counts summed)
-    prompts_dir: str | None = None  # user templates overriding prompts/<name>.md
-    cache: str | None = None  # SQLite cache path (None: in-memory, nothing kept)
-    native: bool = False  # with a server: use native difficulty labels where present, ask only the rest
-    native_map: dict[str, int] = field(default_factory=dict)  # overrides of offline.NATIVE_DIFFICULTY
-    price_in: float = 0.0  # $ per 1M input tokens, for the cost estimate
-    price_out: float = 0.0  # $ per 1M output tokens
-    seed: int = 0  # backoff jitter
-    shard: Shard | str | None = None  # "i/N" or a Shard: tag only rows of shard i (0-based) of N
-    cache_only: bool = False  # send nothing: answers come from the cache only (batch export/import)
+    tasks: tuple[str, ...] = setting(DEFAULT_TASKS, "Which tags to produce (comma-separated or repeated); "
+                                     "exploration_spans marks the post-answer exploration `curate strip` deletes.",
+                                     choices=TASKS)
+    offline: bool = setting(False, "No server: native labels, rule estimates and marker phrases.")
+    base_urls: tuple[str, ...] = setting((), "OpenAI-compatible server (.../v1). Repeat (or comma-separate) to "
+                                         "share the load over several.", flag="--base-url", metavar="URL",
+                                         envvar="CURATE_TAG_BASE_URL")
+    model: str = setting("", "Rater model name on the server (e.g. Qwen/Qwen2.5-32B-Instruct).")
+    api_key_env: str = setting("OPENAI_API_KEY", "Environment variable holding the API key (never written "
+                               "anywhere).")
+    concurrency: int = setting(32, "Requests in flight, over all servers.", low=1)
+    server_concurrency: int | None = setting(None, "Requests in flight on any one server [default: no bound "
+                                             "beyond {concurrency}].", low=1)
+    temperature: float = setting(0.0, "Rater sampling temperature.", low=0)
+    max_tokens: int = setting(512, "Bound on each rater reply.", low=1)
+    timeout: float = setting(120.0, "Time per request before it counts as a timeout.", low=0, unit="s")
+    max_retries: int = setting(6, "Retries per request after the first attempt.", low=0)
+    backoff: float = setting(0.5, "First backoff; doubles per retry, times jitter in [0.5, 1.5).", low=0,
+                             unit="s", cli=False)
+    max_backoff: float = setting(30.0, "Longest backoff.", low=0, unit="s", cli=False)
+    max_chars: int = setting(12000, "Longest text sent per field.", low=200)
+    long: str = setting("truncate", "Traces over {max_chars}: keep head and tail, or rate windows and sum counts.",
+                        choices=LONG_POLICIES)
+    segments: str = setting("steps", "How exploration_spans cuts thoughts: steps (paragraphs) or sentences "
+                            "(strip's --unit must match).", choices=UNITS)
+    spans_max_chars: int = setting(60000, "Longest numbered thought sent for exploration_spans; a longer one gets "
+                                   "no spans (and `curate strip` keeps it).", low=200)
+    prompts_dir: str | None = setting(None, "Folder of templates overriding prompts/<name>.md.", flag="--prompts",
+                                      path=True)
+    cache: str | None = setting(None, "SQLite request cache [default: OUTPUT.tagcache.sqlite; from Python: in "
+                                "memory, nothing kept].", path=True, beside_output=".tagcache.sqlite")
+    native: bool = setting(False, "With a server: keep native difficulty labels, rate only the rest.")
+    native_map: dict[str, int] = setting(help="Override the native-label table (e.g. EASY=3); levels 1-10.",
+                                         factory=dict, low=1, high=10, metavar="RAW=LEVEL")
+    price_in: float = setting(0.0, "Price of input tokens, for the cost estimate.", low=0, unit="$ per 1M tokens")
+    price_out: float = setting(0.0, "Price of output tokens.", low=0, unit="$ per 1M tokens")
+    seed: int = setting(0, "Seed of the backoff jitter.", cli=False)
+    shard: Shard | str | None = setting(None, "i/N: tag only shard i (0-based) of N contiguous row ranges; the "
+                                        "output holds those rows.", metavar="i/N", recipe=False)
+    cache_only: bool = setting(False, "Send nothing: answers come from the cache only (batch export/import).",
+                               cli=False, recipe=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
-            self.tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
-        self.tasks = tuple(self.tasks)
+            self.tasks = (self.tasks,)
+        self.tasks = tuple(t.strip() for item in self.tasks for t in item.split(",") if t.strip())
         if isinstance(self.base_urls, str):
             self.base_urls = (self.base_urls,)
         # "--base-url a,b" and repeated --base-url both work: split every item on commas.
         self.base_urls = tuple(u.strip() for item in self.base_urls for u in item.split(",") if u.strip())
-        errors = []
+        problems = check_settings(self)
         if self.shard is not None:
             try:
                 self.shard = Shard.parse(self.shard)
             except UsageError as err:
-                errors.append(str(err))
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks:
-            errors.append(f"tasks {', '.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
+                problems.append(Problem(f"{{shard}}: {err}"))
         if not self.offline:
             if not self.base_urls and not self.cache_only:
-                errors.append("give --base-url (an OpenAI-compatible server) or --offline")
+                problems.append(Problem("give {base_urls} (an OpenAI-compatible server) or {offline}"))
             if not self.model:
-                errors.append("give --model (the rater model's name on the server) or --offline")
-        if self.concurrency < 1:
-            errors.append(f"concurrency {self.concurrency}: must be >= 1")
-        if self.server_concurrency is not None and self.server_concurrency < 1:
-            errors.append(f"server_concurrency {self.server_concurrency}: must be >= 1")
-        if self.max_chars < 200:
-            errors.append(f"max_chars {self.max_chars}: must be >= 200")
-        if self.long not in LONG_POLICIES:
-            errors.append(f"long {self.long!r}: choose from {', '.join(LONG_POLICIES)}")
-        for name in ("timeout", "backoff", "max_backoff", "price_in", "price_out", "temperature"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name} must be >= 0")
-        if self.max_retries < 0 or self.max_tokens < 1:
-            errors.append("max_retries must be >= 0 and max_tokens >= 1")
+                problems.append(Problem("give {model} (the rater model's name on the server) or {offline}"))
         for raw, value in self.native_map.items():
-            if not (isinstance(value, int) and 1 <= value <= 10):
-                errors.append(f"native_map {raw!r}={value!r}: levels are integers 1-10")
-        if errors:
-            raise UsageError("; ".join(errors))
+            if not isinstance(value, int) or isinstance(value, bool):
+                problems.append(Problem(f"{{native_map}} {raw!r}={value!r}: levels are integers 1-10"))
+        raise_problems(self, problems)
 
     @property
     def params(self) -> dict:
@@ -99,4 +102,6 @@ class TagConfig:
             names += ["difficulty_math", "difficulty_code"]
         if "behaviors" in self.tasks:
             names += [f"behavior_{b}" for b in BEHAVIORS]
+        if "exploration_spans" in self.tasks:
+            names.append(PROMPT_NAME)
         return names

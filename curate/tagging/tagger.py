@@ -28,12 +28,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from curate.data.traces import Trace, TraceStore, find_trace
 from curate.progress import Progress, Silent
 from curate.shard import Shard
 from curate.tagging import offline
 from curate.tagging.cache import ResponseCache, request_key
 from curate.tagging.client import Counters, Outcome, Rater
 from curate.tagging.config import TagConfig
+from curate.tagging.exploration import (
+    PROMPT_NAME,
+    SPANS_COLUMN,
+    encode_spans,
+    numbered,
+    parse_delete,
+    rule_deletions,
+)
 from curate.tagging.parse import parse_count, parse_domain, parse_rating
 from curate.tagging.prompts import BEHAVIORS, Prompt, load_prompts
 
@@ -41,6 +50,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from curate.data import Example, Pool
+    from curate.results import OpContext, OpResult
 
 _CHUNK_ROWS = 512
 _RAW_LIMIT = 2000  # characters of an unparsed reply kept in curate_tag_errors
@@ -183,12 +193,31 @@ class _Planner:
         jobs = [self._job(row, b, f"behavior_{b}", trace=p) for b in BEHAVIORS for p in parts]
         return jobs, label
 
+    def spans(self, row: int, trace: Trace) -> Job | None:
+        """The exploration_spans request of a thought (None when its numbered text is over
+        `spans_max_chars`: segment indices need the whole thought, so it is never clipped)."""
+        text = numbered(trace)
+        if len(text) > self.config.spans_max_chars:
+            return None
+        return self._job(row, "exploration_spans", PROMPT_NAME, segments=text, n=str(len(trace.spans)))
+
 
 def shard_pool(pool: Pool, config: TagConfig) -> Pool:
     """The rows of `config.shard` (contiguous, in order; `TagConfig.shard_range`), or `pool`."""
     if not config.shard:
         return pool
     return pool.with_dataset(pool.dataset.select(config.shard_range(len(pool))))
+
+
+def run(pool: Pool, inputs: dict, config: TagConfig, context: OpContext) -> OpResult:
+    """The registry's call shape: the rows (of the shard) unchanged, the tags as `annotations`,
+    the `TagReport` as `report.data["tag"]`."""
+    from curate.results import OpReport, OpResult
+
+    annotations, report = tag_pool(pool, config, progress=context.progress)
+    counts = {"rows": report.rows, "difficulty sources": report.sources, "unparsed": report.unparsed}
+    return OpResult(shard_pool(pool, config), [], OpReport(counts, [], report.card(), {"tag": report}),
+                    annotations=annotations)
 
 
 def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
@@ -239,6 +268,7 @@ class _Rows:
     domains: list[str]
     native_raw: list[Any]
     native_table: dict[str, int]
+    traces: list[Trace | None]  # each row's thought, with exploration_spans (else empty)
 
     @classmethod
     def of(cls, pool: Pool, config: TagConfig) -> _Rows:
@@ -254,7 +284,15 @@ class _Rows:
             "curate_behavior_source": [None] * n, "curate_tag_long": [None] * n,
         }
         table = {**offline.NATIVE_DIFFICULTY, **{k.strip().lower(): v for k, v in config.native_map.items()}}
-        return cls(examples, out, [{} for _ in range(n)], [e.domain or "unknown" for e in examples], native, table)
+        traces: list[Trace | None] = []
+        if "exploration_spans" in config.tasks:  # indexed on the stored text, as `curate strip` reads it
+            store = TraceStore(pool, pool.dataset.with_format("arrow")[:])
+            texts = [store.get(i)[0] for i in range(n)]
+            traces = [find_trace(t, store.whole, config.segments) if t is not None else None for t in texts]
+            traces = [t if t is not None and t.spans else None for t in traces]
+            out[SPANS_COLUMN] = [None] * n
+        return cls(examples, out, [{} for _ in range(n)], [e.domain or "unknown" for e in examples], native, table,
+                   traces)
 
     def set_native(self, i: int) -> bool:
         """Row i's difficulty from its native label; False when it has none the table knows."""
@@ -280,6 +318,9 @@ def _tag_offline(rows: _Rows, config: TagConfig, progress: Progress, name: str) 
                     out[f"curate_behavior_{b}"][i] = count
                 out["curate_behavior_source"][i] = "rule"
                 out["curate_tag_long"][i] = "full"
+            if rows.traces and rows.traces[i] is not None:
+                delete, _ = rule_deletions(rows.traces[i])
+                out[SPANS_COLUMN][i] = encode_spans(rows.traces[i], config.segments, delete, "rule")
             advance(1)
 
 
@@ -296,7 +337,8 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
     planner = _Planner(config, prompts)
     counters = {t: Counters() for t in (["domain"] if "domain" in config.tasks else [])
                 + (["difficulty"] if "difficulty" in config.tasks else [])
-                + (list(BEHAVIORS) if "behaviors" in config.tasks else [])}
+                + (list(BEHAVIORS) if "behaviors" in config.tasks else [])
+                + (["exploration_spans"] if "exploration_spans" in config.tasks else [])}
     report.tasks = counters
     results: dict[tuple[int, str], list[Outcome]] = {}
     own_cache = cache is None
@@ -320,7 +362,7 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
                         out["curate_domain_source"][i] = "llm"
         total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
             sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
-            if "behaviors" in config.tasks else 0)
+            if "behaviors" in config.tasks else 0) + sum(t is not None for t in rows.traces)
         run_jobs(_main_jobs(rows, config, planner), total, f"tagging {name}", config, cache, counters, results,
                  progress, **extra)
     finally:
@@ -349,6 +391,15 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
                         break
                     total_count += count
                 out[f"curate_behavior_{b}"][i] = total_count
+        if (i, "exploration_spans") in results:
+            outcome = results[i, "exploration_spans"][0]
+            delete, reason = _parse("exploration_spans", outcome)
+            if delete is not None:
+                delete, reason = parse_delete(delete, len(rows.traces[i].spans))
+            if delete is None:
+                errors[i]["exploration_spans"] = _error(reason, outcome)
+            else:
+                out[SPANS_COLUMN][i] = encode_spans(rows.traces[i], config.segments, delete, "llm")
 
 
 def _main_jobs(rows: _Rows, config: TagConfig, planner: _Planner) -> Iterator[Job]:
@@ -362,6 +413,13 @@ def _main_jobs(rows: _Rows, config: TagConfig, planner: _Planner) -> Iterator[Jo
             jobs, label = planner.behaviors(i, ex)
             rows.out["curate_tag_long"][i] = label
             yield from jobs
+        if rows.traces and rows.traces[i] is not None:
+            job = planner.spans(i, rows.traces[i])
+            if job is None:
+                rows.errors[i]["exploration_spans"] = {"reason": f"not sent: the numbered thought is over "
+                                                                 f"spans_max_chars={config.spans_max_chars}", "raw": ""}
+            else:
+                yield job
 
 
 def estimate(pool: Pool, config: TagConfig) -> Estimate:
@@ -379,6 +437,9 @@ def estimate(pool: Pool, config: TagConfig) -> Estimate:
             jobs.append(planner.difficulty(i, ex, domain if domain in ("math", "code") else "math"))
         if "behaviors" in config.tasks:
             jobs += planner.behaviors(i, ex)[0]
+    if "exploration_spans" in config.tasks:
+        traces = _Rows.of(shard_pool(pool, config), config).traces
+        jobs += [j for i, t in enumerate(traces) if t is not None and (j := planner.spans(i, t)) is not None]
     unique = {j.key: j for j in jobs}
     cached = 0
     if config.cache and os.path.exists(config.cache):
@@ -512,6 +573,8 @@ def _parse(task: str, slot: Any) -> tuple[Any, str | None]:
         return parse_domain(outcome.content)
     if task == "difficulty":
         return parse_rating(outcome.content)
+    if task == "exploration_spans":  # the caller reads <delete> against the row's segment count
+        return outcome.content, None
     return parse_count(outcome.content)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from curate.errors import UsageError
+from curate.settings import ConfigError, Problem
 
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -86,7 +86,7 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             errors.append(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
         if errors:
-            raise UsageError("; ".join(errors))
+            raise ConfigError(type(self), [Problem(e) for e in errors])
 
     @property
     def lora(self) -> bool:

@@ -1,4 +1,6 @@
-"""Embeddings for the `embedding` prune baseline (RDS+ of Humane et al., METHODS §3).
+"""Embedding similarity, the RDS+ baseline of Humane et al. (METHODS §3): `curate score --method
+embedding` writes `curate_embedding_<q>` per query set q, which `curate prune --strategy embedding`
+ranks by.
 
 An example's embedding is the mean, over the non-padding tokens of its full chat-templated
 sequence (prompt and response, cut at `max_length`), of the model's last hidden state: the base
@@ -6,8 +8,8 @@ model's `last_hidden_state`, which for a causal LM is `hidden_states[-1]` of the
 the final norm) without computing the vocabulary logits. Batches are right-padded, so with causal
 attention a row's embedding does not depend on what it is batched with.
 
-The score of a pool row is the cosine similarity of its embedding to the mean of the normalised
-query embeddings, m = mean_q(e_q / |e_q|). Since cos(x, m) = mean_q cos(x, e_q) / |m| and |m| > 0 is
+The score of a pool row on query set Q is the cosine similarity of its embedding to the mean of
+the normalised query embeddings, m = mean_{q in Q}(e_q / |e_q|). Since cos(x, m) = mean_q cos(x, e_q) / |m| and |m| > 0 is
 the same for every row, this ranks rows exactly as the mean over queries of their cosine to each
 query, while staying in [-1, 1] (a row equal to the only query scores 1).
 
@@ -16,22 +18,29 @@ torch is imported inside the functions so that `curate --help` does not load it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from curate.data.example import Example
+from curate.data.pool import EMBEDDING_PREFIX
 
 if TYPE_CHECKING:
+    import polars as pl
     import torch
+
+    from curate.data import Pool
+    from curate.influence.config import ScoreConfig
+    from curate.progress import Progress
 
 
 def embed_examples(model, tokenizer, examples: Sequence[Example], max_length: int | None,
-                   batch_tokens: int) -> torch.Tensor:
+                   batch_tokens: int, advance: Callable[[int], None] | None = None) -> torch.Tensor:
     """Mean-pooled last hidden states, float32 [N, hidden], in the order of `examples`.
 
     Runs under `torch.no_grad()` on the model's device, in batches of at most `batch_tokens`
     padded tokens (longest first). Raises `DataError` for an example the chat template cannot
-    render with an assistant response last (see `tokenize_example`).
+    render with an assistant response last (see `tokenize_example`). `advance(n)` is called with
+    the rows of each batch done.
     """
     import torch
 
@@ -51,6 +60,8 @@ def embed_examples(model, tokenizer, examples: Sequence[Example], max_length: in
             mask = batch.attention_mask.unsqueeze(-1).to(torch.float32)
             pooled = (states.to(torch.float32) * mask).sum(dim=1) / mask.sum(dim=1)
             out[torch.tensor(batch.rows)] = pooled.cpu()
+            if advance is not None:
+                advance(len(batch.rows))
     return out
 
 
@@ -63,19 +74,28 @@ def cosine_scores(pool: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     return F.normalize(pool.to(torch.float64), dim=1) @ F.normalize(direction, dim=0)
 
 
-def embedding_scores(model_name: str, examples: Sequence[Example], queries: Sequence[Example], *,
-                     max_length: int | None, batch_tokens: int, device: str = "auto") -> list[float]:
-    """Load `model_name` (path, Hub id or alias) in float32 and score `examples` against `queries`.
-
-    Returns one cosine score per example, in order (higher = more like the queries).
-    """
+def embedding_table(pool: Pool, queries: dict[str, Pool], config: ScoreConfig, *, model=None, tokenizer=None,
+                    progress: Progress | None = None) -> pl.DataFrame:
+    """`curate_id` and `curate_embedding_<q>` (float64 cosine in [-1, 1], higher = more like query
+    set q) for every row of `pool`, in order, under `config.model` (loaded in `config.dtype` on
+    `config.resolved_device` unless `model`/`tokenizer` are given), with `config.max_length`
+    tokens per example and `config.batch_tokens` per batch. Each row is embedded once."""
+    import polars as pl
     import torch
 
     from curate.models import load_model
+    from curate.progress import Silent
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(model_name, dtype=torch.float32, device=device)
-    query_emb = embed_examples(model, tokenizer, queries, max_length, batch_tokens)
-    pool_emb = embed_examples(model, tokenizer, examples, max_length, batch_tokens)
-    return cosine_scores(pool_emb, query_emb).tolist()
+    progress = progress or Silent()
+    if model is None:
+        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype), device=config.resolved_device,
+                                      trust_remote_code=config.trust_remote_code)
+    total = len(pool) + sum(len(q) for q in queries.values())
+    columns = {"curate_id": pool.dataset["curate_id"]}
+    with progress.task("embedding rows and queries", total=total, unit="rows") as advance:
+        rows = embed_examples(model, tokenizer, list(pool.examples()), config.max_length, config.batch_tokens, advance)
+        for name, query in queries.items():
+            direction = embed_examples(model, tokenizer, list(query.examples()), config.max_length,
+                                       config.batch_tokens, advance)
+            columns[f"{EMBEDDING_PREFIX}{name}"] = cosine_scores(rows, direction).tolist()
+    return pl.DataFrame(columns, schema_overrides={c: pl.Float64 for c in columns if c != "curate_id"})
