@@ -23,7 +23,8 @@ from curate.errors import UsageError
 from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
-from curate.influence.directions import Direction, concat
+from curate.influence.context import ScoreContext
+from curate.influence.directions import concat
 from curate.influence.distributed import Collective
 from curate.influence.fitting import (
     fit_factor_part,
@@ -94,11 +95,13 @@ def score_pool(
 ) -> ScoreResult:
     """Score `examples` against each query set; see `curate.influence.scoring` for the sign.
 
-    `model`/`tokenizer` may be passed in (tests, notebooks); otherwise `config.model` is loaded.
-    Memory does not grow with the pool: examples are tokenised and scored chunk by chunk.
+    Named stages over one `ScoreContext`: factors (`fitting.fit_factors`), queries
+    (`fitting.query_directions`), then scores (`_score_stage`: chunk tables, optional token and
+    segment tables). `model`/`tokenizer` may be passed in (tests, notebooks); otherwise
+    `config.model` is loaded. Memory does not grow with the pool: examples are tokenised and
+    scored chunk by chunk.
     """
     progress = progress or Silent()
-    work_dir = Path(work_dir)
     coll = Collective.from_env(config.resolved_device)
     job = Shard.parse(config.shard) if config.shard else None
     if job and coll.distributed:
@@ -110,65 +113,71 @@ def score_pool(
 
         model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype), device=config.resolved_device,
                                       trust_remote_code=config.trust_remote_code)
-    model_fp = model_identity(model)
     max_length = config.max_length or getattr(model.config, "max_position_embeddings", None)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     modules = select_modules(model, config.modules)
-    groups = group_modules(modules, config.group_memory_gb)
 
     # Fit subsample (seeded) and query sets are small enough to hold tokenised.
     fit_rows = sorted(random.Random(config.seed).sample(range(len(examples)), min(config.fit_on, len(examples))))
     fit_items = [z for z in tokenize_all(tokenizer, (examples[i] for i in fit_rows), config.fit_max_length) if z.scorable]
     query_items = {q: _scorable_queries(q, tokenize_all(tokenizer, ex, max_length)) for q, ex in queries.items()}
     config = config.with_splits_for([len(items) for items in query_items.values()])
+    ctx = ScoreContext(model, tokenizer, config, modules, group_modules(modules, config.group_memory_gb),
+                       tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                       max_length, influence_columns(list(queries), config.query_splits), Path(work_dir), coll,
+                       progress, overwrite)
     pool_lengths = [(z.full_length, z.truncated, z.scorable) for z in tokenize_all(tokenizer, examples, max_length)]
-    plan = make_plan(model, modules, groups, config, pool_lengths, fit_items, query_items, max_length)
+    plan = make_plan(model, modules, ctx.groups, config, pool_lengths, fit_items, query_items, max_length)
     progress.note(plan.render() + (f"\n{coll.shard.world_size} ranks (torch.distributed)" if coll.distributed else ""))
 
-    factors_fp = fingerprint(model_fp, list(modules), tokens_fingerprint(fit_items), config.fisher, config.seed, config.dtype)
-    columns = influence_columns(list(queries), config.query_splits)
+    factors_fp = fingerprint(model_identity(model), list(modules), tokens_fingerprint(fit_items), config.fisher,
+                             config.seed, config.dtype)
     if job:
-        factor_files, pending = fit_factor_part(model, groups, fit_items, config, pad_id, work_dir / "factors",
-                                                factors_fp, job, overwrite, progress)
+        factor_files, pending = fit_factor_part(ctx, fit_items, factors_fp, job)
         if pending:
-            return ScoreResult(pl.DataFrame(), plan, columns, config=config, pending=f"{pending}; when all {job.world_size} parts are "
-                               f"written, run `curate merge {work_dir}`")
+            return ScoreResult(pl.DataFrame(), plan, ctx.columns, config=config, pending=f"{pending}; when all "
+                               f"{job.world_size} parts are written, run `curate merge {ctx.work_dir}`")
         replay = None
     else:
-        factor_files, replay = fit_factors(model, groups, fit_items, config, pad_id, work_dir / "factors", factors_fp,
-                                           overwrite, progress, coll)
+        factor_files, replay = fit_factors(ctx, fit_items, factors_fp)
 
-    directions: dict[str, Direction] = {}  # layer -> [F, out, in'] (or its factors) over all query sets
     query_fps = []
     try:  # the replay's spilled pairs are deleted whatever happens
         for q, items in query_items.items():
-            qdir, qfp = query_directions(model, groups, factor_files, items, config, pad_id, work_dir / "queries", q,
-                                          factors_fp, progress, coll)
+            qdir, qfp = query_directions(ctx, factor_files, items, q, factors_fp)
             query_fps.append(qfp)
             for name, v in qdir.items():
-                directions[name] = v if name not in directions else concat(directions[name], v)
-        local = replay.scores(directions, per_token=config.per_token_train) if replay else {}
+                ctx.directions[name] = v if name not in ctx.directions else concat(ctx.directions[name], v)
+        local = replay.scores(ctx.directions, per_token=config.per_token_train) if replay else {}
     finally:
         if replay:
             replay.close()
     replayed = {z: v for part in coll.gather_objects(local) for z, v in part.items()}
-
     scores_fp = fingerprint(factors_fp, query_fps, [z.id for z in examples], max_length, config.normalize,
                             config.chunk_size, config.batch_tokens)
-    n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
-    stage = coll.open_stage(work_dir / "scores", {"scores": scores_fp, "columns": columns, "chunks": n_chunks},
-                            overwrite=overwrite)
-    # Per chunk, the score table and the optional side tables; each is a resumable file.
-    kinds = {"scores": lambda chunk: _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id,
-                                                  max_length, columns, replayed)}
-    def token_chunk(chunk):
-        return _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns)
+    tables = _score_stage(ctx, examples, replayed, scores_fp, job)
+    if isinstance(tables, str):
+        return ScoreResult(pl.DataFrame(), plan, ctx.columns, config=config, pending=tables)
+    stability = stability_all(tables["scores"], ctx.columns, query_sizes={q: len(v) for q, v in query_items.items()})
+    return ScoreResult(tables["scores"], plan, ctx.columns, tables.get("tokens"), tables.get(config.sentences),
+                       stability=stability, config=config)
 
+
+def _score_stage(ctx: ScoreContext, examples: Sequence[Example], replayed: dict, scores_fp: str,
+                 job: Shard | None) -> dict[str, pl.DataFrame] | str:
+    """Stage "scores": per chunk of `examples`, the score table and the optional token and segment
+    tables, each a resumable file under `ctx.work_dir / "scores"`; then the top examples' token
+    table with `tokens_top`. Returns {kind: table over all chunks}, or for a `--shard` job that
+    did its part, what it wrote."""
+    config, coll = ctx.config, ctx.coll
+    n_chunks = (len(examples) + config.chunk_size - 1) // config.chunk_size
+    stage = coll.open_stage(ctx.work_dir / "scores", {"scores": scores_fp, "columns": ctx.columns, "chunks": n_chunks},
+                            overwrite=ctx.overwrite)
+    kinds = {"scores": lambda chunk: _score_chunk(ctx, chunk, replayed)}
     if config.tokens and config.tokens_top is None:
-        kinds["tokens"] = token_chunk
+        kinds["tokens"] = lambda chunk: _token_chunk(ctx, chunk)
     if config.sentences:
-        kinds[config.sentences] = lambda chunk: segment_table(model, tokenizer, groups, directions, chunk, config,
-                                                              pad_id, max_length, columns)
+        kinds[config.sentences] = lambda chunk: segment_table(ctx, chunk)
+
     def chunk_of(c: int):
         return examples[c * config.chunk_size : (c + 1) * config.chunk_size]
 
@@ -177,7 +186,7 @@ def score_pool(
 
     # This rank's contiguous range of chunks; then, after every rank has written its part, all.
     mine = (job or coll.shard).span(n_chunks)
-    with progress.task("scoring", sum(len(chunk_of(c)) for c in mine), unit="ex") as advance:
+    with ctx.progress.task("scoring", sum(len(chunk_of(c)) for c in mine), unit="ex") as advance:
         for c in mine:
             for kind, compute in kinds.items():
                 _chunk_table(chunk_path(c, kind), compute, chunk_of(c))
@@ -185,37 +194,30 @@ def score_pool(
     coll.barrier()
     if job:
         missing = sum(not chunk_path(c, "scores").exists() for c in range(n_chunks))
-        return ScoreResult(pl.DataFrame(), plan, columns, config=config, pending=(
-            f"scores part {job} written ({len(mine)} of {n_chunks} chunks); "
-            + (f"{missing} chunks still missing" if missing else "all chunks written")
-            + ": when every job is done, run the same command without --shard to write the output"))
+        return (f"scores part {job} written ({len(mine)} of {n_chunks} chunks); "
+                + (f"{missing} chunks still missing" if missing else "all chunks written")
+                + ": when every job is done, run the same command without --shard to write the output")
     tables = {kind: pl.concat([pl.read_parquet(chunk_path(c, kind)) for c in range(n_chunks)]) for kind in kinds}
     if config.tokens_top is not None:  # only what a report shows: each query set's top examples, on that set
         path = stage / f"tokens-top{config.tokens_top}.parquet"
         if coll.is_main:
-            _chunk_table(path, lambda scores: _top_token_table(model, tokenizer, modules, directions, examples, scores,
-                                                              config, pad_id, max_length, columns, progress),
-                         tables["scores"])
+            _chunk_table(path, lambda scores: _top_token_table(ctx, examples, scores), tables["scores"])
         coll.barrier()
         tables["tokens"] = pl.read_parquet(path)
-    stability = stability_all(tables["scores"], columns, query_sizes={q: len(v) for q, v in query_items.items()})
-    return ScoreResult(tables["scores"], plan, columns, tables.get("tokens"), tables.get(config.sentences),
-                       stability=stability, config=config)
+    return tables
 
 
-def _top_token_table(model, tokenizer, modules, directions, examples, scores: pl.DataFrame, config, pad_id,
-                     max_length, columns, progress: Progress) -> pl.DataFrame:
+def _top_token_table(ctx: ScoreContext, examples: Sequence[Example], scores: pl.DataFrame) -> pl.DataFrame:
     """Token scores of the `config.tokens_top` highest-scoring examples of each query set, on that
     set only (one forward-mode pass per example and set): `token_influence_<q>` is null for an
     example outside q's top. One row per example chosen by any set."""
-    main = [c for c in columns if "_split" not in c]
-    top = {c: set(scores.drop_nulls(c).sort(c, descending=True).head(config.tokens_top)["curate_id"]) for c in main}
+    main = [c for c in ctx.columns if "_split" not in c]
+    top = {c: set(scores.drop_nulls(c).sort(c, descending=True).head(ctx.config.tokens_top)["curate_id"]) for c in main}
     parts = []
-    with progress.task("token scores (top examples)", sum(map(len, top.values())), unit="ex") as advance:
+    with ctx.progress.task("token scores (top examples)", sum(map(len, top.values())), unit="ex") as advance:
         for c in main:
             chosen = [z for z in examples if z.id in top[c]]
-            parts.append(_token_chunk(model, tokenizer, modules, directions, chosen, config, pad_id, max_length,
-                                      columns, only=c))
+            parts.append(_token_chunk(ctx, chosen, only=c))
             advance(len(chosen))
     keys = [c.replace("curate_influence_", "token_influence_") for c in main]
     parts = [p for p in parts if p.height]
@@ -233,18 +235,19 @@ def _chunk_table(path: Path, compute, chunk) -> None:
         atomic_write(path, table.write_parquet)
 
 
-def _token_chunk(model, tokenizer, modules, directions, chunk, config, pad_id, max_length, columns,
-                 only: str | None = None) -> pl.DataFrame:
+def _token_chunk(ctx: ScoreContext, chunk: Sequence[Example], only: str | None = None) -> pl.DataFrame:
     """Per example: its response token ids and, per query set (or the `only` column's), each
     token's influence (a list)."""
-    items = [z for z in tokenize_all(tokenizer, chunk, max_length) if z.scorable]
-    batches = make_batches(items, config.batch_tokens, pad_id)
+    columns = ctx.columns
+    items = [z for z in tokenize_all(ctx.tokenizer, chunk, ctx.max_length) if z.scorable]
+    batches = make_batches(items, ctx.config.batch_tokens, ctx.pad_id)
     main = [j for j, c in enumerate(columns) if "_split" not in c and only in (None, c)]
-    scores = token_scores(model, modules, batches, {n: v[main] for n, v in directions.items()}, len(items))
+    scores = token_scores(ctx.model, ctx.modules, batches, {n: v[main] for n, v in ctx.directions.items()}, len(items))
     data: dict[str, list] = {"curate_id": [z.id for z in items],
                              "token_ids": [list(z.input_ids[z.loss_start:]) for z in items]}
     for k, j in enumerate(main):
-        per_example = [s[k] / (z.n_loss_tokens if config.per_token_train else 1.0) for s, z in zip(scores, items, strict=True)]
+        per_example = [s[k] / (z.n_loss_tokens if ctx.config.per_token_train else 1.0)
+                       for s, z in zip(scores, items, strict=True)]
         data[columns[j].replace("curate_influence_", "token_influence_")] = [s.tolist() for s in per_example]
     return pl.DataFrame(data)
 
@@ -258,14 +261,15 @@ def _scorable_queries(name: str, items) -> list[Tokenized]:
     return items
 
 
-def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns,
+def _score_chunk(ctx: ScoreContext, chunk: Sequence[Example],
                  replayed: dict[Tokenized, tuple[torch.Tensor, float]]) -> pl.DataFrame:
     """Scores, NLL and token counts of one chunk of examples (one pass per module group).
 
     Examples found in `replayed` (fit examples scored from the fit pass's pairs, tokenised
     identically) take those scores and skip the model.
     """
-    items = list(tokenize_all(tokenizer, chunk, max_length))
+    columns = ctx.columns
+    items = list(tokenize_all(ctx.tokenizer, chunk, ctx.max_length))
     scores = torch.full((len(items), len(columns)), float("nan"), dtype=torch.float64)
     nll = torch.full((len(items),), float("nan"), dtype=torch.float64)
     for i, z in enumerate(items):
@@ -273,7 +277,7 @@ def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, ma
             scores[i], nll[i] = replayed[z]
     # Rows with no response token inside the bound get null scores (reported, never dropped).
     rows = [i for i, z in enumerate(items) if z.scorable and z not in replayed]
-    batches = make_batches([items[i] for i in rows], config.batch_tokens, pad_id)
+    batches = make_batches([items[i] for i in rows], ctx.config.batch_tokens, ctx.pad_id)
     for b in batches:
         b.rows = [rows[r] for r in b.rows]
 
@@ -283,9 +287,9 @@ def _score_chunk(model, tokenizer, groups, directions, chunk, config, pad_id, ma
 
     if rows:
         scores[rows] = 0.0
-        for g, group in enumerate(groups):
-            scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(items),
-                                    per_token=config.per_token_train, on_batch=record_nll if g == 0 else None)
+        for g, group in enumerate(ctx.groups):
+            scores += score_batches(ctx.model, group, batches, {n: ctx.directions[n] for n in group}, len(items),
+                                    per_token=ctx.config.per_token_train, on_batch=record_nll if g == 0 else None)
     data = {"curate_id": [z.id for z in items]}
     data.update({c: scores[:, j].tolist() for j, c in enumerate(columns)})
     data["curate_nll"] = nll.tolist()

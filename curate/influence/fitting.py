@@ -20,7 +20,7 @@ import torch
 
 from curate.errors import UsageError
 from curate.influence.batches import Batch, make_batches
-from curate.influence.config import ScoreConfig
+from curate.influence.context import ScoreContext
 from curate.influence.directions import Direction, from_tensors, to_tensors, truncate
 from curate.influence.distributed import Collective, Shard
 from curate.influence.factors import (
@@ -41,7 +41,6 @@ from curate.influence.passes import PairCache
 from curate.influence.plan import GB, layer_dims
 from curate.influence.scoring import query_gradient_sums, replay_scores, split_functions
 from curate.influence.tokens import Tokenized
-from curate.progress import Progress
 from curate.stages import fingerprint, load_tensors, save_tensors
 
 
@@ -136,25 +135,26 @@ def _fresh_spill_root(stage: Path, coll: Collective) -> Path:
     return mine
 
 
-def _factor_stage(coll: Collective, folder: Path, config: ScoreConfig, groups, factors_fp: str, n_fit: int,
-                  overwrite: bool) -> Path:
-    return coll.open_stage(folder, {"factors": factors_fp, "model": config.model, "groups": [list(g) for g in groups],
-                                    "fisher": config.fisher, "seed": config.seed, "fit_on": config.fit_on,
-                                    "fit_max_length": config.fit_max_length, "dtype": config.dtype,
-                                    "fit_examples": n_fit}, overwrite=overwrite)
+def _factor_stage(ctx: ScoreContext, coll: Collective, factors_fp: str, n_fit: int) -> Path:
+    config = ctx.config
+    return coll.open_stage(ctx.work_dir / "factors", {
+        "factors": factors_fp, "model": config.model, "groups": [list(g) for g in ctx.groups],
+        "fisher": config.fisher, "seed": config.seed, "fit_on": config.fit_on,
+        "fit_max_length": config.fit_max_length, "dtype": config.dtype, "fit_examples": n_fit,
+    }, overwrite=ctx.overwrite)
 
 
-def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: Path, factors_fp: str, overwrite: bool,
-                progress: Progress, coll: Collective | None = None) -> tuple[dict[str, Path], FitReplay | None]:
-    """Fit (or reuse) every group's factors; module -> file, and the replay when one was kept.
+def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: str
+                ) -> tuple[dict[str, Path], FitReplay | None]:
+    """Stage "factors": fit (or reuse) every group's factors under `ctx.work_dir / "factors"`;
+    module -> file, and the replay when one was kept.
 
-    Under `coll` (torch.distributed) each rank runs its range of the fit batches and holds the
+    Under `ctx.coll` (torch.distributed) each rank runs its range of the fit batches and holds the
     reduced factors; rank 0 writes them.
     """
-    coll = coll or Collective(Shard())
-    stage = _factor_stage(coll, folder, config, groups, factors_fp, len(fit_items), overwrite)
-    batches = coll.shard.take(make_batches(fit_items, config.batch_tokens, pad_id))
-    device = next(model.parameters()).device
+    model, groups, config, coll, progress, device = ctx.model, ctx.groups, ctx.config, ctx.coll, ctx.progress, ctx.device
+    stage = _factor_stage(ctx, coll, factors_fp, len(fit_items))
+    batches = coll.shard.take(make_batches(fit_items, config.batch_tokens, ctx.pad_id))
     spill_root = _fresh_spill_root(stage, coll)
     budget = int(config.pair_cache_gb * GB)
     spill = min(int(config.resolved_pair_spill_gb * GB), max(0, shutil.disk_usage(stage).free - 2 * GB))
@@ -205,18 +205,18 @@ def fit_factors(model, groups, fit_items, config: ScoreConfig, pad_id, folder: P
     return files, replay
 
 
-def fit_factor_part(model, groups, fit_items, config: ScoreConfig, pad_id, folder: Path, factors_fp: str,
-                    job: Shard, overwrite: bool, progress: Progress) -> tuple[dict[str, Path], str | None]:
-    """One independent `--shard i/N` job's next fitting step (see `curate.influence.parts`).
+def fit_factor_part(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: str, job: Shard
+                    ) -> tuple[dict[str, Path], str | None]:
+    """Stage "factors" as one independent `--shard i/N` job's next step (`curate.influence.parts`).
 
     Returns module -> factor file and None when every group is fitted; otherwise writes this
     job's part of the first unfinished step (covariances, or the eigenvalue correction once the
     covariance parts are merged) and returns a message saying what was written.
     """
+    model, groups, config, progress, device = ctx.model, ctx.groups, ctx.config, ctx.progress, ctx.device
     solo = Collective(Shard())
-    stage = _factor_stage(solo, folder, config, groups, factors_fp, len(fit_items), overwrite)
-    batches = job.take(make_batches(fit_items, config.batch_tokens, pad_id))
-    device = next(model.parameters()).device
+    stage = _factor_stage(ctx, solo, factors_fp, len(fit_items))
+    batches = job.take(make_batches(fit_items, config.batch_tokens, ctx.pad_id))
     files = {n: stage / f"{n}.safetensors" for group in groups for n in group}
     for g, group in enumerate(groups):
         if all(files[n].exists() for n in group):
@@ -256,16 +256,17 @@ def split_assignment(n: int, splits: int, seed: int) -> list[int]:
     return split_of
 
 
-def query_directions(model, groups, factor_files, items, config: ScoreConfig, pad_id, folder: Path, name: str,
-                     factors_fp: str, progress: Progress, coll: Collective | None = None
-                     ) -> tuple[dict[str, Direction], str]:
-    """Preconditioned gradients of one query set's functions: layer -> [1 (+K), out, in'], float32
-    (float64 for a float64 model); with `config.query_rank`, as rank-R factors (`LowRank`).
+def query_directions(ctx: ScoreContext, factor_files: dict[str, Path], items: Sequence[Tokenized], name: str,
+                     factors_fp: str) -> tuple[dict[str, Direction], str]:
+    """Stage "queries": preconditioned gradients of one query set's functions, under
+    `ctx.work_dir / "queries"`: layer -> [1 (+K), out, in'], float32 (float64 for a float64
+    model); with `config.query_rank`, as rank-R factors (`LowRank`).
 
-    Under `coll` each rank takes a range of the query batches; the sums are all-reduced, every
+    Under `ctx.coll` each rank takes a range of the query batches; the sums are all-reduced, every
     rank preconditions them (the same arithmetic on the same inputs) and rank 0 writes the file.
     """
-    coll = coll or Collective(Shard())
+    model, groups, config, coll, progress, device = ctx.model, ctx.groups, ctx.config, ctx.coll, ctx.progress, ctx.device
+    folder = ctx.work_dir / "queries"
     qfp = fingerprint(factors_fp, tokens_fingerprint(items), config.normalize, config.query_splits,
                       config.seed, config.damping, config.query_rank)
     path = folder / f"{name}-{qfp}.safetensors"
@@ -276,8 +277,7 @@ def query_directions(model, groups, factor_files, items, config: ScoreConfig, pa
     sizes = [split_of.count(k) for k in range(splits)]
     if min(sizes) == 0:
         raise UsageError(f"query set {name!r} has {len(items)} examples, fewer than --query-splits {splits}")
-    batches = coll.shard.take(make_batches(items, config.batch_tokens, pad_id))
-    device = next(model.parameters()).device
+    batches = coll.shard.take(make_batches(items, config.batch_tokens, ctx.pad_id))
     kept_dtype = torch.float64 if config.dtype == "float64" else torch.float32
     out = {}
     with progress.task(f"query gradients: {name}", len(batches) * len(groups), unit="batch") as adv:

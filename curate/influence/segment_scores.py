@@ -12,6 +12,8 @@ method, and segment_influence_<q> per query set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 import torch
 
@@ -19,19 +21,19 @@ from curate.data.example import Example
 from curate.data.segments import segment
 from curate.errors import UsageError
 from curate.influence.batches import make_batches
+from curate.influence.context import ScoreContext
 from curate.influence.scoring import score_batches
 from curate.influence.token_scores import token_scores
 from curate.influence.tokens import Tokenized, tokenize_all
 
 
-def segment_table(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns) -> pl.DataFrame:
-    """Segment scores of one chunk of examples by `config.sentence_method`."""
+def segment_table(ctx: ScoreContext, chunk: Sequence[Example]) -> pl.DataFrame:
+    """Segment scores of one chunk of examples by `config.sentence_method` (a chunk stage of
+    `score_pool`, after the query directions are in `ctx`)."""
+    config, columns = ctx.config, ctx.columns
     main = [j for j, c in enumerate(columns) if "_split" not in c]
     keys = [columns[j].replace("curate_influence_", "segment_influence_") for j in main]
-    if config.sentence_method == "linear":
-        rows = _linear(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, main)
-    else:
-        rows = _ablation(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns, main)
+    rows = (_linear if config.sentence_method == "linear" else _ablation)(ctx, chunk, main)
     data: dict[str, list] = {"curate_id": [], "segment": [], "start": [], "end": [], "text": []}
     data.update({k: [] for k in keys})
     for example, k, a, b, values in rows:
@@ -46,7 +48,8 @@ def segment_table(model, tokenizer, groups, directions, chunk, config, pad_id, m
     return frame.with_columns(pl.lit(config.sentence_method).alias("method"))
 
 
-def _ablation(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, columns, main):
+def _ablation(ctx: ScoreContext, chunk: Sequence[Example], main: list[int]):
+    config = ctx.config
     variants, spans = [], []  # spans: (example index, k, start, end)
     for i, ex in enumerate(chunk):
         for k, (a, b) in enumerate(segment(ex.response, config.sentences)):
@@ -55,12 +58,12 @@ def _ablation(model, tokenizer, groups, directions, chunk, config, pad_id, max_l
                 continue  # removing the only segment leaves no response to score
             variants.append(Example(f"{ex.id}#seg{k}", (*ex.messages[:-1], {"role": "assistant", "content": rest})))
             spans.append((i, k, a, b))
-    scorable = [z for z in tokenize_all(tokenizer, list(chunk) + variants, max_length) if z.scorable]
-    batches = make_batches(scorable, config.batch_tokens, pad_id)
+    scorable = [z for z in tokenize_all(ctx.tokenizer, list(chunk) + variants, ctx.max_length) if z.scorable]
+    batches = make_batches(scorable, config.batch_tokens, ctx.pad_id)
     index = {z.id: r for r, z in enumerate(scorable)}
-    scores = torch.zeros(len(scorable), len(columns), dtype=torch.float64)
-    for group in groups:
-        scores += score_batches(model, group, batches, {n: directions[n] for n in group}, len(scorable),
+    scores = torch.zeros(len(scorable), len(ctx.columns), dtype=torch.float64)
+    for group in ctx.groups:
+        scores += score_batches(ctx.model, group, batches, {n: ctx.directions[n] for n in group}, len(scorable),
                                 per_token=config.per_token_train)
     for (i, k, a, b), variant in zip(spans, variants, strict=True):
         full, without = index.get(chunk[i].id), index.get(variant.id)
@@ -85,14 +88,14 @@ def response_offsets(tokenizer, example: Example, item: Tokenized) -> list[int]:
     return [a - start if start <= a < end else -1 for a, _ in encoded["offset_mapping"][item.loss_start:]]
 
 
-def _linear(model, tokenizer, groups, directions, chunk, config, pad_id, max_length, main):
-    items = [z for z in tokenize_all(tokenizer, chunk, max_length) if z.scorable]
+def _linear(ctx: ScoreContext, chunk: Sequence[Example], main: list[int]):
+    config, tokenizer = ctx.config, ctx.tokenizer
+    items = [z for z in tokenize_all(tokenizer, chunk, ctx.max_length) if z.scorable]
     if any(z.truncated for z in items):
         items = [z for z in items if not z.truncated]  # offsets of a cut sequence do not align: skip
     by_id = {ex.id: ex for ex in chunk}
-    modules = {n: m for group in groups for n, m in group.items()}
-    batches = make_batches(items, config.batch_tokens, pad_id)
-    tokens = token_scores(model, modules, batches, {n: v[main] for n, v in directions.items()}, len(items))
+    batches = make_batches(items, config.batch_tokens, ctx.pad_id)
+    tokens = token_scores(ctx.model, ctx.modules, batches, {n: v[main] for n, v in ctx.directions.items()}, len(items))
     for z, per_token in zip(items, tokens, strict=True):
         example = by_id[z.id]
         if config.per_token_train:
