@@ -42,6 +42,8 @@ class Faults:
     malformed: float = 0.0
     unparseable: float = 0.0  # fraction of contents always answered without a parseable tag
     delay: float = 0.0  # every reply waits this long (seconds)
+    delay_per_token: float = 0.0  # and this long per prompt token (a server's prefill time)
+    context: int | None = None  # prompt + max_tokens over this many tokens: 400 with OpenAI's message
 
 
 def _unit(text: str, salt: str) -> float:
@@ -77,12 +79,18 @@ def reply_text(content: str, unparseable: float = 0.0) -> str:
 class FakeOpenAI:
     """The server, started in a daemon thread on a random free port (context manager)."""
 
-    def __init__(self, faults: Faults | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, faults: Faults | None = None, host: str = "127.0.0.1", port: int = 0,
+                 count_tokens=None) -> None:
+        """`count_tokens(text) -> int` counts a prompt's tokens (usage, context, delays, `/tokenize`);
+        default len(text) // 4."""
         self.faults = faults or Faults()
+        self.count_tokens = count_tokens or (lambda text: len(text) // 4)
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.arrivals: dict[str, int] = {}
+        self.tokenize = False  # serve POST /tokenize
+        self.advertise = True  # say the context (max_model_len) in GET /v1/models
         self.lock = threading.Lock()
         server = self
 
@@ -95,8 +103,20 @@ class FakeOpenAI:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/v1/models":  # vLLM's shape: the context as max_model_len
+                    model = {"id": "fake", "object": "model", "owned_by": "curate-tests"}
+                    if server.faults.context is not None and server.advertise:
+                        model["max_model_len"] = server.faults.context
+                    return self._send(200, {"object": "list", "data": [model]})
+                return self._send(404, {"error": {"message": "not found"}})
+
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.rstrip("/") == "/tokenize" and server.tokenize:  # llama.cpp's and vLLM's
+                    text = json.loads(raw).get("content") or json.loads(raw).get("prompt") or ""
+                    n = server.count_tokens(text)
+                    return self._send(200, {"tokens": list(range(n)), "count": n})
                 if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
                     return self._send(404, {"error": {"message": "not found"}})
                 with server.lock:
@@ -133,8 +153,16 @@ class FakeOpenAI:
                     server.requests.append(record)
                 if body is None:
                     return self._send(400, {"error": {"message": "body is not JSON"}})
-                if f.delay:
-                    time.sleep(f.delay)
+                content = body["messages"][-1]["content"]
+                prompt_tokens = server.count_tokens(content)
+                if f.context is not None and prompt_tokens + int(body.get("max_tokens") or 0) > f.context:
+                    return self._send(400, {"error": {"message": (
+                        f"This model's maximum context length is {f.context} tokens. However, you requested "
+                        f"{prompt_tokens + int(body.get('max_tokens') or 0)} tokens ({prompt_tokens} in the messages, "
+                        f"{int(body.get('max_tokens') or 0)} in the completion). Please reduce the length of the "
+                        "messages or completion."), "type": "invalid_request_error", "code": "context_length_exceeded"}})
+                if f.delay or f.delay_per_token:
+                    time.sleep(f.delay + f.delay_per_token * prompt_tokens)
                 if fault == "rate_limit":
                     return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": f.retry_after})
                 if fault == "server_error":
@@ -146,15 +174,14 @@ class FakeOpenAI:
                     return
                 if fault == "malformed":
                     return self._send_raw(200, b'{"id": "x", "choices": [', "application/json")
-                content = body["messages"][-1]["content"]
                 answer = reply_text(content, f.unparseable)
                 self._send(200, {
                     "id": "chatcmpl-" + hashlib.sha1(raw).hexdigest()[:12], "object": "chat.completion",
                     "created": int(time.time()), "model": body.get("model", ""),
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": answer}}],
-                    "usage": {"prompt_tokens": len(content) // 4, "completion_tokens": len(answer) // 4,
-                              "total_tokens": len(content) // 4 + len(answer) // 4},
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4,
+                              "total_tokens": prompt_tokens + len(answer) // 4},
                 })
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from curate.data.example import Example
+from curate.data.segments import segment
 from curate.errors import UsageError
 from curate.influence.batches import make_batches
 from curate.influence.capture import select_modules
 from curate.influence.config import ScoreConfig
 from curate.influence.engine import score_pool
 from curate.influence.scoring import score_batches
-from curate.data.segments import segment
 from curate.influence.tokens import tokenize_example
 from curate.stages import load_tensors
 from tests.tiny import add_example, tiny_chat_llama

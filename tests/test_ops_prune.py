@@ -139,9 +139,9 @@ def embed_files(tmp_path, write_jsonl):
 def test_embedding_is_mean_of_last_hidden_states(tiny_model_dir, embed_files):
     import torch
 
+    from curate.influence.embedding import embed_examples
     from curate.influence.tokens import tokenize_example
     from curate.models import load_model
-    from curate.influence.embedding import embed_examples
 
     model, tok = load_model(str(tiny_model_dir))
     examples = list(load_pool(embed_files[0]).examples())

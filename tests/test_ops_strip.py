@@ -168,6 +168,8 @@ def test_rater_spans_are_a_tagging_task_that_strip_applies(tmp_path, monkeypatch
     c = result.report.counts
     assert (c["stripped"], c["unchanged"], c["refused"]) == (1, 1, 1)
     assert any("think" in n and "kept original" in n for n in result.report.notes)
+    refusal = next(why for cid, why in result.report.data["refused"].items() if cid.endswith(":think"))
+    assert "(rater: '<delete>2</delete>')" in refusal  # the rater's reply beside the reason
     assert "chosen by: `curate_exploration_spans` (llm 3)" in result.report.card["Exploration stripping"]
     # A rerun is served from the SQLite cache: no request reaches a server.
     again, _ = tag_pool(pool, TagConfig(tasks=("exploration_spans",), base_urls=("http://127.0.0.1:9/v1",),

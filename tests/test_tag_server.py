@@ -108,7 +108,7 @@ def test_faults_are_retried_counted_and_no_row_is_lost(tmp_path):
     pool = load_pool(str(_small_pool(tmp_path, rows=16)))
     faults = Faults(rate_limit=0.08, server_error=0.08, slow=0.04, slow_seconds=1.0, drop=0.06,
                     malformed=0.06, unparseable=0.08)
-    config = TagConfig(base_urls=("placeholder",), model="m", concurrency=6, timeout=0.5, backoff=0.02,
+    config = TagConfig(base_urls=("placeholder",), model="m", concurrency=6, timeout=0.5, timeout_per_token=0, backoff=0.02,
                        cache=str(tmp_path / "c.sqlite"), tasks="difficulty,behaviors")
     with FakeOpenAI(faults) as server:
         config.base_urls = (server.url,)

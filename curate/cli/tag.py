@@ -88,7 +88,7 @@ def tag(call) -> None:
         est = estimate(loaded, config)
         cost = (est.tokens * config.price_in + est.requests * config.max_tokens * config.price_out) / 1e6
         click.echo(f"{est.requests} requests ({est.cached} already cached), ~{est.tokens} input tokens "
-                   f"(chars/4); at most ~${cost:.4f} with every reply at --max-tokens", err=True)
+                   f"(counted by {est.how}); at most ~${cost:.4f} with every reply at --max-tokens", err=True)
         return
     result = call.op(loaded, {}, config, OpContext(progress=RichProgress()))
     if batch_card:
@@ -118,20 +118,32 @@ def _fail_on_failed_requests(annotations, allowed: float) -> None:
 
 
 def render_summary(report) -> None:
-    """Accounting table on stderr."""
+    """Accounting table on stderr (full width when stderr is a file, so names are never cut)."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     if report.mode == "llm":
         table = Table(title=f"tagging with {report.model}")
-        for col in ("task", "requests", "retries", "failures", "cache hits", "tokens in", "tokens out", "unparsed"):
+        for col in ("task", "requests", "retries", "failed", "unparsed", "cache hits", "tokens in", "tokens out"):
             table.add_column(col, justify="left" if col == "task" else "right")
         for name, c in report.tasks.items():
-            table.add_row(name, str(c.requests), str(c.retries), str(c.failures), str(c.cache_hits),
-                          str(c.tokens_in), str(c.tokens_out), str(report.unparsed.get(name, 0)))
+            table.add_row(name, str(c.requests), str(c.retries), str(report.failed.get(name, 0)),
+                          str(report.unparsed.get(name, 0)), str(c.cache_hits), str(c.tokens_in), str(c.tokens_out))
         console.print(table)
-        console.print(f"wall {report.wall_s:.1f} s, estimated cost ${report.cost:.4f}")
+        causes = {}
+        for c in report.tasks.values():
+            for cause, n in c.errors.items():
+                causes[cause] = causes.get(cause, 0) + n
+        if causes:
+            console.print("failed attempts by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(causes.items())))
+        if report.fitted or report.shrunk:
+            console.print(f"{report.fitted} request(s) clipped further to fit the context; {report.shrunk} resent "
+                          "shrunk after a context-length error")
+        across = f" ({report.wall_total_s:.1f} s over {report.runs} runs of this cache)" if report.runs > 1 else ""
+        console.print(f"wall {report.wall_s:.1f} s{across}, estimated cost ${report.cost:.4f}")
     if report.shard:
         console.print(f"shard {report.shard}: rows {report.shard_rows[0]}-"
                       f"{report.shard_rows[1] - 1} of {report.shard_rows[2]}")

@@ -46,6 +46,7 @@ from curate.tagging.exploration import (
     answer_point,
     decode_spans,
     rule_deletions,
+    span_reply,
 )
 from curate.tagging.prompts import BEHAVIORS
 
@@ -197,7 +198,8 @@ def _strip_row(store: TraceStore, i: int, config: StripConfig, spans: list[str |
             return "unchanged", why
     new, why = apply_deletions(trace, delete)
     if new is None:
-        return "refused", why
+        reply = span_reply(spans[i]) if spans is not None else None
+        return "refused", why + (f" (rater: {' '.join(reply.split())[:300]!r})" if reply else "")
     new_texts[i] = new
     return "stripped", ", ".join(str(k + 1) for k in delete)
 

@@ -35,6 +35,12 @@ MIGRATIONS = [
             base_url TEXT,
             created REAL NOT NULL
         )"""),
+    ("m002_runs", """
+        CREATE TABLE runs (
+            finished REAL NOT NULL,
+            wall_s REAL NOT NULL,
+            rows INTEGER NOT NULL
+        )"""),
 ]
 
 
@@ -122,6 +128,13 @@ class ResponseCache:
         )
         if commit:
             self.db.commit()
+
+    def record_run(self, wall_s: float, rows: int) -> tuple[float, int]:
+        """Record one run over this cache; (wall seconds summed over every recorded run, their count)."""
+        self.db.execute("INSERT INTO runs VALUES (?, ?, ?)", (time.time(), wall_s, rows))
+        self.db.commit()
+        total, n = self.db.execute("SELECT COALESCE(SUM(wall_s), 0), COUNT(*) FROM runs").fetchone()
+        return float(total), int(n)
 
     def commit(self) -> None:
         self.db.commit()

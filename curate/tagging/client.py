@@ -5,13 +5,17 @@
   connection) cools down for a backoff that doubles with its run of failures, and a retry avoids
   the server that failed it while another is up, so one dead server costs a few retries, not the
   run; a failed server is still used when no other is available.
-- Bound: at most `concurrency` HTTP requests in flight in total (a semaphore held only while a
-  request is on the wire, not while backing off), and at most `server_concurrency` on any one
-  server when given.
-- Retries (ours, counted; the openai client's own are off with `max_retries=0`): on 429 (waiting
-  at least the server's `Retry-After` / `retry-after-ms`), 408/409, 5xx, timeouts, dropped
-  connections and malformed bodies; exponential backoff `base * 2**attempt`, capped, times a
-  jitter factor in [0.5, 1.5). Other 4xx (a context overflow, a bad model name) fail at once.
+- Bound: at most `concurrency` HTTP requests in flight in total (counted only while a request is
+  on the wire, not while backing off), and at most `server_concurrency` on any one server when
+  given. Within that bound the limit adapts as TCP's congestion window does: a timeout halves it
+  (a slow server gets fewer requests at once), each success adds 1/limit, up to `concurrency`.
+- Retries (ours, counted by cause; the openai client's own are off with `max_retries=0`): on 429
+  (waiting at least the server's `Retry-After` / `retry-after-ms`), 408/409, 5xx, dropped
+  connections and malformed bodies, up to `max_retries`; a timeout only `timeout_retries` times
+  (a server keeps working on an abandoned request, so retrying a slow prompt adds load). Backoff
+  `base * 2**attempt`, capped, times a jitter factor in [0.5, 1.5). Other 4xx fail at once; a
+  context-length 400 fails with the cause `context`, which the tagger answers by shrinking the
+  prompt once. Each request may carry its own timeout (the tagger's grows with the prompt).
 - Dedupe: identical requests (same cache key) in flight at the same time are sent once.
 - Every completed response is written to the cache before it is handed back.
 """
@@ -20,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +54,8 @@ class Counters:
     deduped: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # failed attempts by cause ("timeout", "429", "context", ...)
+    retry_causes: dict[str, int] = field(default_factory=dict)  # retries by the cause of the attempt before
 
 
 def request_body(model: str, rendered: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +89,8 @@ class Rater:
 
     def __init__(self, *, base_urls: list[str], api_key: str, model: str, params: dict[str, Any],
                  concurrency: int, timeout: float, max_retries: int, backoff: float, max_backoff: float,
-                 cache: ResponseCache, seed: int = 0, server_concurrency: int | None = None) -> None:
+                 cache: ResponseCache, seed: int = 0, server_concurrency: int | None = None,
+                 timeout_retries: int | None = None) -> None:
         from openai import AsyncOpenAI
 
         # Several clients per server when concurrency is high: the HTTP connection pool scans its
@@ -99,11 +105,15 @@ class Rater:
         self.model = model
         self.params = params
         self.max_retries = max_retries
+        self.timeout = timeout
+        self.timeout_retries = max_retries if timeout_retries is None else timeout_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.cache = cache
-        self.semaphore = asyncio.Semaphore(concurrency)
-        self.freed = asyncio.Condition()  # notified when a server's load drops (per-server limits)
+        self.concurrency = concurrency
+        self.window = float(concurrency)  # the adaptive limit on requests in flight (see the module doc)
+        self.in_flight = 0
+        self.freed = asyncio.Condition()  # notified when a request leaves the wire
         self.inflight: dict[str, asyncio.Future] = {}
         self.completed: dict[str, Outcome] = {}  # this run's responses, for copies queued after the first finished
         self.rng = random.Random(seed)
@@ -128,15 +138,17 @@ class Rater:
 
     async def _acquire(self, avoid: Server | None) -> Server:
         async with self.freed:
-            while (server := self._pick(avoid)) is None:
+            while self.in_flight >= max(1, int(self.window)) or (server := self._pick(avoid)) is None:
                 await self.freed.wait()
             server.load += 1
+            self.in_flight += 1
             return server
 
     async def _release(self, server: Server) -> None:
         server.load -= 1
+        self.in_flight -= 1
         async with self.freed:
-            self.freed.notify()
+            self.freed.notify_all()
 
     def _failed(self, server: Server) -> None:
         server.failures += 1
@@ -154,8 +166,9 @@ class Rater:
         return out
 
     async def complete(self, key: str, rendered: str, prompt: Any, counters: Counters,
-                       on_stored: Callable[[], None] | None = None) -> Outcome:
-        """The response to one user message `rendered` (cache key `key`), sent at most once."""
+                       timeout: float | None = None) -> Outcome:
+        """The response to one user message `rendered` (cache key `key`), sent at most once;
+        `timeout`: seconds to wait for it (default: the rater's)."""
         done = self.completed.get(key)
         if done is not None:
             counters.deduped += 1
@@ -167,7 +180,7 @@ class Rater:
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            outcome = await self._send(key, rendered, prompt, counters)
+            outcome = await self._send(key, rendered, prompt, counters, timeout or self.timeout)
             if outcome.error is None:
                 self.completed[key] = Outcome(outcome.content, 0, 0, cached=True)
             future.set_result(outcome)
@@ -179,39 +192,45 @@ class Rater:
         finally:
             del self.inflight[key]
 
-    async def _send(self, key: str, rendered: str, prompt: Any, counters: Counters) -> Outcome:
+    async def _send(self, key: str, rendered: str, prompt: Any, counters: Counters, timeout: float) -> Outcome:
         body = request_body(self.model, rendered, self.params)
         last = "no attempt"
         avoid: Server | None = None
+        timeouts = 0
         for attempt in range(self.max_retries + 1):
             if attempt:
                 counters.retries += 1
+                cause = last.split(":")[0]
+                counters.retry_causes[cause] = counters.retry_causes.get(cause, 0) + 1
+            server = await self._acquire(avoid)
+            server.requests += 1
+            counters.requests += 1
+            error: RetryableError | FatalError | None = None
             try:
-                async with self.semaphore:
-                    server = await self._acquire(avoid)
-                    server.requests += 1
-                    counters.requests += 1
-                    try:
-                        server.turn = (server.turn + 1) % len(server.clients)
-                        content, t_in, t_out = await self._call(server.clients[server.turn], body)
-                    finally:
-                        await self._release(server)
-            except RetryableError as err:
+                server.turn = (server.turn + 1) % len(server.clients)
+                content, t_in, t_out = await self._call(server.clients[server.turn], body, timeout)
+            except (RetryableError, FatalError) as err:
+                error = err
+            finally:
+                await self._release(server)  # off the wire: a backoff holds no slot
+            if error is not None:
+                last = str(error)
+                counters.errors[last.split(":")[0]] = counters.errors.get(last.split(":")[0], 0) + 1
+                if isinstance(error, FatalError):
+                    server.failures += 1
+                    break
                 self._failed(server)
                 avoid = server
-                last = str(err)
-                counters.errors[last.split(":")[0]] = counters.errors.get(last.split(":")[0], 0) + 1
-                if attempt == self.max_retries:
+                if last.startswith("timeout"):
+                    timeouts += 1
+                    self.window = max(1.0, self.window / 2)
+                if attempt == self.max_retries or timeouts > self.timeout_retries:
                     break
                 delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + self.rng.random())
-                await asyncio.sleep(max(delay, err.wait or 0.0))
+                await asyncio.sleep(max(delay, error.wait or 0.0))
                 continue
-            except FatalError as err:
-                server.failures += 1
-                last = str(err)
-                counters.errors[last.split(":")[0]] = counters.errors.get(last.split(":")[0], 0) + 1
-                break
             server.streak, server.down_until = 0, 0.0
+            self.window = min(float(self.concurrency), self.window + 1 / self.window)
             counters.tokens_in += t_in
             counters.tokens_out += t_out
             self.cache.put(key, model=self.model, prompt=prompt.name, prompt_hash=prompt.hash,
@@ -221,21 +240,24 @@ class Rater:
         counters.failures += 1
         return Outcome(None, error=f"request failed after {attempt + 1} attempt(s): {last}")
 
-    async def _call(self, client: Any, body: dict[str, Any]) -> tuple[str | None, int, int]:
+    async def _call(self, client: Any, body: dict[str, Any], timeout: float) -> tuple[str | None, int, int]:
         import openai
 
         try:
             # `post` with a plain dict body: the same endpoint, retries and errors as
             # `chat.completions.create`, without its per-request type transform of the messages
             # (about 1 ms of CPU per request, the client's largest cost at hundreds of requests/s).
-            data = await client.post("/chat/completions", body=body, cast_to=object)
+            data = await client.post("/chat/completions", body=body, cast_to=object, options={"timeout": timeout})
         except openai.APIStatusError as err:
             status = err.status_code
             if status == 429:
                 raise RetryableError("429: rate limited", _retry_after(err.response.headers)) from None
             if status in (408, 409) or status >= 500:
                 raise RetryableError(f"{status}: server error", _retry_after(err.response.headers)) from None
-            raise FatalError(f"{status}: {_short(err.message)}") from None
+            message = _status_message(err)
+            if status == 400 and CONTEXT_ERROR.search(message):
+                raise FatalError(f"context: {status}: {_short(message, 400)}") from None
+            raise FatalError(f"{status}: {_short(message)}") from None
         except openai.APITimeoutError:
             raise RetryableError("timeout: no response in time") from None
         except openai.APIConnectionError as err:
@@ -260,6 +282,22 @@ def completion_content(data: Any) -> tuple[str | None, int, int]:
 
 class FatalError(Exception):
     pass
+
+
+# How servers word a prompt over the context: OpenAI / vLLM ("maximum context length"), llama.cpp
+# ("exceeds the available context size"), SGLang ("longer than the model's context length").
+CONTEXT_ERROR = re.compile(r"context.length|maximum context|context size|context_length_exceeded|too many tokens",
+                           re.I)
+
+
+def _status_message(err: Any) -> str:
+    """The server's own error message (not the client's "Error code: 400 - {...}" wrapping)."""
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        if isinstance(inner.get("message"), str):
+            return inner["message"]
+    return str(getattr(err, "message", err))
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -34,8 +34,20 @@ class TagConfig:
                                              "beyond {concurrency}].", low=1)
     temperature: float = setting(0.0, "Rater sampling temperature.", low=0)
     max_tokens: int = setting(512, "Bound on each rater reply.", low=1)
-    timeout: float = setting(120.0, "Time per request before it counts as a timeout.", low=0, unit="s")
-    max_retries: int = setting(6, "Retries per request after the first attempt.", low=0)
+    timeout: float = setting(120.0, "Time per request before it counts as a timeout, plus {timeout_per_token} "
+                             "per prompt token.", low=0, unit="s")
+    timeout_per_token: float = setting(0.02, "Time added to {timeout} per (estimated) prompt token: a server's "
+                                       "prefill grows with the prompt (0.02 s suits ~50 tokens/s and up).", low=0,
+                                       unit="s")
+    max_retries: int = setting(6, "Retries per request after the first attempt (429, 5xx, dropped connections).",
+                               low=0)
+    timeout_retries: int = setting(1, "Retries of a request that timed out (a slow server keeps working on an "
+                                   "abandoned request: retrying it only adds load).", low=0)
+    tokenizer: str | None = setting(None, "The rater's tokenizer (path, Hub id or alias) to count prompt tokens "
+                                    "[default: the server's /tokenize when it has one, else characters / 2].",
+                                    model=True)
+    context: int | None = setting(None, "The rater's context in tokens; prompts are clipped so that prompt + "
+                                  "{max_tokens} fit [default: from the server's /v1/models when it says].", low=256)
     backoff: float = setting(0.5, "First backoff; doubles per retry, times jitter in [0.5, 1.5).", low=0,
                              unit="s", cli=False)
     max_backoff: float = setting(30.0, "Longest backoff.", low=0, unit="s", cli=False)
@@ -44,8 +56,10 @@ class TagConfig:
                         choices=LONG_POLICIES)
     segments: str = setting("steps", "How exploration_spans cuts thoughts: steps (paragraphs) or sentences "
                             "(strip's --unit must match).", choices=UNITS)
-    spans_max_chars: int = setting(60000, "Longest numbered thought sent for exploration_spans; a longer one gets "
-                                   "no spans (and `curate strip` keeps it).", low=200)
+    spans_max_chars: int = setting(14000, "Longest numbered thought sent for exploration_spans (about an 8k-token "
+                                   "context at 2 characters per token); a longer one gets no spans (and `curate "
+                                   "strip` keeps it). It is never clipped: its segment numbers must all be seen.",
+                                   low=200)
     prompts_dir: str | None = setting(None, "Folder of templates overriding prompts/<name>.md.", flag="--prompts",
                                       path=True)
     cache: str | None = setting(None, "SQLite request cache [default: OUTPUT.tagcache.sqlite; from Python: in "

@@ -3,8 +3,8 @@
 Both write the same thing, the `curate_exploration_spans` column (`curate tag --tasks
 exploration_spans`, offline or with a rater), which `curate.ops.strip` applies; without that
 column `strip` runs the rule itself. A cell is JSON: `{"unit": "steps", "delete": [4, 5], "thought":
-thought_key, "source": "rule" | "llm"}`, with 1-based segment indices of the stored thought
-(`curate.data.traces`).
+thought_key, "source": "rule" | "llm", "reply": the rater's reply}`, with 1-based segment
+indices of the stored thought (`curate.data.traces`).
 
 The offline rule (transparent on purpose):
 
@@ -110,10 +110,24 @@ def numbered(trace: Trace) -> str:
     return "\n\n".join(f"[{k + 1}] {trace.text[a:b].strip()}" for k, (a, b) in enumerate(trace.spans))
 
 
-def encode_spans(trace: Trace, unit: str, delete: list[int], source: str) -> str:
-    """The JSON cell for 0-based segments `delete` of `trace` (see the module docstring)."""
-    return json.dumps({"unit": unit, "delete": [k + 1 for k in sorted(delete)], "thought": thought_key(trace),
-                       "source": source})
+REPLY_CHARS = 2000  # of a rater's reply kept in the cell, so a refusal can be read next to it
+
+
+def encode_spans(trace: Trace, unit: str, delete: list[int], source: str, reply: str | None = None) -> str:
+    """The JSON cell for 0-based segments `delete` of `trace` (see the module docstring), with the
+    rater's `reply` (its first REPLY_CHARS characters) when a rater chose them."""
+    cell = {"unit": unit, "delete": [k + 1 for k in sorted(delete)], "thought": thought_key(trace), "source": source}
+    if reply is not None:
+        cell["reply"] = reply[:REPLY_CHARS]
+    return json.dumps(cell)
+
+
+def span_reply(cell: str | None) -> str | None:
+    """The rater's reply kept in a spans cell, if any."""
+    try:
+        return json.loads(cell).get("reply") if cell else None
+    except ValueError:
+        return None
 
 
 def decode_spans(cell: str, trace: Trace, unit: str) -> tuple[list[int] | None, str]:

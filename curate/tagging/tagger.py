@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from curate.data.traces import Trace, TraceStore, find_trace
 from curate.progress import Progress, Silent
 from curate.shard import Shard
 from curate.tagging import offline
+from curate.tagging.budget import Budget, make_budget
 from curate.tagging.cache import ResponseCache, request_key
 from curate.tagging.client import Counters, Outcome, Rater
 from curate.tagging.config import TagConfig
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from curate.results import OpContext, OpResult
 
 _CHUNK_ROWS = 512
+_FIT_TRIES = 6  # renders per request at most while shrinking its clipped fields to fit the context
 _RAW_LIMIT = 2000  # characters of an unparsed reply kept in curate_tag_errors
 NOT_CACHED = "not answered yet: not in the cache, and this run sends nothing (batch export/import)"
 
@@ -60,10 +62,13 @@ NOT_CACHED = "not answered yet: not in the cache, and this run sends nothing (ba
 @dataclass
 class Job:
     row: int
-    task: str  # "domain", "difficulty" or a behaviour name
+    task: str  # "domain", "difficulty", a behaviour name or "exploration_spans"
     prompt: Prompt
     rendered: str
     key: str
+    timeout: float | None = None  # seconds to wait for the reply (None: the rater's default)
+    fitted: bool = False  # its clipped fields were cut below max_chars to fit the context
+    refit: Callable[[int | None, int | None], Job] | None = None  # shrunk: (prompt tokens asked, allowed)
 
 
 @dataclass
@@ -88,6 +93,12 @@ class TagReport:
     shard_rows: tuple[int, int, int] | None = None  # (first row, end row, rows of the whole pool)
     servers: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> attempts, failures
     not_cached: int = 0  # cache-only runs: requests left unanswered
+    failed: dict[str, int] = field(default_factory=dict)  # task -> rows whose request failed (no reply)
+    budget: str = ""  # how prompt tokens were counted and the context, for the card
+    fitted: int = 0  # requests whose clipped fields were cut further to fit the context
+    shrunk: int = 0  # requests resent shrunk after a context-length error
+    wall_total_s: float = 0.0  # wall time over every run recorded in the cache file (resumes, shards)
+    runs: int = 0
 
     @property
     def cost(self) -> float:
@@ -108,15 +119,22 @@ class TagReport:
                       "(per row in `curate_tag_long`)"]
             lines += [f"- prompt `{n}` v{p['version']} sha256:{p['hash']}" for n, p in self.prompts.items()]
         lines.append(f"- difficulty sources: {json.dumps(self.sources, sort_keys=True)}")
-        lines.append(f"- unparsed: {json.dumps(self.unparsed, sort_keys=True)} (null values; reasons in curate_tag_errors)")
+        lines.append(f"- unparsed replies: {json.dumps(self.unparsed, sort_keys=True)}; failed requests (no reply): "
+                     f"{json.dumps(self.failed, sort_keys=True)} (null values; reasons in curate_tag_errors)")
+        if self.mode == "llm":
+            lines.append(f"- budget: {self.budget}; clipped further to fit: {self.fitted} request(s); resent "
+                         f"shrunk after a context-length error: {self.shrunk}")
         sections = {"Tagging": "\n".join(lines)}
         if self.mode == "llm":
-            rows = ["| task | requests | retries | failures | cache hits | deduped | tokens in | tokens out |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            rows = ["| task | requests | retries (by cause) | failures | failed attempts by cause | cache hits | "
+                    "deduped | tokens in | tokens out |", "|---|---:|---|---:|---|---:|---:|---:|---:|"]
             for name, c in self.tasks.items():
-                rows.append(f"| {name} | {c.requests} | {c.retries} | {c.failures} | {c.cache_hits} | "
-                            f"{c.deduped} | {c.tokens_in} | {c.tokens_out} |")
-            rows.append(f"\nwall time {self.wall_s:.1f} s; estimated cost ${self.cost:.4f} "
+                rows.append(f"| {name} | {c.requests} | {c.retries}{_causes(c.retry_causes)} | {c.failures} | "
+                            f"{_causes(c.errors).strip(' ()') or '-'} | {c.cache_hits} | {c.deduped} | "
+                            f"{c.tokens_in} | {c.tokens_out} |")
+            across = (f"; {self.wall_total_s:.1f} s over the {self.runs} runs that filled this cache (resumes, "
+                      "shards)" if self.runs > 1 else "")
+            rows.append(f"\nwall time {self.wall_s:.1f} s this run{across}; estimated cost ${self.cost:.4f} "
                         f"(${self.price_in}/1M in, ${self.price_out}/1M out)")
             if len(self.servers) > 1:
                 rows.append("\nper server (attempts / failed): " + ", ".join(
@@ -128,17 +146,20 @@ class TagReport:
         return sections
 
 
+def _causes(counts: dict[str, int]) -> str:
+    """" (timeout 2, 429 1)" from {cause: count}, most frequent first; "" when empty."""
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))})" if counts else ""
+
+
 @dataclass
 class Estimate:
-    """`--dry-run`: requests a run would make, how many the cache already holds, tokens ~ chars/4."""
+    """`--dry-run`: requests a run would make, how many the cache already holds, and their input
+    tokens counted as the run counts them (`how`: `Budget.how`)."""
 
     requests: int
     cached: int
-    chars: int
-
-    @property
-    def tokens(self) -> int:
-        return self.chars // 4
+    tokens: int
+    how: str
 
 
 def clip(text: str, max_chars: int) -> tuple[str, bool]:
@@ -163,43 +184,73 @@ def _trace(example: Example) -> str:
 
 
 class _Planner:
-    """Renders the requests of rows; keys follow `cache.request_key`."""
+    """Renders the requests of rows; keys follow `cache.request_key`. With a `Budget` whose
+    context is known, a prompt's clipped fields (problem, solution, trace) shrink until prompt and
+    reply fit it; each job's timeout grows with its prompt (`curate.tagging.budget`)."""
 
-    def __init__(self, config: TagConfig, prompts: dict[str, Prompt]) -> None:
-        self.config, self.prompts = config, prompts
+    def __init__(self, config: TagConfig, prompts: dict[str, Prompt], budget: Budget | None = None) -> None:
+        self.config, self.prompts, self.budget = config, prompts, budget
 
-    def _job(self, row: int, task: str, name: str, **values: str) -> Job:
-        prompt = self.prompts[name]
-        rendered = prompt.render(**values)
-        return Job(row, task, prompt, rendered, request_key(self.config.model, prompt.hash, rendered, self.config.params))
+    def _job(self, row: int, task: str, name: str, clipped: dict[str, tuple[str, int]] | None = None,
+             **fixed: str) -> Job:
+        """One request: `fixed` values as they are, `clipped` ones {var: (text, max chars)} cut to
+        their head and tail (`clip`), further while the prompt does not fit the budget."""
+        prompt, clipped = self.prompts[name], clipped or {}
+        budget = self.budget
+        scale, fitted = 1.0, False
+        for _ in range(_FIT_TRIES):
+            values = {**fixed, **{k: clip(t, max(200, int(min(m, len(t)) * scale)))[0] for k, (t, m) in clipped.items()}}
+            rendered = prompt.render(**values)
+            if not clipped or budget is None or budget.fits(rendered):
+                break
+            scale *= 0.9 * budget.limit / budget.tokens(rendered)
+            fitted = True
+        job = Job(row, task, prompt, rendered, request_key(self.config.model, prompt.hash, rendered, self.config.params),
+                  budget.timeout(rendered) if budget else None, fitted)
+        if clipped:
+            def refit(asked: int | None, allowed: int | None) -> Job:
+                """Shrunk so that its prompt loses what the server said was too much (`asked` -
+                `allowed` tokens, at this prompt's characters per token, plus 15%); halved when
+                the server gave no numbers."""
+                chars = sum(max(200, int(min(m, len(t)) * scale)) for t, m in clipped.values())
+                factor = 0.5
+                if asked and allowed and asked > allowed:
+                    cut = (asked - allowed) * len(rendered) / asked * 1.15 + 20
+                    factor = max(0.02, (chars - cut) / chars)
+                return self._job(row, task, name, {k: (t, max(200, int(min(m, len(t)) * scale * factor)))
+                                                   for k, (t, m) in clipped.items()}, **fixed)
+
+            job.refit = refit
+        return job
 
     def domain(self, row: int, ex: Example) -> Job:
         m = self.config.max_chars
-        return self._job(row, "domain", "domain", problem=clip(_problem(ex), m)[0],
-                         response=clip(ex.response, max(m // 4, 200))[0])
+        return self._job(row, "domain", "domain", {"problem": (_problem(ex), m),
+                                                   "response": (ex.response, max(m // 4, 200))})
 
     def difficulty(self, row: int, ex: Example, domain: str) -> Job:
         m = self.config.max_chars
-        return self._job(row, "difficulty", f"difficulty_{domain}", problem=clip(_problem(ex), m)[0],
-                         solution=clip(ex.solution or ex.response, m)[0])
+        return self._job(row, "difficulty", f"difficulty_{domain}", {"problem": (_problem(ex), m),
+                                                                     "solution": (ex.solution or ex.response, m)})
 
     def behaviors(self, row: int, ex: Example) -> tuple[list[Job], str]:
         trace, m = _trace(ex), self.config.max_chars
-        if self.config.long == "split" and len(trace) > m:
-            parts, label = windows(trace, m), f"split:{-(-len(trace) // m)}"
-        else:
-            text, cut = clip(trace, m)
-            parts, label = [text], "truncated" if cut else "full"
-        jobs = [self._job(row, b, f"behavior_{b}", trace=p) for b in BEHAVIORS for p in parts]
+        if self.config.long == "split" and len(trace) > m:  # windows are sent whole: their counts add up
+            label = f"split:{-(-len(trace) // m)}"
+            return [self._job(row, b, f"behavior_{b}", trace=p) for b in BEHAVIORS for p in windows(trace, m)], label
+        jobs = [self._job(row, b, f"behavior_{b}", {"trace": (trace, m)}) for b in BEHAVIORS]
+        label = "full" if len(trace) <= m and not any(j.fitted for j in jobs) else "truncated"
         return jobs, label
 
     def spans(self, row: int, trace: Trace) -> Job | None:
         """The exploration_spans request of a thought (None when its numbered text is over
-        `spans_max_chars`: segment indices need the whole thought, so it is never clipped)."""
+        `spans_max_chars` or the context: segment indices need the whole thought, so it is never
+        clipped)."""
         text = numbered(trace)
         if len(text) > self.config.spans_max_chars:
             return None
-        return self._job(row, "exploration_spans", PROMPT_NAME, segments=text, n=str(len(trace.spans)))
+        job = self._job(row, "exploration_spans", PROMPT_NAME, segments=text, n=str(len(trace.spans)))
+        return job if self.budget is None or self.budget.fits(job.rendered) else None
 
 
 def shard_pool(pool: Pool, config: TagConfig) -> Pool:
@@ -249,8 +300,15 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
         _tag_llm(rows, config, progress, pool.name, report, cache, plan)
     report.wall_s = time.perf_counter() - started
     report.price_in, report.price_out = config.price_in, config.price_out
-    for task_name in report.tasks or {}:
-        report.unparsed[task_name] = sum(task_name in e for e in rows.errors)
+    for task_name in report.tasks or {}:  # no reply at all (failed) apart from a reply that did not parse
+        report.failed[task_name] = sum(task_name in e and e[task_name]["raw"] is None for e in rows.errors)
+        report.unparsed[task_name] = sum(task_name in e and e[task_name]["raw"] is not None for e in rows.errors)
+    if config.cache and not config.offline:
+        cache_file = ResponseCache(config.cache)
+        try:
+            report.wall_total_s, report.runs = cache_file.record_run(report.wall_s, len(rows.examples))
+        finally:
+            cache_file.close()
     sources = rows.out["curate_difficulty_source"]
     report.sources = {s: sources.count(s) for s in ("native", "llm", "rule") if s in sources}
     rows.out["curate_tag_errors"] = [json.dumps(e, sort_keys=True) if e else None for e in rows.errors]
@@ -334,7 +392,10 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
     report.base_urls = [public_url(u) for u in config.base_urls]
     report.prompts = {p.name: {"version": p.version, "hash": p.hash} for p in prompts.values()}
     report.long, report.max_chars = config.long, config.max_chars
-    planner = _Planner(config, prompts)
+    budget = make_budget(config)
+    report.budget = f"tokens counted by {budget.how}; context: " + (
+        f"{budget.context} tokens" if budget.context else "unknown (prompts bounded by max_chars only)")
+    planner = _Planner(config, prompts, budget)
     counters = {t: Counters() for t in (["domain"] if "domain" in config.tasks else [])
                 + (["difficulty"] if "difficulty" in config.tasks else [])
                 + (list(BEHAVIORS) if "behaviors" in config.tasks else [])
@@ -344,13 +405,14 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
     own_cache = cache is None
     if cache is None:
         cache = ResponseCache(config.cache or ":memory:")
-    extra = {"plan": plan, "server_stats": report.servers}
+    extra = {"plan": plan, "server_stats": report.servers, "report": report}
     try:
         if "domain" in config.tasks:
             total = sum(d == "unknown" for d in domains)
             if total:
                 jobs = (planner.domain(i, ex) for i, ex in enumerate(examples) if domains[i] == "unknown")
-                run_jobs(jobs, total, f"tagging domains of {name}", config, cache, counters, results, progress, **extra)
+                _run_fitting(jobs, total, f"tagging domains of {name}", config, cache, counters, results, progress,
+                             **extra)
             for i in range(len(examples)):
                 outcome = results.get((i, "domain"))
                 if outcome:
@@ -363,8 +425,8 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
         total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
             sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
             if "behaviors" in config.tasks else 0) + sum(t is not None for t in rows.traces)
-        run_jobs(_main_jobs(rows, config, planner), total, f"tagging {name}", config, cache, counters, results,
-                 progress, **extra)
+        _run_fitting(_main_jobs(rows, config, planner), total, f"tagging {name}", config, cache, counters, results,
+                     progress, **extra)
     finally:
         if own_cache:
             cache.close()
@@ -393,13 +455,50 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
                 out[f"curate_behavior_{b}"][i] = total_count
         if (i, "exploration_spans") in results:
             outcome = results[i, "exploration_spans"][0]
-            delete, reason = _parse("exploration_spans", outcome)
-            if delete is not None:
-                delete, reason = parse_delete(delete, len(rows.traces[i].spans))
+            reply, reason = _parse("exploration_spans", outcome)
+            delete, reason = parse_delete(reply, len(rows.traces[i].spans)) if reply is not None else (None, reason)
             if delete is None:
                 errors[i]["exploration_spans"] = _error(reason, outcome)
             else:
-                out[SPANS_COLUMN][i] = encode_spans(rows.traces[i], config.segments, delete, "llm")
+                out[SPANS_COLUMN][i] = encode_spans(rows.traces[i], config.segments, delete, "llm", reply)
+
+
+def _run_fitting(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
+                 counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress,
+                 *, plan: list[Job] | None, server_stats: dict, report: TagReport) -> None:
+    """`run_jobs`, then once more for the requests a server refused as over its context: each is
+    re-rendered with its clipped fields shrunk by what the server's message says (`over_context`)
+    and sent again, once. `report.fitted` / `report.shrunk` count the two kinds of fitting."""
+    sent: list[Job] = []
+    run_jobs(jobs, total, title, config, cache, counters, results, progress, plan=sent, server_stats=server_stats)
+    if plan is not None:
+        plan.extend(sent)
+    report.fitted += sum(j.fitted for j in sent)
+    again: list[tuple[Job, Job]] = []
+    for job in sent:
+        slots = results[job.row, job.task]
+        outcome = slots[0][0] if len(slots) == 1 else None
+        if outcome is not None and outcome.error and ": context:" in outcome.error and job.refit is not None:
+            again.append((job, job.refit(*over_context(outcome.error, config.max_tokens))))
+    if not again:
+        return
+    retried: dict[tuple[int, str], list[Outcome]] = {}
+    run_jobs(iter(j for _, j in again), len(again), f"{title}: shrunk to fit the context", config, cache, counters,
+             retried, progress, plan=plan, server_stats=server_stats)
+    for job, _ in again:
+        results[job.row, job.task][0][0] = retried[job.row, job.task][0][0]
+    report.shrunk += len(again)
+
+
+def over_context(error: str, max_tokens: int) -> tuple[int | None, int | None]:
+    """(prompt tokens the request had, prompt tokens the context allows) from a context-length
+    error in OpenAI's wording ("maximum context length is M tokens. However, you requested N
+    tokens"): (N - max_tokens, M - max_tokens); (None, None) when it gives no numbers."""
+    context = re.search(r"context length is (\d+)", error)
+    asked = re.search(r"requested (\d+) tokens", error)
+    if not (context and asked):
+        return None, None
+    return int(asked.group(1)) - max_tokens, int(context.group(1)) - max_tokens
 
 
 def _main_jobs(rows: _Rows, config: TagConfig, planner: _Planner) -> Iterator[Job]:
@@ -416,8 +515,9 @@ def _main_jobs(rows: _Rows, config: TagConfig, planner: _Planner) -> Iterator[Jo
         if rows.traces and rows.traces[i] is not None:
             job = planner.spans(i, rows.traces[i])
             if job is None:
-                rows.errors[i]["exploration_spans"] = {"reason": f"not sent: the numbered thought is over "
-                                                                 f"spans_max_chars={config.spans_max_chars}", "raw": ""}
+                rows.errors[i]["exploration_spans"] = {"reason": "not sent: the numbered thought is over "
+                                                                 f"spans_max_chars={config.spans_max_chars} or the "
+                                                                 "context", "raw": ""}
             else:
                 yield job
 
@@ -427,7 +527,8 @@ def estimate(pool: Pool, config: TagConfig) -> Estimate:
     math difficulty request each (their real prompt depends on the domain answer). With
     `config.shard`, only that shard's rows."""
     examples = list(shard_pool(pool, config).examples())
-    planner = _Planner(config, load_prompts(config.prompt_names(), config.prompts_dir))
+    budget = make_budget(config)
+    planner = _Planner(config, load_prompts(config.prompt_names(), config.prompts_dir), budget)
     jobs: list[Job] = []
     for i, ex in enumerate(examples):
         domain = ex.domain or "unknown"
@@ -448,7 +549,8 @@ def estimate(pool: Pool, config: TagConfig) -> Estimate:
             cached = len(cache.lookup(unique))
         finally:
             cache.close()
-    return Estimate(requests=len(unique), cached=cached, chars=sum(len(j.rendered) for j in unique.values()))
+    return Estimate(requests=len(unique), cached=cached, tokens=sum(budget.tokens(j.rendered) for j in unique.values()),
+                    how=budget.how)
 
 
 def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
@@ -486,7 +588,7 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
                       params=config.params, concurrency=config.concurrency, timeout=config.timeout,
                       max_retries=config.max_retries, backoff=config.backoff,
                       max_backoff=config.max_backoff, cache=cache, seed=config.seed,
-                      server_concurrency=config.server_concurrency)
+                      server_concurrency=config.server_concurrency, timeout_retries=config.timeout_retries)
         queue: asyncio.Queue = asyncio.Queue(maxsize=4 * config.concurrency)
 
         async def worker() -> None:
@@ -495,7 +597,7 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
                 if item is None:
                     return
                 job, slot, advance = item
-                slot[0] = await rater.complete(job.key, job.rendered, job.prompt, counters[job.task])
+                slot[0] = await rater.complete(job.key, job.rendered, job.prompt, counters[job.task], job.timeout)
                 advance(1)
 
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
