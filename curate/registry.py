@@ -87,7 +87,7 @@ def _resolve(target: str) -> Any:
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("tag", "Tag domain, difficulty and cognitive behaviours with an LLM (or offline rules).", "",
-              "curate.tagging.config:TagConfig", "curate.tagging.tagger:run",
+              "curate.tagging.config:TagConfig", "curate.tagging.operation:run",
               command="curate.cli.tag:TagCommand", cli="curate.cli.tag:tag", also=True, output_required=False),
     Operation("score", "Score every example by EK-FAC influence on query sets.", "",
               "curate.influence.config:ScoreConfig", "curate.influence.output:run",

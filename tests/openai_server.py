@@ -91,6 +91,7 @@ class FakeOpenAI:
         self.arrivals: dict[str, int] = {}
         self.tokenize = False  # serve POST /tokenize
         self.advertise = True  # say the context (max_model_len) in GET /v1/models
+        self.structured = "ignore"  # response_format: ignore it, "refuse" it (400), or answer "json"
         self.lock = threading.Lock()
         server = self
 
@@ -175,6 +176,14 @@ class FakeOpenAI:
                 if fault == "malformed":
                     return self._send_raw(200, b'{"id": "x", "choices": [', "application/json")
                 answer = reply_text(content, f.unparseable)
+                if "response_format" in body and server.structured == "refuse":
+                    return self._send(400, {"error": {"message": "response_format is not supported by this server",
+                                                      "type": "invalid_request_error"}})
+                if "response_format" in body and server.structured == "json":
+                    key = body["response_format"]["json_schema"]["name"]
+                    found = re.findall(r"(?:<count>\s*|\[\[\s*|<domain>)([A-Za-z0-9]+)", answer)
+                    value = found[-1] if found else None
+                    answer = json.dumps({key: int(value) if value and value.isdigit() else value})
                 self._send(200, {
                     "id": "chatcmpl-" + hashlib.sha1(raw).hexdigest()[:12], "object": "chat.completion",
                     "created": int(time.time()), "model": body.get("model", ""),

@@ -109,3 +109,16 @@ def test_cache_keys_cover_model_prompt_input_and_params(tmp_path):
     again = ResponseCache(tmp_path / "c.sqlite")  # migrations are not re-applied
     assert again.lookup([base, "nope"])[base].content == "<count>1</count>" and again.inputs() == ["text"]
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_quadratic_kappa_against_known_values():
+    from curate.tagging.calibrate import quadratic_kappa
+
+    assert quadratic_kappa([(1, 1), (5, 5), (9, 9)]) == 1.0
+    # Two raters, categories 1-3 of 1-10 used: hand-computed kappa_w (observed/expected weighted).
+    pairs = [(1, 1), (1, 2), (2, 2), (3, 3), (3, 1)]
+    n = len(pairs)
+    w = lambda i, j: (i - j) ** 2 / 81  # noqa: E731
+    num = sum(w(r, t) for r, t in pairs) / n
+    den = sum(w(r, t) for r, _ in pairs for _, t in pairs) / n**2
+    assert quadratic_kappa(pairs) == pytest.approx(1 - num / den)

@@ -95,6 +95,12 @@ def tag(call) -> None:
         result.report.card["Batch import"] = "\n".join(batch_card)
     written = call.write(result, removed)
     render_summary(result.report.data["tag"])
+    calibration = result.report.data.get("calibration")
+    if calibration is not None:
+        click.echo("\n".join(["calibration:", *calibration.lines()]), err=True)
+        if not config.then_all:
+            click.echo(f"stopped after calibration: the output holds the {calibration.rows} sampled rows; "
+                       "add --then-all to tag every row", err=True)
     click.echo(str(written.path))
     _fail_on_failed_requests(result.annotations, run.allow_failures)
 
@@ -139,6 +145,9 @@ def render_summary(report) -> None:
                 causes[cause] = causes.get(cause, 0) + n
         if causes:
             console.print("failed attempts by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(causes.items())))
+        if report.unconstrained:
+            console.print(f"structured answers: the server refused {report.structured}; from then on requests went "
+                          f"without it and replies were parsed as text ({report.unconstrained})")
         if report.fitted or report.shrunk:
             console.print(f"{report.fitted} request(s) clipped further to fit the context; {report.shrunk} resent "
                           "shrunk after a context-length error")

@@ -96,7 +96,7 @@ def export_batch(pool: Pool, config: TagConfig, path: str | Path) -> BatchExport
             continue
         seen.add(job.key)
         lines.append(json.dumps({"custom_id": custom_id(job), "method": "POST", "url": BATCH_URL,
-                                 "body": request_body(config.model, job.rendered, config.params)},
+                                 "body": request_body(config.model, job.rendered, job.params)},
                                 ensure_ascii=False))
     path = Path(path)
     atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
@@ -204,7 +204,7 @@ def import_batch(pool: Pool, config: TagConfig, path: str | Path) -> BatchImport
                 continue
             content, t_in, t_out = line.answer
             cache.put(job.key, model=config.model, prompt=job.prompt.name, prompt_hash=job.prompt.hash,
-                      params=config.params, rendered=job.rendered, content=content, tokens_in=t_in,
+                      params=job.params, rendered=job.rendered, content=content, tokens_in=t_in,
                       tokens_out=t_out, base_url=f"batch:{Path(path).name}", commit=False)
             stored.add(job.key)
         cache.commit()

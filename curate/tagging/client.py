@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curate.tagging.cache import ResponseCache
+from curate.tagging.structured import REFUSED
+
+CONSTRAINT_KEYS = ("response_format", "guided_regex")
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Rater:
     def __init__(self, *, base_urls: list[str], api_key: str, model: str, params: dict[str, Any],
                  concurrency: int, timeout: float, max_retries: int, backoff: float, max_backoff: float,
                  cache: ResponseCache, seed: int = 0, server_concurrency: int | None = None,
-                 timeout_retries: int | None = None) -> None:
+                 timeout_retries: int | None = None, fallback: bool = False) -> None:
         from openai import AsyncOpenAI
 
         # Several clients per server when concurrency is high: the HTTP connection pool scans its
@@ -107,6 +110,8 @@ class Rater:
         self.max_retries = max_retries
         self.timeout = timeout
         self.timeout_retries = max_retries if timeout_retries is None else timeout_retries
+        self.fallback = fallback  # structured "auto": drop the answer constraint once a server refuses it
+        self.unconstrained: str | None = None  # why the constraint was dropped (the server's message)
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.cache = cache
@@ -166,9 +171,10 @@ class Rater:
         return out
 
     async def complete(self, key: str, rendered: str, prompt: Any, counters: Counters,
-                       timeout: float | None = None) -> Outcome:
+                       timeout: float | None = None, params: dict[str, Any] | None = None) -> Outcome:
         """The response to one user message `rendered` (cache key `key`), sent at most once;
-        `timeout`: seconds to wait for it (default: the rater's)."""
+        `timeout`: seconds to wait for it (default: the rater's); `params`: sampling and answer
+        constraint for this request (default: the rater's)."""
         done = self.completed.get(key)
         if done is not None:
             counters.deduped += 1
@@ -180,7 +186,8 @@ class Rater:
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            outcome = await self._send(key, rendered, prompt, counters, timeout or self.timeout)
+            outcome = await self._send(key, rendered, prompt, counters, timeout or self.timeout,
+                                       self.params if params is None else params)
             if outcome.error is None:
                 self.completed[key] = Outcome(outcome.content, 0, 0, cached=True)
             future.set_result(outcome)
@@ -192,8 +199,9 @@ class Rater:
         finally:
             del self.inflight[key]
 
-    async def _send(self, key: str, rendered: str, prompt: Any, counters: Counters, timeout: float) -> Outcome:
-        body = request_body(self.model, rendered, self.params)
+    async def _send(self, key: str, rendered: str, prompt: Any, counters: Counters, timeout: float,
+                    params: dict[str, Any]) -> Outcome:
+        body = request_body(self.model, rendered, self._allowed(params))
         last = "no attempt"
         avoid: Server | None = None
         timeouts = 0
@@ -208,7 +216,16 @@ class Rater:
             error: RetryableError | FatalError | None = None
             try:
                 server.turn = (server.turn + 1) % len(server.clients)
-                content, t_in, t_out = await self._call(server.clients[server.turn], body, timeout)
+                client = server.clients[server.turn]
+                try:
+                    content, t_in, t_out = await self._call(client, body, timeout)
+                except FatalError as err:
+                    if not self._refused_constraint(body, str(err)):
+                        raise
+                    body = request_body(self.model, rendered, self._allowed(params))  # once, then never again
+                    server.requests += 1
+                    counters.requests += 1
+                    content, t_in, t_out = await self._call(client, body, timeout)
             except (RetryableError, FatalError) as err:
                 error = err
             finally:
@@ -234,11 +251,26 @@ class Rater:
             counters.tokens_in += t_in
             counters.tokens_out += t_out
             self.cache.put(key, model=self.model, prompt=prompt.name, prompt_hash=prompt.hash,
-                           params=self.params, rendered=rendered, content=content,
+                           params=params, rendered=rendered, content=content,
                            tokens_in=t_in, tokens_out=t_out, base_url=server.url)
             return Outcome(content, t_in, t_out)
         counters.failures += 1
         return Outcome(None, error=f"request failed after {attempt + 1} attempt(s): {last}")
+
+    def _allowed(self, params: dict[str, Any]) -> dict[str, Any]:
+        """`params` without the answer constraint once a server has refused it."""
+        if self.unconstrained is None:
+            return params
+        return {k: v for k, v in params.items() if k not in CONSTRAINT_KEYS}
+
+    def _refused_constraint(self, body: dict[str, Any], error: str) -> bool:
+        """Whether `error` is a server refusing the answer constraint `body` carries, under
+        structured "auto"; then every later request goes without it (recorded once)."""
+        if not (self.fallback and error.startswith("400") and any(k in body for k in CONSTRAINT_KEYS)
+                and REFUSED.search(error)):
+            return False
+        self.unconstrained = self.unconstrained or error
+        return True
 
     async def _call(self, client: Any, body: dict[str, Any], timeout: float) -> tuple[str | None, int, int]:
         import openai

@@ -9,6 +9,7 @@ from curate.settings import Problem, check_settings, raise_problems, setting
 from curate.shard import Shard
 from curate.tagging.exploration import PROMPT_NAME, UNITS
 from curate.tagging.prompts import BEHAVIORS
+from curate.tagging.structured import MODES, constraint
 
 TASKS = ("difficulty", "behaviors", "domain", "exploration_spans")
 DEFAULT_TASKS = ("difficulty", "behaviors", "domain")
@@ -43,6 +44,18 @@ class TagConfig:
                                low=0)
     timeout_retries: int = setting(1, "Retries of a request that timed out (a slow server keeps working on an "
                                    "abandoned request: retrying it only adds load).", low=0)
+    structured: str = setting("auto", "Ask the server to constrain each answer's shape: json (a JSON schema in "
+                              "response_format), regex (vLLM's guided_regex), off (parse the text), or auto (json, "
+                              "and text from the first refusal on; the card says so).", choices=MODES)
+    calibrate: int | None = setting(None, "First tag a seeded sample of N rows that carry native difficulty labels "
+                                    "(MATH level, TACO/APPS difficulty, --native-map) and report the rater's "
+                                    "agreement with them (Spearman, quadratic-weighted kappa, confusion), the parse "
+                                    "rate per task and the cost per 1,000 rows; without native labels, the agreement "
+                                    "of two samples of each row. The output holds the sample only, unless "
+                                    "{then_all}.", low=1, metavar="N")
+    then_all: bool = setting(False, "With {calibrate}: go on and tag every row after the calibration.")
+    sample_seed: int | None = setting(None, "OpenAI `seed` sent with each request (a second calibration sample).",
+                                      cli=False, recipe=False)
     tokenizer: str | None = setting(None, "The rater's tokenizer (path, Hub id or alias) to count prompt tokens "
                                     "[default: the server's /tokenize when it has one, else characters / 2].",
                                     model=True)
@@ -94,6 +107,8 @@ class TagConfig:
                 problems.append(Problem("give {base_urls} (an OpenAI-compatible server) or {offline}"))
             if not self.model:
                 problems.append(Problem("give {model} (the rater model's name on the server) or {offline}"))
+        if self.then_all and self.calibrate is None:
+            problems.append(Problem("{then_all} applies with {calibrate}"))
         for raw, value in self.native_map.items():
             if not isinstance(value, int) or isinstance(value, bool):
                 problems.append(Problem(f"{{native_map}} {raw!r}={value!r}: levels are integers 1-10"))
@@ -102,7 +117,12 @@ class TagConfig:
     @property
     def params(self) -> dict:
         """Sampling parameters sent with every request (and part of every cache key)."""
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        seed = {} if self.sample_seed is None else {"seed": self.sample_seed}
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, **seed}
+
+    def request_params(self, task: str) -> dict:
+        """`params` plus the answer constraint of `task` under `structured` (all in the cache key)."""
+        return {**self.params, **constraint(task, self.structured)}
 
     def shard_range(self, rows: int) -> range:
         """The row indices this run tags: all `rows`, or its shard's contiguous range."""

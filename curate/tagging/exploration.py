@@ -87,8 +87,13 @@ def answer_point(trace: Trace) -> int | None:
 
 
 def parse_delete(text: str | None, n: int) -> tuple[list[int] | None, str]:
-    """0-based indices from the last `<delete>3, 7-9</delete>` (1-based; `none` or empty = [])."""
-    found = re.findall(r"<\s*delete\s*>(.*?)<\s*/\s*delete\s*>", text or "", re.S | re.I)
+    """0-based indices from the last `<delete>3, 7-9</delete>` (1-based; `none` or empty = []), or
+    from a JSON reply `{"delete": "3, 7-9"}` (structured answers)."""
+    from curate.tagging.structured import json_answer
+
+    answer = json_answer(text or "", "delete")
+    found = [answer] if isinstance(answer, str) else re.findall(r"<\s*delete\s*>(.*?)<\s*/\s*delete\s*>",
+                                                                 text or "", re.S | re.I)
     if not found:
         return None, "no <delete>...</delete> in the reply"
     body = found[-1].strip().strip("[]").strip()

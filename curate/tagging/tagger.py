@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     import polars as pl
 
     from curate.data import Example, Pool
-    from curate.results import OpContext, OpResult
 
 _CHUNK_ROWS = 512
 _FIT_TRIES = 6  # renders per request at most while shrinking its clipped fields to fit the context
@@ -66,6 +65,7 @@ class Job:
     prompt: Prompt
     rendered: str
     key: str
+    params: dict = field(default_factory=dict)  # sampling and answer constraint sent (`TagConfig.request_params`)
     timeout: float | None = None  # seconds to wait for the reply (None: the rater's default)
     fitted: bool = False  # its clipped fields were cut below max_chars to fit the context
     refit: Callable[[int | None, int | None], Job] | None = None  # shrunk: (prompt tokens asked, allowed)
@@ -98,6 +98,8 @@ class TagReport:
     fitted: int = 0  # requests whose clipped fields were cut further to fit the context
     shrunk: int = 0  # requests resent shrunk after a context-length error
     wall_total_s: float = 0.0  # wall time over every run recorded in the cache file (resumes, shards)
+    structured: str = "off"  # the answer constraint asked for (`TagConfig.structured`)
+    unconstrained: str | None = None  # the server's refusal of it, after which requests went without
     runs: int = 0
 
     @property
@@ -124,6 +126,9 @@ class TagReport:
         if self.mode == "llm":
             lines.append(f"- budget: {self.budget}; clipped further to fit: {self.fitted} request(s); resent "
                          f"shrunk after a context-length error: {self.shrunk}")
+            lines.append(f"- structured answers: {self.structured}" + (
+                f"; the server refused the constraint, so requests went without it from then on (text parsed): "
+                f"{self.unconstrained}" if self.unconstrained else ""))
         sections = {"Tagging": "\n".join(lines)}
         if self.mode == "llm":
             rows = ["| task | requests | retries (by cause) | failures | failed attempts by cause | cache hits | "
@@ -205,7 +210,8 @@ class _Planner:
                 break
             scale *= 0.9 * budget.limit / budget.tokens(rendered)
             fitted = True
-        job = Job(row, task, prompt, rendered, request_key(self.config.model, prompt.hash, rendered, self.config.params),
+        params = self.config.request_params(task)
+        job = Job(row, task, prompt, rendered, request_key(self.config.model, prompt.hash, rendered, params), params,
                   budget.timeout(rendered) if budget else None, fitted)
         if clipped:
             def refit(asked: int | None, allowed: int | None) -> Job:
@@ -258,17 +264,6 @@ def shard_pool(pool: Pool, config: TagConfig) -> Pool:
     if not config.shard:
         return pool
     return pool.with_dataset(pool.dataset.select(config.shard_range(len(pool))))
-
-
-def run(pool: Pool, inputs: dict, config: TagConfig, context: OpContext) -> OpResult:
-    """The registry's call shape: the rows (of the shard) unchanged, the tags as `annotations`,
-    the `TagReport` as `report.data["tag"]`."""
-    from curate.results import OpReport, OpResult
-
-    annotations, report = tag_pool(pool, config, progress=context.progress)
-    counts = {"rows": report.rows, "difficulty sources": report.sources, "unparsed": report.unparsed}
-    return OpResult(shard_pool(pool, config), [], OpReport(counts, [], report.card(), {"tag": report}),
-                    annotations=annotations)
 
 
 def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
@@ -391,7 +386,7 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
     report.model, report.params = config.model, config.params
     report.base_urls = [public_url(u) for u in config.base_urls]
     report.prompts = {p.name: {"version": p.version, "hash": p.hash} for p in prompts.values()}
-    report.long, report.max_chars = config.long, config.max_chars
+    report.long, report.max_chars, report.structured = config.long, config.max_chars, config.structured
     budget = make_budget(config)
     report.budget = f"tokens counted by {budget.how}; context: " + (
         f"{budget.context} tokens" if budget.context else "unknown (prompts bounded by max_chars only)")
@@ -405,7 +400,7 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
     own_cache = cache is None
     if cache is None:
         cache = ResponseCache(config.cache or ":memory:")
-    extra = {"plan": plan, "server_stats": report.servers, "report": report}
+    extra = {"plan": plan, "report": report}
     try:
         if "domain" in config.tasks:
             total = sum(d == "unknown" for d in domains)
@@ -442,7 +437,6 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
                 out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, f"[[{level}]]"
                 out["curate_difficulty_source"][i] = "llm"
         if "behaviors" in config.tasks:
-            out["curate_behavior_source"][i] = "llm"
             for b in BEHAVIORS:
                 total_count: int | None = 0
                 for outcome in results.get((i, b), []):
@@ -453,6 +447,9 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
                         break
                     total_count += count
                 out[f"curate_behavior_{b}"][i] = total_count
+            # The source only where the rater answered: a row with no count parsed has none.
+            out["curate_behavior_source"][i] = "llm" if any(
+                out[f"curate_behavior_{b}"][i] is not None for b in BEHAVIORS) else None
         if (i, "exploration_spans") in results:
             outcome = results[i, "exploration_spans"][0]
             reply, reason = _parse("exploration_spans", outcome)
@@ -465,12 +462,12 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
 
 def _run_fitting(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
                  counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress,
-                 *, plan: list[Job] | None, server_stats: dict, report: TagReport) -> None:
+                 *, plan: list[Job] | None, report: TagReport) -> None:
     """`run_jobs`, then once more for the requests a server refused as over its context: each is
     re-rendered with its clipped fields shrunk by what the server's message says (`over_context`)
     and sent again, once. `report.fitted` / `report.shrunk` count the two kinds of fitting."""
     sent: list[Job] = []
-    run_jobs(jobs, total, title, config, cache, counters, results, progress, plan=sent, server_stats=server_stats)
+    run_jobs(jobs, total, title, config, cache, counters, results, progress, plan=sent, report=report)
     if plan is not None:
         plan.extend(sent)
     report.fitted += sum(j.fitted for j in sent)
@@ -484,7 +481,7 @@ def _run_fitting(jobs: Iterator[Job], total: int, title: str, config: TagConfig,
         return
     retried: dict[tuple[int, str], list[Outcome]] = {}
     run_jobs(iter(j for _, j in again), len(again), f"{title}: shrunk to fit the context", config, cache, counters,
-             retried, progress, plan=plan, server_stats=server_stats)
+             retried, progress, plan=plan, report=report)
     for job, _ in again:
         results[job.row, job.task][0][0] = retried[job.row, job.task][0][0]
     report.shrunk += len(again)
@@ -555,10 +552,11 @@ def estimate(pool: Pool, config: TagConfig) -> Estimate:
 
 def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
              counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress,
-             *, plan: list[Job] | None = None, server_stats: dict[str, dict[str, int]] | None = None) -> None:
+             *, plan: list[Job] | None = None, report: TagReport | None = None) -> None:
     """Resolve `jobs` from the cache or the server; outcomes land in `results[(row, task)]` in job order.
 
-    `plan` receives every job; `server_stats` accumulates {url: {"requests", "failures"}}. With
+    `plan` receives every job; `report.servers` accumulates {url: {"requests", "failures"}} and
+    `report.unconstrained` the first refusal of the answer constraint (structured "auto"). With
     `config.cache_only` nothing is sent: a miss gets an outcome with the error `NOT_CACHED`.
     """
     if config.cache_only:
@@ -588,7 +586,8 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
                       params=config.params, concurrency=config.concurrency, timeout=config.timeout,
                       max_retries=config.max_retries, backoff=config.backoff,
                       max_backoff=config.max_backoff, cache=cache, seed=config.seed,
-                      server_concurrency=config.server_concurrency, timeout_retries=config.timeout_retries)
+                      server_concurrency=config.server_concurrency, timeout_retries=config.timeout_retries,
+                      fallback=config.structured == "auto")
         queue: asyncio.Queue = asyncio.Queue(maxsize=4 * config.concurrency)
 
         async def worker() -> None:
@@ -597,7 +596,8 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
                 if item is None:
                     return
                 job, slot, advance = item
-                slot[0] = await rater.complete(job.key, job.rendered, job.prompt, counters[job.task], job.timeout)
+                slot[0] = await rater.complete(job.key, job.rendered, job.prompt, counters[job.task], job.timeout,
+                                               job.params)
                 advance(1)
 
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
@@ -619,9 +619,10 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
             for w in workers:
                 w.cancel()
             await rater.close()
-            if server_stats is not None:
+            if report is not None:
+                report.unconstrained = report.unconstrained or rater.unconstrained
                 for url, stats in rater.stats().items():
-                    entry = server_stats.setdefault(public_url(url), {"requests": 0, "failures": 0})
+                    entry = report.servers.setdefault(public_url(url), {"requests": 0, "failures": 0})
                     for name, value in stats.items():
                         entry[name] += value
 
