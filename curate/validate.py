@@ -249,6 +249,7 @@ def _evaluate(config: ValidateConfig, name: str, folder: Path, trained: dict | N
                                      "pass --overwrite to redo it or choose another run folder")
     import torch
 
+    from curate.evaluation.engines import HFEngine
     from curate.evaluation.evaluate import EvalConfig, evaluate
     from curate.models import load_model
     from curate.training import load_trained
@@ -263,7 +264,7 @@ def _evaluate(config: ValidateConfig, name: str, folder: Path, trained: dict | N
                              temperature=config.temperature, seed=config.seed,
                              batch_size=config.eval_batch_size, timeout_s=config.timeout_s)
     progress.note(f"evaluate {name} on {len(problems)} problem(s)")
-    result = evaluate(model, tokenizer, problems, eval_config, progress)
+    result = evaluate(HFEngine(model, tokenizer, config.eval_batch_size), problems, eval_config, progress)
     rows = result.to_rows()
     atomic_write_bytes(folder / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     saved = {"fingerprint": eval_fp, "summary": result.summary(), "scores": {r["id"]: r["score"] for r in rows},

@@ -92,6 +92,10 @@ class FakeOpenAI:
         self.tokenize = False  # serve POST /tokenize
         self.advertise = True  # say the context (max_model_len) in GET /v1/models
         self.structured = "ignore"  # response_format: ignore it, "refuse" it (400), or answer "json"
+        self.models = ["fake"]  # ids listed by GET /v1/models
+        # respond(body) -> (content, completion tokens, finish_reason) replaces the canned answers,
+        # e.g. a model generating through transformers (`generating_server` in the tests).
+        self.respond = None
         self.lock = threading.Lock()
         server = self
 
@@ -106,10 +110,11 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":  # vLLM's shape: the context as max_model_len
-                    model = {"id": "fake", "object": "model", "owned_by": "curate-tests"}
+                    models = [{"id": m, "object": "model", "owned_by": "curate-tests"} for m in server.models]
                     if server.faults.context is not None and server.advertise:
-                        model["max_model_len"] = server.faults.context
-                    return self._send(200, {"object": "list", "data": [model]})
+                        for model in models:
+                            model["max_model_len"] = server.faults.context
+                    return self._send(200, {"object": "list", "data": models})
                 return self._send(404, {"error": {"message": "not found"}})
 
             def do_POST(self) -> None:
@@ -175,6 +180,15 @@ class FakeOpenAI:
                     return
                 if fault == "malformed":
                     return self._send_raw(200, b'{"id": "x", "choices": [', "application/json")
+                if server.respond is not None:
+                    answer, out_tokens, finish = server.respond(body)
+                    return self._send(200, {
+                        "id": "chatcmpl-" + hashlib.sha1(raw).hexdigest()[:12], "object": "chat.completion",
+                        "created": int(time.time()), "model": body.get("model", ""),
+                        "choices": [{"index": 0, "finish_reason": finish,
+                                     "message": {"role": "assistant", "content": answer}}],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                                  "total_tokens": prompt_tokens + out_tokens}})
                 answer = reply_text(content, f.unparseable)
                 if "response_format" in body and server.structured == "refuse":
                     return self._send(400, {"error": {"message": "response_format is not supported by this server",

@@ -10,7 +10,7 @@ import pytest
 from curate.cli import main
 from curate.data import load_pool
 from curate.errors import UsageError
-from curate.evaluation import EvalConfig, evaluate, generate, load_benchmark
+from curate.evaluation import EvalConfig, HFEngine, evaluate, generate, load_benchmark
 from curate.evaluation.benchmarks import MATH_INSTRUCTION
 from tests.cli_helpers import cli_error
 
@@ -93,8 +93,8 @@ def test_evaluate_summary_avg_at_k(tiny_model_dir):
     model, tokenizer = load_model(str(tiny_model_dir))
     problems = load_benchmark("gsm8k", limit=3)
     config = EvalConfig(max_new_tokens=8, samples=2, temperature=1.0, seed=3)
-    result = evaluate(model, tokenizer, problems, config)
-    again = evaluate(model, tokenizer, problems, config)
+    result = evaluate(HFEngine(model, tokenizer, config.batch_size), problems, config)
+    again = evaluate(HFEngine(model, tokenizer, config.batch_size), problems, config)
     assert [r.completions for r in result.records] == [r.completions for r in again.records]  # seeded
     summary = result.summary()["gsm8k"]
     assert summary["n"] == 3 and summary["samples"] == 2 and summary["pass@1"] == 0.0

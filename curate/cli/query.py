@@ -19,16 +19,34 @@ import click
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per generate call.")
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True,
               help="Seconds per sandboxed code run.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
-def query(model, bench, out, **settings) -> None:
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ... (hf).")
+@click.option("--engine", type=click.Choice(["hf", "server"]), default="hf", show_default=True,
+              help="hf: load --model here and generate with transformers; server: generate through the "
+                   "OpenAI-compatible endpoint --base-url (vLLM, SGLang, llama.cpp), where --model is the served id.")
+@click.option("--base-url", help="The endpoint (…/v1) of --engine server.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+              help="Environment variable holding the endpoint's key (never written anywhere).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests in flight (--engine server).")
+def query(model, bench, out, engine, base_url, api_key_env, concurrency, **settings) -> None:
     """Generate and grade answers to a benchmark, then write DIR/correct.jsonl and DIR/incorrect.jsonl
-    (messages rows for `curate score --query NAME=DIR/correct.jsonl`) and DIR/summary.json."""
+    (messages rows for `curate score --query NAME=DIR/correct.jsonl`) and DIR/summary.json.
+
+    \b
+    With a serving engine (answers cached in DIR/generations.sqlite; a killed run resumes):
+      vllm serve Qwen/Qwen2.5-1.5B-Instruct --port 8000 &
+      curate query --engine server --base-url http://localhost:8000/v1 \\
+          --model Qwen/Qwen2.5-1.5B-Instruct --bench gsm8k -o queries/"""
     from curate.cli import quiet_third_party_progress
-    from curate.evaluation import build_query_sets
+    from curate.errors import UsageError
+    from curate.evaluation import ServerSettings, build_query_sets
     from curate.progress import RichProgress
 
+    if (engine == "server") != bool(base_url):
+        raise UsageError("--engine server needs --base-url (and --base-url needs --engine server)")
+    server = ServerSettings(base_url, model, api_key_env, concurrency) if engine == "server" else None
     quiet_third_party_progress()
-    summary = build_query_sets(model, bench, out, progress=RichProgress(), **settings)
+    summary = build_query_sets(model, bench, out, server=server, progress=RichProgress(), **settings)
     counts, sampled = summary["counts"], summary["sampled"]
     click.echo(f"graded {summary['graded']}: accuracy {summary['accuracy']:.1%}; "
                f"correct {counts['correct']} (kept {sampled['correct']}), "

@@ -1,7 +1,7 @@
 """Evaluate a model on benchmark problems: generate, grade, summarise with bootstrap intervals.
 
     problems = load_benchmark("gsm8k") + load_benchmark("mbpp")
-    result = evaluate(model, tokenizer, problems, EvalConfig(max_new_tokens=512))
+    result = evaluate(HFEngine(model, tokenizer), problems, EvalConfig(max_new_tokens=512))
     result.summary()   # {"gsm8k": {"n": 20, "pass@1": 0.35, "ci95": [0.15, 0.55], ...}, "mbpp": {...}}
     result.to_rows()   # one JSON-serialisable dict per problem
 """
@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from curate.errors import UsageError
 from curate.evaluation.benchmarks import Problem
-from curate.evaluation.generate import generate
-from curate.evaluation.grading import grade
+from curate.evaluation.grading import Grade, grade
 from curate.progress import Progress, Silent
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from curate.evaluation.engines import Engine
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -31,7 +30,7 @@ class EvalConfig:
     samples: int = field(default=1, metadata={"help": "Answers per problem (k of avg@k)."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 needed when samples > 1."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (engine hf)."})
     timeout_s: float = field(default=10.0, metadata={"help": "Seconds per sandboxed code run."})
 
     def __post_init__(self) -> None:
@@ -83,7 +82,8 @@ class EvalResult:
         """Per benchmark source: `n` problems, `samples` (k), `pass@1` (avg@k: mean over problems of
         the share of correct answers, in [0, 1]), `ci95` ([low, high]: percentile bootstrap, 1000
         resamples of problems, seeded by `config.seed`), `truncated` (share of answers that hit
-        `max_new_tokens`) and `isolation` (the sandbox's, for code)."""
+        `max_new_tokens`), `errors` (answers a server refused, graded wrong) and `isolation` (the
+        sandbox's, for code)."""
         import numpy as np
 
         out: dict[str, dict[str, Any]] = {}
@@ -100,6 +100,7 @@ class EvalResult:
                 "pass@1": float(scores.mean()),
                 "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
                 "truncated": sum(truncated) / len(truncated),
+                "errors": sum(st.startswith("error: ") for r in recs for st in r.status),
                 "isolation": ", ".join(isolation) or None,
             }
         return out
@@ -110,25 +111,27 @@ class EvalResult:
 
 
 def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    engine: Engine,
     problems: list[Problem],
     config: EvalConfig,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Generate `config.samples` answers per problem and grade each (math-verify, sandboxed tests)."""
+    """Generate `config.samples` answers per problem with `engine` (`curate.evaluation.engines`)
+    and grade each (math-verify, sandboxed tests). An answer the engine could not get (a server
+    refused the request) is graded wrong with the status `error: <why>`."""
     progress = progress or Silent()
     if not problems:
         return EvalResult([], config)
-    generations = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens=config.max_new_tokens,
-                           samples=config.samples, temperature=config.temperature, seed=config.seed,
-                           batch_size=config.batch_size, progress=progress)
+    generations = engine.generate([p.prompt for p in problems], max_new_tokens=config.max_new_tokens,
+                                  samples=config.samples, temperature=config.temperature, seed=config.seed,
+                                  progress=progress)
     records = []
     with progress.task("grade", total=len(problems) * config.samples, unit="answers") as advance:
         for problem, answers in zip(problems, generations, strict=True):
             grades = []
             for g in answers:
-                grades.append(grade(problem, g.text, timeout_s=config.timeout_s))
+                grades.append(Grade(False, f"error: {g.error}") if g.error else
+                              grade(problem, g.text, timeout_s=config.timeout_s))
                 advance(1)
             isolation = next((gr.isolation for gr in grades if gr.isolation), None)
             records.append(ProblemRecord(

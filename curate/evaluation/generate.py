@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Generation:
     """One sampled answer. `n_tokens`: generated tokens, the end-of-turn token included when
-    present. `truncated`: generation stopped at `max_new_tokens` without an end-of-turn token."""
+    present. `truncated`: generation stopped at `max_new_tokens` without an end-of-turn token.
+    `error`: why there is no answer (a server refused the request), else None."""
 
     text: str
     n_tokens: int
     truncated: bool
+    error: str | None = None
 
 
 def chat_prompts(tokenizer: PreTrainedTokenizerBase, user_turns: Sequence[str]) -> list[str]:

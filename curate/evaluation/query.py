@@ -15,6 +15,7 @@ writes, under `out`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from curate.errors import DataError, UsageError
 from curate.evaluation.benchmarks import Problem, load_benchmark
+from curate.evaluation.engines import HFEngine, ServerEngine, ServerSettings
 from curate.evaluation.evaluate import EvalConfig, EvalResult, ProblemRecord, evaluate
 from curate.progress import Progress, Silent
 from curate.stages import atomic_write_bytes
@@ -42,6 +44,7 @@ def build_query_sets(
     batch_size: int = 8,
     timeout_s: float = 10.0,
     device: str = "auto",
+    server: ServerSettings | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Grade `model` (path, Hub id or alias) on `bench` (packaged name, file or Hub id) and write
@@ -50,6 +53,9 @@ def build_query_sets(
     `n`: rows kept per set at most (seeded sample, benchmark order kept). `limit`: grade only a
     seeded subset of this many problems. `max_new_tokens`: per greedy answer. `timeout_s`: per
     sandboxed code run. `device`: "auto" (cuda when available), "cpu", "cuda:1", ...
+    `server`: generate through this OpenAI-compatible endpoint instead of loading `model` here
+    (its `model` is the id on the server; answers cached in `out/generations.sqlite` unless it
+    names another cache, so a killed run resumes).
     """
     from curate.models import check_model, load_model
 
@@ -59,14 +65,19 @@ def build_query_sets(
         raise UsageError(f"n must be >= 1, got {n}")
     progress = progress or Silent()
     config = EvalConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, timeout_s=timeout_s)
-    check_model(model)  # settings and model name first: a typo fails before the benchmark loads
+    if server is None:
+        check_model(model)  # settings and model name first: a typo fails before the benchmark loads
     problems = load_benchmark(bench, limit=limit, seed=seed)
-    if device == "auto":
-        import torch
+    if server is not None:
+        engine = ServerEngine(dataclasses.replace(server, cache=server.cache or str(Path(out) / "generations.sqlite")))
+    else:
+        if device == "auto":
+            import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm, tokenizer = load_model(model, device=device)
-    result = evaluate(lm, tokenizer, problems, config, progress=progress)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        lm, tokenizer = load_model(model, device=device)
+        engine = HFEngine(lm, tokenizer, batch_size)
+    result = evaluate(engine, problems, config, progress=progress)
     return write_query_sets(result, problems, out, n=n, seed=seed, answers=answers,
                             meta={"model": str(model), "bench": str(bench), "limit": limit,
                                   "max_new_tokens": max_new_tokens})
