@@ -1,4 +1,4 @@
-# Run: .venv/bin/python benchmarks/bench_influence.py [--model tiny|smollm2|both] [--train 200 --query 20 --length 128]
+# Run: .venv/bin/python benchmarks/bench_influence.py [--model tiny|smollm2|both] [--train 200 --query 20 --length 128] [--device cuda]
 """Time and memory of curate's EK-FAC engine against kronfluence on the same model, data and settings.
 
 Matched settings (as in tests/test_influence_kronfluence.py): float32 model, the MLP projections
@@ -86,7 +86,7 @@ def run_method(method: str, args) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = build_model(args.model)
+    model = build_model(args.model).to(args.device)
     vocab = model.config.vocab_size
     train = build_data(vocab, args.train, args.length, 1, "t")
     queries = build_data(vocab, args.query, args.length, 2, "q")
@@ -102,6 +102,7 @@ def run_method(method: str, args) -> dict:
         for p in model.parameters():
             p.requires_grad_(method == "fwd_bwd")
         for b in batches:
+            b = b.to(args.device)
             if method == "forward":
                 with torch.no_grad():
                     model(input_ids=b.input_ids, attention_mask=b.attention_mask)
@@ -140,7 +141,7 @@ def run_method(method: str, args) -> dict:
         t4 = time.perf_counter()
         detail_cache = {"pairs_in_memory_gb": cache.bytes / GB, "pairs_on_disk_gb": cache.spilled / GB}
         cache.close()
-        torch.save(scores[:, 0].clone(), work / "curate_e2e_scores.pt")
+        torch.save(scores[:, 0].cpu().clone(), work / "curate_e2e_scores.pt")
         detail = {"covariance": t1 - t0, "eigen+lambda": t2 - t1, "query_directions": t3 - t2, "replay_scoring": t4 - t3,
                   **detail_cache}
 
@@ -185,7 +186,7 @@ def run_method(method: str, args) -> dict:
             t1 = time.perf_counter()
             scores = score_batches(model, modules, batches, directions, len(train), per_token=False)
             t2 = time.perf_counter()
-            torch.save(scores[:, 0].clone(), work / "curate_scores.pt")
+            torch.save(scores[:, 0].cpu().clone(), work / "curate_scores.pt")
             detail = {"query_directions": t1 - t0, "scoring_pass": t2 - t1}
 
     else:
@@ -199,7 +200,7 @@ def run_method(method: str, args) -> dict:
 
         task = ResponseNLLTask(list(select_modules(model, "mlp")))
         model = prepare_model(model, task)
-        analyzer = Analyzer("kf", model, task, cpu=True, disable_tqdm=True, output_dir=str(work),
+        analyzer = Analyzer("kf", model, task, cpu=args.device == "cpu", disable_tqdm=True, output_dir=str(work),
                             log_level=logging.WARNING)
         f32, f64 = torch.float32, torch.float64
         factor_args = FactorArguments(
@@ -228,7 +229,7 @@ def run_method(method: str, args) -> dict:
                 method, "ekfac", query_ds, train_ds, per_device_query_batch_size=args.batch,
                 per_device_train_batch_size=args.batch, score_args=score_args, overwrite_output_dir=True,
             )
-            scores = analyzer.load_pairwise_scores(method)["all_modules"].to(torch.float64)
+            scores = analyzer.load_pairwise_scores(method)["all_modules"].to("cpu", torch.float64)
             torch.save(scores.mean(dim=0) if not aggregate else scores[0] / args.query, work / f"{method}.pt")
 
     seconds = time.perf_counter() - t0
@@ -243,7 +244,7 @@ def bench_model(name: str, args) -> dict:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--_method", method, "--_work", work, "--model", name,
                    "--train", str(args.train), "--query", str(args.query), "--length", str(args.length),
-                   "--batch", str(args.batch)]
+                   "--batch", str(args.batch), "--device", args.device]
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
@@ -303,6 +304,8 @@ def main() -> None:
     parser.add_argument("--query", type=int, default=20)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
+    parser.add_argument("--json", help="also write every method's result to this file")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--_method", help=argparse.SUPPRESS)
     parser.add_argument("--_work", help=argparse.SUPPRESS)
@@ -323,6 +326,8 @@ def main() -> None:
     all_results = {n: bench_model(n, args) for n in names}
     for n, res in all_results.items():
         report(n, res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(all_results, indent=2))
 
 
 if __name__ == "__main__":

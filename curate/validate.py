@@ -37,11 +37,12 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.errors import DataError, StageMismatchError
+from curate.errors import DataError, StageMismatchError, UsageError
 from curate.evaluation.compare import comparison, plot_comparison
 from curate.evaluation.contamination import check_contamination, describe
 from curate.progress import Progress, Silent
@@ -70,6 +71,12 @@ class ValidateConfig:
         results.json); otherwise that refuses to start. ngram: shared word run that counts as
         overlap (see `curate.ops.decontam`).
     overwrite: replace folders made from other inputs instead of refusing.
+    engine: how answers are generated (`curate.evaluation.engines`): "hf" (transformers here),
+        "server" (the OpenAI-compatible `base_url`, which must serve the base model as `base` and
+        each variant under its name, e.g. LoRA modules), or "vllm" (curate starts `vllm serve` on
+        the base model with every LoRA variant as a module, or one server per fully fine-tuned
+        variant, and stops it after). Through a server, answers are cached per model folder
+        (`generations.sqlite`), so a killed evaluation resumes.
     """
 
     base_model: str
@@ -87,9 +94,19 @@ class ValidateConfig:
     allow_contamination: bool = False
     ngram: int = 13
     overwrite: bool = False
+    engine: str = "hf"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 16
 
     def __post_init__(self) -> None:
+        from curate.evaluation.engines import ENGINES
+
         errors = []
+        if self.engine not in ENGINES:
+            errors.append(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if (self.engine == "server") != bool(self.base_url):
+            errors.append("engine server needs base_url (and base_url needs engine server)")
         if not self.variants:
             errors.append("give at least one variant NAME=DATASET")
         for name in self.variants:
@@ -116,7 +133,8 @@ class ValidateConfig:
             raise ConfigError(type(self), [Problem(e) for e in errors])
 
     def eval_settings(self) -> dict[str, Any]:
-        keys = ("evals", "limit", "samples", "max_new_tokens", "temperature", "eval_batch_size", "timeout_s", "seed")
+        keys = ("evals", "limit", "samples", "max_new_tokens", "temperature", "eval_batch_size", "timeout_s", "seed",
+                "engine")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -158,11 +176,13 @@ def validate(config: ValidateConfig, run_dir: Path, progress: Progress | None = 
     evals: dict[str, dict] = {}
     eval_fp = fingerprint(config.eval_settings(), [p.id for p in problems])
     models = ([BASE] if config.base_eval else []) + list(pools)
-    for name in models:
-        folder = run_dir / name
-        if name == BASE:
-            _open_stage(folder, {"stage": "base", "base_model": base_fp}, config.overwrite)
-        evals[name] = _evaluate(config, name, folder, trained.get(name), problems, eval_fp, progress)
+    with _Servers() as servers:  # vllm servers stop when the evaluations end, however they end
+        for name in models:
+            folder = run_dir / name
+            if name == BASE:
+                _open_stage(folder, {"stage": "base", "base_model": base_fp}, config.overwrite)
+            evals[name] = _evaluate(config, name, folder, problems, eval_fp, progress,
+                                    lambda name=name: _engine(config, name, trained, run_dir, servers))
 
     results = {
         "base_model": config.base_model, "base_model_fingerprint": base_fp,
@@ -177,6 +197,90 @@ def validate(config: ValidateConfig, run_dir: Path, progress: Progress | None = 
     atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=2, default=str).encode())
     plot_comparison(results, run_dir / "results.png")
     return results
+
+
+class _Servers:
+    """The vllm servers of one evaluation loop: one for the base model and every LoRA variant (as
+    modules), started once; one per fully fine-tuned variant, stopped before the next starts; all
+    stopped on exit."""
+
+    def __init__(self) -> None:
+        self.stack, self.own = ExitStack(), ExitStack()
+        self.shared: str | None = None
+
+    def shared_url(self, launch) -> str:
+        from curate.evaluation.vllm import serving
+
+        if self.shared is None:
+            self.shared = self.stack.enter_context(serving(launch))
+        return self.shared
+
+    def own_url(self, launch) -> str:
+        from curate.evaluation.vllm import serving
+
+        self.own.close()
+        return self.own.enter_context(serving(launch))
+
+    def __enter__(self) -> _Servers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.own.close()
+        self.stack.close()
+
+
+def _engine(config: ValidateConfig, name: str, trained: dict[str, dict], run_dir: Path, servers: _Servers):
+    """The engine that evaluates model `name` (`BASE` or a variant) under `config.engine`."""
+    from curate.evaluation.engines import HFEngine, ServerEngine, ServerSettings
+
+    cache = str(run_dir / name / "generations.sqlite")
+    if config.engine == "server":
+        return _ServerChecked(ServerSettings(config.base_url, name, config.api_key_env, config.concurrency, cache=cache),
+                              config, trained)
+    if config.engine == "vllm":
+        from curate.evaluation.vllm import VLLMLaunch
+
+        lora = {n: t["model_dir"] for n, t in trained.items() if (Path(t["model_dir"]) / "adapter_config.json").is_file()}
+        if name == BASE or name in lora:
+            from curate.models import resolve_model
+
+            url = servers.shared_url(VLLMLaunch(resolve_model(config.base_model), BASE, lora=lora,
+                                                log=run_dir / "vllm.log"))
+        else:
+            url = servers.own_url(VLLMLaunch(trained[name]["model_dir"], name, log=run_dir / name / "vllm.log"))
+        return ServerEngine(ServerSettings(url, name, cache=cache))
+    import torch
+
+    from curate.models import load_model
+    from curate.training import load_trained
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "bfloat16" if device == "cuda" else None
+    if name not in trained:
+        model, tokenizer = load_model(config.base_model, device=device, dtype=dtype)
+    else:
+        model, tokenizer = load_trained(Path(trained[name]["model_dir"]), config.base_model, device=device, dtype=dtype)
+    return HFEngine(model, tokenizer, config.eval_batch_size)
+
+
+class _ServerChecked:
+    """A `ServerEngine` whose refusal (the server does not serve this model) says how to serve them all."""
+
+    def __init__(self, settings, config: ValidateConfig, trained: dict[str, dict]) -> None:
+        from curate.evaluation.engines import ServerEngine
+
+        self.engine, self.config, self.trained = ServerEngine(settings), config, trained
+        self.name = "server"
+
+    def generate(self, user_turns, **kwargs):
+        try:
+            return self.engine.generate(user_turns, **kwargs)
+        except UsageError as err:
+            modules = " ".join(f"{n}={t['model_dir']}" for n, t in self.trained.items())
+            raise UsageError(f"{err}; serve the base model as `base` and each variant under its name, e.g. "
+                             f"`vllm serve {self.config.base_model} --served-model-name base --enable-lora "
+                             f"--lora-modules {modules}`, then run this command again (finished training is "
+                             "skipped)") from None
 
 
 def pool_fingerprint(pool) -> str:
@@ -235,9 +339,10 @@ def _train(config: ValidateConfig, pool, folder: Path, progress: Progress) -> di
     return result.to_dict()
 
 
-def _evaluate(config: ValidateConfig, name: str, folder: Path, trained: dict | None, problems: list,
-              eval_fp: str, progress: Progress) -> dict[str, Any]:
-    """Evaluate one model; `eval.json` = {fingerprint, summary, scores: {problem id: score}}."""
+def _evaluate(config: ValidateConfig, name: str, folder: Path, problems: list, eval_fp: str, progress: Progress,
+              engine) -> dict[str, Any]:
+    """Evaluate one model with `engine()` (made only when the evaluation is not done already);
+    `eval.json` = {fingerprint, summary, scores: {problem id: score}}."""
     done = folder / "eval.json"
     if done.is_file():
         saved = json.loads(done.read_text())
@@ -247,24 +352,13 @@ def _evaluate(config: ValidateConfig, name: str, folder: Path, trained: dict | N
         if not config.overwrite:
             raise StageMismatchError(f"{done} was made with other evaluation settings or problems; "
                                      "pass --overwrite to redo it or choose another run folder")
-    import torch
-
-    from curate.evaluation.engines import HFEngine
     from curate.evaluation.evaluate import EvalConfig, evaluate
-    from curate.models import load_model
-    from curate.training import load_trained
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "bfloat16" if device == "cuda" else None
-    if trained is None:
-        model, tokenizer = load_model(config.base_model, device=device, dtype=dtype)
-    else:
-        model, tokenizer = load_trained(Path(trained["model_dir"]), config.base_model, device=device, dtype=dtype)
     eval_config = EvalConfig(max_new_tokens=config.max_new_tokens, samples=config.samples,
                              temperature=config.temperature, seed=config.seed,
                              batch_size=config.eval_batch_size, timeout_s=config.timeout_s)
     progress.note(f"evaluate {name} on {len(problems)} problem(s)")
-    result = evaluate(HFEngine(model, tokenizer, config.eval_batch_size), problems, eval_config, progress)
+    result = evaluate(engine(), problems, eval_config, progress)
     rows = result.to_rows()
     atomic_write_bytes(folder / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     saved = {"fingerprint": eval_fp, "summary": result.summary(), "scores": {r["id"]: r["score"] for r in rows},

@@ -109,6 +109,8 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/health":  # vLLM's readiness probe
+                    return self._send(200, {})
                 if self.path.rstrip("/") == "/v1/models":  # vLLM's shape: the context as max_model_len
                     models = [{"id": m, "object": "model", "owned_by": "curate-tests"} for m in server.models]
                     if server.faults.context is not None and server.advertise:
@@ -247,6 +249,25 @@ class FakeOpenAI:
         return [r["body"]["messages"][-1]["content"] for r in self.requests if r["body"]]
 
 
+def generating_server(model, tokenizer, delay: float = 0.0, model_ids=("tiny",), **kwargs) -> FakeOpenAI:
+    """The server answering with `model` through transformers (greedy, one prompt at a time),
+    listing `model_ids` in /v1/models: a real OpenAI-compatible endpoint over a real model."""
+    from curate.evaluation.generate import generate
+
+    lock = threading.Lock()  # one generation at a time: the handler threads share the model
+
+    def respond(body: dict) -> tuple[str, int, str]:
+        time.sleep(delay)
+        with lock:
+            g = generate(model, tokenizer, [body["messages"][-1]["content"]], max_new_tokens=body["max_tokens"],
+                         batch_size=1)[0][0]
+        return g.text, g.n_tokens, "length" if g.truncated else "stop"
+
+    server = FakeOpenAI(**kwargs)
+    server.respond, server.models = respond, list(model_ids)
+    return server
+
+
 def answer_batch(url: str, requests_path, results_path, fail: frozenset[str] | set[str] = frozenset()) -> int:
     """Answer a Batch request file (`{"custom_id", "method", "url", "body"}` lines) by POSTing each
     body to the server at `url` (…/v1), writing the Batch output format
@@ -280,8 +301,18 @@ def answer_batch(url: str, requests_path, results_path, fail: frozenset[str] | s
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    with FakeOpenAI(port=port) as srv:
+    # python tests/openai_server.py [PORT] [--generate MODEL_DIR --model-id ID ...]
+    args = sys.argv[1:]
+    port = int(args[0]) if args and args[0].isdigit() else 0
+    if "--generate" in args:
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+        from curate.models import load_model
+
+        ids = [args[i + 1] for i, a in enumerate(args) if a == "--model-id"]
+        srv = generating_server(*load_model(args[args.index("--generate") + 1]), model_ids=ids or ("tiny",), port=port)
+    else:
+        srv = FakeOpenAI(port=port)
+    with srv:
         print(srv.url, flush=True)
         try:
             while True:

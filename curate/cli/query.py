@@ -20,9 +20,11 @@ import click
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True,
               help="Seconds per sandboxed code run.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ... (hf).")
-@click.option("--engine", type=click.Choice(["hf", "server"]), default="hf", show_default=True,
+@click.option("--engine", type=click.Choice(["auto", "hf", "server", "vllm"]), default="auto", show_default=True,
               help="hf: load --model here and generate with transformers; server: generate through the "
-                   "OpenAI-compatible endpoint --base-url (vLLM, SGLang, llama.cpp), where --model is the served id.")
+                   "OpenAI-compatible endpoint --base-url (vLLM, SGLang, llama.cpp), where --model is the served id; "
+                   "vllm: start `vllm serve --model` for the run and stop it after; auto: server with --base-url, "
+                   "else vllm when the vllm executable and a GPU are there, else hf.")
 @click.option("--base-url", help="The endpoint (…/v1) of --engine server.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
               help="Environment variable holding the endpoint's key (never written anywhere).")
@@ -42,11 +44,15 @@ def query(model, bench, out, engine, base_url, api_key_env, concurrency, **setti
     from curate.evaluation import ServerSettings, build_query_sets
     from curate.progress import RichProgress
 
+    if engine == "auto":
+        from curate.evaluation.vllm import vllm_available
+
+        engine = "server" if base_url else "vllm" if vllm_available() else "hf"
     if (engine == "server") != bool(base_url):
         raise UsageError("--engine server needs --base-url (and --base-url needs --engine server)")
     server = ServerSettings(base_url, model, api_key_env, concurrency) if engine == "server" else None
     quiet_third_party_progress()
-    summary = build_query_sets(model, bench, out, server=server, progress=RichProgress(), **settings)
+    summary = build_query_sets(model, bench, out, engine=engine, server=server, progress=RichProgress(), **settings)
     counts, sampled = summary["counts"], summary["sampled"]
     click.echo(f"graded {summary['graded']}: accuracy {summary['accuracy']:.1%}; "
                f"correct {counts['correct']} (kept {sampled['correct']}), "

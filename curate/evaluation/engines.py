@@ -1,5 +1,6 @@
 """Generation engines behind one interface: transformers in this process (`hf`), or any
-OpenAI-compatible server (`server`: vLLM, SGLang, llama.cpp, a hosted API).
+OpenAI-compatible server (`server`: vLLM, SGLang, llama.cpp, a hosted API; `vllm` is a server
+curate starts and stops itself, `curate.evaluation.vllm`).
 
     engine = ServerEngine(ServerSettings(base_url="http://localhost:8000/v1", model="my-model",
                                          cache="run/generations.sqlite"))
@@ -31,7 +32,7 @@ from curate.progress import Progress, Silent
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-ENGINES = ("hf", "server")
+ENGINES = ("hf", "server", "vllm")
 PROMPT_ID = "generate-v1"  # the cache's prompt name and hash for generations (the rendered text is the user turn)
 
 

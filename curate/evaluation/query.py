@@ -23,7 +23,7 @@ from typing import Any
 
 from curate.errors import DataError, UsageError
 from curate.evaluation.benchmarks import Problem, load_benchmark
-from curate.evaluation.engines import HFEngine, ServerEngine, ServerSettings
+from curate.evaluation.engines import ENGINES, HFEngine, ServerEngine, ServerSettings
 from curate.evaluation.evaluate import EvalConfig, EvalResult, ProblemRecord, evaluate
 from curate.progress import Progress, Silent
 from curate.stages import atomic_write_bytes
@@ -44,6 +44,7 @@ def build_query_sets(
     batch_size: int = 8,
     timeout_s: float = 10.0,
     device: str = "auto",
+    engine: str = "hf",
     server: ServerSettings | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -53,9 +54,10 @@ def build_query_sets(
     `n`: rows kept per set at most (seeded sample, benchmark order kept). `limit`: grade only a
     seeded subset of this many problems. `max_new_tokens`: per greedy answer. `timeout_s`: per
     sandboxed code run. `device`: "auto" (cuda when available), "cpu", "cuda:1", ...
-    `server`: generate through this OpenAI-compatible endpoint instead of loading `model` here
-    (its `model` is the id on the server; answers cached in `out/generations.sqlite` unless it
-    names another cache, so a killed run resumes).
+    `engine`: "hf" (transformers here), "server" (the OpenAI-compatible endpoint `server`, whose
+    `model` is the id on the server) or "vllm" (`vllm serve model` started for the run and
+    stopped after it, `curate.evaluation.vllm`); through a server, answers are cached in
+    `out/generations.sqlite` (unless `server.cache` names another file), so a killed run resumes.
     """
     from curate.models import check_model, load_model
 
@@ -65,19 +67,31 @@ def build_query_sets(
         raise UsageError(f"n must be >= 1, got {n}")
     progress = progress or Silent()
     config = EvalConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, timeout_s=timeout_s)
-    if server is None:
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if (engine == "server") != (server is not None):
+        raise UsageError("engine server needs its endpoint (server settings), and only it does")
+    if engine != "server":
         check_model(model)  # settings and model name first: a typo fails before the benchmark loads
     problems = load_benchmark(bench, limit=limit, seed=seed)
-    if server is not None:
-        engine = ServerEngine(dataclasses.replace(server, cache=server.cache or str(Path(out) / "generations.sqlite")))
+    cache = str(Path(out) / "generations.sqlite")
+    if engine == "server":
+        result = evaluate(ServerEngine(dataclasses.replace(server, cache=server.cache or cache)), problems, config,
+                          progress=progress)
+    elif engine == "vllm":
+        from curate.evaluation.vllm import VLLMLaunch, serving
+        from curate.models import resolve_model
+
+        with serving(VLLMLaunch(resolve_model(str(model)), str(model), log=Path(out) / "vllm.log")) as url:
+            result = evaluate(ServerEngine(ServerSettings(url, str(model), cache=cache)), problems, config,
+                              progress=progress)
     else:
         if device == "auto":
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         lm, tokenizer = load_model(model, device=device)
-        engine = HFEngine(lm, tokenizer, batch_size)
-    result = evaluate(engine, problems, config, progress=progress)
+        result = evaluate(HFEngine(lm, tokenizer, batch_size), problems, config, progress=progress)
     return write_query_sets(result, problems, out, n=n, seed=seed, answers=answers,
                             meta={"model": str(model), "bench": str(bench), "limit": limit,
                                   "max_new_tokens": max_new_tokens})
