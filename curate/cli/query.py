@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
+
+
+def engine_options(command: Callable) -> Callable:
+    """--engine, --base-url, --api-key-env and --concurrency: how a command generates answers."""
+    for option in reversed([
+        click.option("--engine", type=click.Choice(["auto", "hf", "server", "vllm"]), default="auto", show_default=True,
+                     help="hf: transformers in this process; server: the OpenAI-compatible endpoint --base-url "
+                          "(vLLM, SGLang, llama.cpp); vllm: curate starts `vllm serve` for the run and stops it "
+                          "after; auto: server with --base-url, else vllm when the vllm executable and a GPU are "
+                          "there, else hf."),
+        click.option("--base-url", help="The endpoint (…/v1) of --engine server."),
+        click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+                     help="Environment variable holding the endpoint's key (never written anywhere)."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="Requests in flight through a server."),
+    ]):
+        command = option(command)
+    return command
+
+
+def resolve_engine(engine: str, base_url: str | None) -> str:
+    """The engine `auto` means here, and a check that --base-url goes with --engine server."""
+    from curate.errors import UsageError
+
+    if engine == "auto":
+        from curate.evaluation.vllm import vllm_available
+
+        engine = "server" if base_url else "vllm" if vllm_available() else "hf"
+    if (engine == "server") != bool(base_url):
+        raise UsageError("--engine server needs --base-url (and --base-url needs --engine server)")
+    return engine
 
 
 @click.command()
@@ -20,16 +53,7 @@ import click
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True,
               help="Seconds per sandboxed code run.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ... (hf).")
-@click.option("--engine", type=click.Choice(["auto", "hf", "server", "vllm"]), default="auto", show_default=True,
-              help="hf: load --model here and generate with transformers; server: generate through the "
-                   "OpenAI-compatible endpoint --base-url (vLLM, SGLang, llama.cpp), where --model is the served id; "
-                   "vllm: start `vllm serve --model` for the run and stop it after; auto: server with --base-url, "
-                   "else vllm when the vllm executable and a GPU are there, else hf.")
-@click.option("--base-url", help="The endpoint (…/v1) of --engine server.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="Environment variable holding the endpoint's key (never written anywhere).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Requests in flight (--engine server).")
+@engine_options
 def query(model, bench, out, engine, base_url, api_key_env, concurrency, **settings) -> None:
     """Generate and grade answers to a benchmark, then write DIR/correct.jsonl and DIR/incorrect.jsonl
     (messages rows for `curate score --query NAME=DIR/correct.jsonl`) and DIR/summary.json.
@@ -40,16 +64,10 @@ def query(model, bench, out, engine, base_url, api_key_env, concurrency, **setti
       curate query --engine server --base-url http://localhost:8000/v1 \\
           --model Qwen/Qwen2.5-1.5B-Instruct --bench gsm8k -o queries/"""
     from curate.cli import quiet_third_party_progress
-    from curate.errors import UsageError
     from curate.evaluation import ServerSettings, build_query_sets
     from curate.progress import RichProgress
 
-    if engine == "auto":
-        from curate.evaluation.vllm import vllm_available
-
-        engine = "server" if base_url else "vllm" if vllm_available() else "hf"
-    if (engine == "server") != bool(base_url):
-        raise UsageError("--engine server needs --base-url (and --base-url needs --engine server)")
+    engine = resolve_engine(engine, base_url)
     server = ServerSettings(base_url, model, api_key_env, concurrency) if engine == "server" else None
     quiet_third_party_progress()
     summary = build_query_sets(model, bench, out, engine=engine, server=server, progress=RichProgress(), **settings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from curate.cli.query import engine_options, resolve_engine
+
 MULTI_GPU = (
     "Several GPUs (FSDP; evaluation runs on the main process):\n\n"
     "\b\n  accelerate launch --config_file fsdp.yaml -m curate validate --model M a=a.jsonl b=b.jsonl -o RUN_DIR\n\n"
@@ -41,16 +43,7 @@ MULTI_GPU = (
 @click.option("--allow-contamination", is_flag=True,
               help="Run even if an evaluated problem appears in a variant (warned, recorded in results.json).")
 @click.option("--overwrite", is_flag=True, help="Redo variant folders made from other inputs instead of refusing.")
-@click.option("--engine", type=click.Choice(["auto", "hf", "server", "vllm"]), default="auto", show_default=True,
-              help="Generation: hf (transformers here); vllm (curate serves the base with each LoRA variant as a "
-                   "module, or each full fine-tune, and stops the server after); server (--base-url serves the base "
-                   "as `base` and each variant under its name); auto: server with --base-url, else vllm when the "
-                   "vllm executable and a GPU are there, else hf.")
-@click.option("--base-url", help="The OpenAI-compatible endpoint (…/v1) of --engine server.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="Environment variable holding the endpoint's key (never written anywhere).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Requests in flight through a server.")
+@engine_options
 def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_accum, learning_rate, max_length,
              lora_r, lora_alpha, save_steps, gradient_checkpointing, limit, samples, temperature, max_new_tokens,
              eval_batch_size, seed, no_base_eval, allow_contamination, overwrite, engine, base_url, api_key_env,
@@ -84,7 +77,7 @@ def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_a
         base_model=base_model, variants=named, evals=tuple(e.strip() for e in evals.split(",") if e.strip()),
         train=train, limit=limit, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
         eval_batch_size=eval_batch_size, seed=seed, base_eval=not no_base_eval,
-        allow_contamination=allow_contamination, overwrite=overwrite, engine=_engine(engine, base_url),
+        allow_contamination=allow_contamination, overwrite=overwrite, engine=resolve_engine(engine, base_url),
         base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)
     check_model(base_model)  # a mistyped model fails before any data is loaded
     quiet_third_party_progress()
@@ -93,14 +86,6 @@ def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_a
     if results:
         render(results, progress.console)
         click.echo(str(Path(run_dir) / "results.json"))
-
-
-def _engine(engine: str, base_url: str | None) -> str:
-    if engine != "auto":
-        return engine
-    from curate.evaluation.vllm import vllm_available
-
-    return "server" if base_url else "vllm" if vllm_available() else "hf"
 
 
 def render(results: dict, console) -> None:
