@@ -212,6 +212,6 @@ def _validate(config: DemoConfig, recipe_output: Path, progress) -> dict:
     settings = ValidateConfig(base_model="smollm2-135m", variants={"sample": str(SAMPLE / "pool.jsonl"),
                                                                    "recipe": str(recipe_output)},
                               evals=("gsm8k", "mbpp"), train=train, limit=config.validate_problems,
-                              max_new_tokens=256)
+                              max_new_tokens=256, temperature=0.0)
     return validate(settings, Path(config.out) / "validate", progress=progress)
 

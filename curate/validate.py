@@ -63,8 +63,11 @@ class ValidateConfig:
     evals: benchmark names (`gsm8k`, `math500`, `humaneval`, `mbpp`: packaged slices) or paths/Hub ids.
     train: the SFT settings shared by every variant.
     limit: problems per benchmark (a seeded subset; None = all). samples: generations per problem
-        (pass@1 is averaged over them: avg@k). max_new_tokens: generation budget (tokens);
-        temperature: 0 = greedy. eval_batch_size: prompts per generation batch. timeout_s: seconds
+        (pass@1 is averaged over them: avg@k; unbiased pass@k is reported too). max_new_tokens:
+        generation budget (tokens); temperature: 0 = greedy; top_p: nucleus mass. Those four left
+        None take each benchmark's long-CoT defaults (`curate.evaluation.evaluate.BENCHMARK_SAMPLING`:
+        e.g. MATH500 32k tokens, temperature 0.6, top-p 0.95, 4 samples). eval_batch_size: prompts
+        per generation batch. timeout_s: seconds
         per code test run. seed: the benchmark subset and the sampling.
     base_eval: also evaluate the untrained base model (row `base`).
     allow_contamination: run even when an evaluated problem appears in a variant (recorded in
@@ -84,9 +87,10 @@ class ValidateConfig:
     evals: tuple[str, ...] = ("gsm8k", "mbpp")
     train: TrainConfig = field(default_factory=TrainConfig)
     limit: int | None = None
-    samples: int = 1
-    max_new_tokens: int = 512
-    temperature: float = 0.0
+    samples: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
     eval_batch_size: int = 8
     timeout_s: float = 10.0
     seed: int = 0
@@ -119,13 +123,15 @@ class ValidateConfig:
         if self.limit is not None and self.limit < 1:
             errors.append(f"limit must be >= 1, got {self.limit}")
         for name in ("samples", "max_new_tokens", "eval_batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             errors.append(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            errors.append(f"top_p must be in (0, 1], got {self.top_p}")
         if self.timeout_s <= 0:
             errors.append(f"timeout_s must be > 0, got {self.timeout_s}")
-        if self.samples > 1 and self.temperature == 0:
+        if (self.samples or 1) > 1 and self.temperature == 0:
             errors.append("samples > 1 needs temperature > 0 (greedy answers would all be the same)")
         if self.ngram < 1:
             errors.append(f"ngram must be >= 1, got {self.ngram}")
@@ -133,8 +139,8 @@ class ValidateConfig:
             raise ConfigError(type(self), [Problem(e) for e in errors])
 
     def eval_settings(self) -> dict[str, Any]:
-        keys = ("evals", "limit", "samples", "max_new_tokens", "temperature", "eval_batch_size", "timeout_s", "seed",
-                "engine")
+        keys = ("evals", "limit", "samples", "max_new_tokens", "temperature", "top_p", "eval_batch_size", "timeout_s",
+                "seed", "engine")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -355,7 +361,7 @@ def _evaluate(config: ValidateConfig, name: str, folder: Path, problems: list, e
     from curate.evaluation.evaluate import EvalConfig, evaluate
 
     eval_config = EvalConfig(max_new_tokens=config.max_new_tokens, samples=config.samples,
-                             temperature=config.temperature, seed=config.seed,
+                             temperature=config.temperature, top_p=config.top_p, seed=config.seed,
                              batch_size=config.eval_batch_size, timeout_s=config.timeout_s)
     progress.note(f"evaluate {name} on {len(problems)} problem(s)")
     result = evaluate(engine(), problems, eval_config, progress)

@@ -38,7 +38,7 @@ def tiny(tiny_model_dir):
 def test_server_engine_gives_the_same_answers_and_grades_as_hf(tiny, tmp_path):
     model, tokenizer = tiny
     problems = load_benchmark("gsm8k", limit=4) + load_benchmark("mbpp", limit=2)
-    config = EvalConfig(max_new_tokens=12)
+    config = EvalConfig(max_new_tokens=12, temperature=0.0)
     local = evaluate(HFEngine(model, tokenizer, batch_size=1), problems, config)
     with generating_server(model, tokenizer) as server:
         served = evaluate(ServerEngine(ServerSettings(server.url, "tiny", cache=str(tmp_path / "g.sqlite"))),
@@ -55,7 +55,7 @@ def test_a_server_serving_another_model_is_refused(tiny, tmp_path):
         server.models = ["someone-else"]
         engine = ServerEngine(ServerSettings(server.url, "tiny"))
         with pytest.raises(UsageError, match="serves someone-else, not 'tiny': refusing"):
-            evaluate(engine, load_benchmark("gsm8k", limit=1), EvalConfig(max_new_tokens=4))
+            evaluate(engine, load_benchmark("gsm8k", limit=1), EvalConfig(max_new_tokens=4, temperature=0.0))
         assert server.requests == []
 
 
@@ -64,7 +64,7 @@ def test_an_over_long_prompt_is_a_counted_error_not_a_crash(tiny, tmp_path):
     longest = max(len(p.prompt) for p in problems)
     with generating_server(*tiny, faults=Faults(context=(longest // 4) + 8 - 1)) as server:
         result = evaluate(ServerEngine(ServerSettings(server.url, "tiny", max_retries=0)), problems,
-                          EvalConfig(max_new_tokens=8))
+                          EvalConfig(max_new_tokens=8, temperature=0.0))
     errors = [s for r in result.records for s in r.status if s.startswith("error: ")]
     assert len(errors) >= 1 and all("context: 400" in e for e in errors)
     assert result.summary()["gsm8k"]["errors"] == len(errors) and len(result.records) == 4
@@ -116,8 +116,9 @@ model, port, name = args[1], args[args.index("--port") + 1], args[args.index("--
 ids = [name]
 if "--lora-modules" in args:  # as vLLM does, list each module as a model (this fake serves the base for all)
     ids += [m.split("=")[0] for m in args[args.index("--lora-modules") + 1:] if not m.startswith("--")]
+serve = ["--generate", model] if os.path.isdir(model) else []  # no model folder: the canned answers
 os.execv({sys.executable!r}, [{sys.executable!r}, {str(ROOT / "tests" / "openai_server.py")!r}, port,
-                              "--generate", model, *[x for i in ids for x in ("--model-id", i)]])
+                              *serve, *[x for i in ids for x in ("--model-id", i)]])
 """)
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -133,7 +134,7 @@ def test_vllm_engine_starts_the_server_evaluates_through_it_and_stops_it(tiny, t
     argv = [json.loads(x) for x in fake_vllm.read_text().splitlines()]
     assert len(argv) == 1 and argv[0][:2] == ["serve", str(tiny_model_dir)]
     assert argv[0][argv[0].index("--served-model-name") + 1] == str(tiny_model_dir)
-    local = evaluate(HFEngine(*tiny, batch_size=1), load_benchmark("gsm8k", limit=3), EvalConfig(max_new_tokens=6))
+    local = evaluate(HFEngine(*tiny, batch_size=1), load_benchmark("gsm8k", limit=3), EvalConfig(max_new_tokens=6, temperature=0.0))
     graded = [json.loads(x) for x in (out / "graded.jsonl").read_text().splitlines()]
     assert [g["completions"] for g in graded] == [r.completions for r in local.records]
     assert summary["graded"] == 3
@@ -147,12 +148,12 @@ def test_vllm_engine_starts_the_server_evaluates_through_it_and_stops_it(tiny, t
         "--enable-lora", "--lora-modules", "ft=/adapters/ft"]
 
 
-def test_vllm_server_is_stopped_when_the_evaluation_fails(tiny_model_dir, tmp_path, fake_vllm):
+def test_vllm_server_is_stopped_when_the_evaluation_fails(tmp_path, fake_vllm):
     import urllib.request
 
     from curate.evaluation.vllm import VLLMLaunch, serving
 
-    with pytest.raises(RuntimeError, match="boom"), serving(VLLMLaunch(str(tiny_model_dir), "tiny")) as url:
+    with pytest.raises(RuntimeError, match="boom"), serving(VLLMLaunch("no-model-folder", "tiny")) as url:
         port = int(url.split(":")[2].split("/")[0])
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
         raise RuntimeError("boom")
@@ -162,7 +163,7 @@ def test_vllm_server_is_stopped_when_the_evaluation_fails(tiny_model_dir, tmp_pa
 
 def _validate_args(model, pool, out, *extra):
     return ["validate", "--model", str(model), f"clean={pool}", "--eval", "gsm8k", "--limit", "2",
-            "--max-new-tokens", "6", "--max-steps", "2", "--batch-size", "2", "--max-length", "256",
+            "--max-new-tokens", "6", "--temperature", "0", "--max-steps", "2", "--batch-size", "2", "--max-length", "256",
             "--no-gradient-checkpointing", "-o", str(out), *extra]
 
 
@@ -185,6 +186,10 @@ def test_validate_through_a_server_that_serves_each_model_by_name(tiny, tiny_mod
         main(_validate_args(tiny_model_dir, clean_pool, out, "--engine", "server", "--base-url", server.url))
     results = json.loads((out / "results.json").read_text())
     assert results["eval_config"]["engine"] == "server" and set(results["variants"]) == {"clean"}
+    local = tmp_path / "local"  # the same run with transformers: the base model's answers and grades agree
+    main(_validate_args(tiny_model_dir, clean_pool, local, "--engine", "hf", "--eval-batch-size", "1"))
+    rows = [[json.loads(x) for x in (run / "base" / "generations.jsonl").read_text().splitlines()] for run in (out, local)]
+    assert [(r["completions"], r["correct"]) for r in rows[0]] == [(r["completions"], r["correct"]) for r in rows[1]]
     assert {r["body"]["model"] for r in server.requests} == {"base", "clean"}
     assert (out / "clean" / "generations.sqlite").is_file() and (out / "base" / "generations.sqlite").is_file()
     assert "clean: trained already" in capsys.readouterr().err  # the second run skipped the training

@@ -104,7 +104,7 @@ def test_evaluate_summary_avg_at_k(tiny_model_dir):
     assert len(rows) == 3 and all(len(r["completions"]) == 2 == len(r["correct"]) for r in rows)
 
 
-@pytest.mark.parametrize(("bad", "option"), [({"samples": 4}, "temperature > 0"), ({"max_new_tokens": 0}, "max_new_tokens"),
+@pytest.mark.parametrize(("bad", "option"), [({"samples": 4, "temperature": 0.0}, "temperature > 0"), ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0}, "top_p"),
                                              ({"timeout_s": 0}, "timeout_s"), ({"batch_size": 0}, "batch_size")])
 def test_eval_config_is_range_checked(bad, option):
     with pytest.raises(UsageError, match=option):
@@ -144,3 +144,22 @@ def test_query_mistyped_model_fails_before_the_benchmark_loads(tmp_path, capsys,
     error = cli_error(["query", "--model", "not/a-model", "--bench", "gsm8k", "-o", str(tmp_path / "out")], capsys)
     assert "model 'not/a-model' not found" in error and "HF_HUB_OFFLINE" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_defaults_pass_at_k_and_settings_in_the_summary():
+    from curate.evaluation.evaluate import EvalResult, ProblemRecord, pass_at_k
+
+    config = EvalConfig()
+    math500, greedy = config.sampling("math500"), EvalConfig(temperature=0.0).sampling("gsm8k")
+    assert (math500.max_new_tokens, math500.temperature, math500.top_p, math500.samples) == (32768, 0.6, 0.95, 4)
+    assert greedy.samples == 1 and greedy.max_new_tokens == 8192  # greedy: one answer is all there is
+    assert EvalConfig(max_new_tokens=64, samples=2).sampling("mbpp").max_new_tokens == 64
+    records = [ProblemRecord("a", "math", "math500", "p", ["x"] * 4, [True, False, False, False], [False] * 4, ["s"] * 4),
+               ProblemRecord("b", "math", "math500", "p", ["x"] * 4, [False] * 4, [True, False, False, False], ["s"] * 4)]
+    assert pass_at_k(records, 1) == pytest.approx((0.25 + 0) / 2)
+    assert pass_at_k(records, 2) == pytest.approx((1 - 3 / 6 + 0) / 2)  # 1 - C(3,2)/C(4,2)
+    assert pass_at_k(records, 4) == pytest.approx(0.5)
+    summary = EvalResult(records, config).summary()["math500"]
+    assert summary["pass@k"] == {1: pytest.approx(0.125), 2: pytest.approx(0.25), 4: pytest.approx(0.5)}
+    assert (summary["max_new_tokens"], summary["temperature"], summary["top_p"], summary["samples"]) == (32768, 0.6, 0.95, 4)
+    assert summary["truncated"] == 1 / 8

@@ -30,7 +30,7 @@ def variants(tmp_path, write_jsonl):
 
 def args(model, clean, dirty, out, *extra):
     return ["validate", "--model", str(model), f"clean={clean}", f"dirty={dirty}", "--eval", "gsm8k",
-            "--limit", "3", "--max-new-tokens", "8", "--max-steps", "4", "--batch-size", "2", "--lr", "1e-2",
+            "--limit", "3", "--max-new-tokens", "8", "--temperature", "0", "--max-steps", "4", "--batch-size", "2", "--lr", "1e-2",
             "--max-length", "256", "--no-gradient-checkpointing", "-o", str(out), *extra]
 
 

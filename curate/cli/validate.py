@@ -34,9 +34,13 @@ MULTI_GPU = (
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True,
               help="Recompute activations in the backward pass (less memory, slower).")
 @click.option("--limit", type=int, default=None, help="Problems per benchmark (a seeded subset) [default: all].")
-@click.option("--samples", type=int, default=1, show_default=True, help="Answers per problem (avg@k); > 1 needs --temperature.")
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="Sampling temperature; 0 = greedy.")
-@click.option("--max-new-tokens", type=int, default=512, show_default=True, help="Generated tokens per answer.")
+@click.option("--samples", type=int, default=None, help="Answers per problem (avg@k; unbiased pass@k reported too) "
+              "[default: the benchmark's, e.g. 4; 1 when greedy].")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature; 0 = greedy [default: the "
+              "benchmark's, 0.6].")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling mass [default: the benchmark's, 0.95].")
+@click.option("--max-new-tokens", type=int, default=None, help="Generated tokens per answer [default: the "
+              "benchmark's long-CoT budget, e.g. 32768 for MATH500, 8192 for GSM8K].")
 @click.option("--eval-batch-size", type=int, default=8, show_default=True, help="Prompts per generation batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds training, the benchmark subset and sampling.")
 @click.option("--no-base-eval", is_flag=True, help="Do not evaluate the untrained base model.")
@@ -45,7 +49,7 @@ MULTI_GPU = (
 @click.option("--overwrite", is_flag=True, help="Redo variant folders made from other inputs instead of refusing.")
 @engine_options
 def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_accum, learning_rate, max_length,
-             lora_r, lora_alpha, save_steps, gradient_checkpointing, limit, samples, temperature, max_new_tokens,
+             lora_r, lora_alpha, save_steps, gradient_checkpointing, limit, samples, temperature, top_p, max_new_tokens,
              eval_batch_size, seed, no_base_eval, allow_contamination, overwrite, engine, base_url, api_key_env,
              concurrency) -> None:
     """Fine-tune BASE on each NAME=DATASET variant with the same seed, steps and examples per step,
@@ -75,7 +79,7 @@ def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_a
         gradient_checkpointing=gradient_checkpointing, seed=seed)
     config = ValidateConfig(
         base_model=base_model, variants=named, evals=tuple(e.strip() for e in evals.split(",") if e.strip()),
-        train=train, limit=limit, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+        train=train, limit=limit, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         eval_batch_size=eval_batch_size, seed=seed, base_eval=not no_base_eval,
         allow_contamination=allow_contamination, overwrite=overwrite, engine=resolve_engine(engine, base_url),
         base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)
@@ -86,6 +90,13 @@ def validate(variants, base_model, run_dir, evals, max_steps, batch_size, grad_a
     if results:
         render(results, progress.console)
         click.echo(str(Path(run_dir) / "results.json"))
+
+
+def _pass_at_k(row: dict) -> str:
+    """"pass@4 37.5" for the largest k measured; "-" with one sample (pass@1 is the score)."""
+    ks = {int(k): v for k, v in (row.get("pass@k") or {}).items()}
+    k = max(ks, default=1)
+    return "-" if k == 1 else f"pass@{k} {100 * ks[k]:.1f}"
 
 
 def render(results: dict, console) -> None:
@@ -106,7 +117,7 @@ def render(results: dict, console) -> None:
         console.print(f"{name}: {variant['dataset']} (card: {variant['card'] or 'none'})")
 
     table = Table(title=f"pass@1 (95% CI); Δ vs {results['baseline']}", title_justify="left")
-    for column in ("benchmark", "model", "n", "pass@1", "Δ", "truncated"):
+    for column in ("benchmark", "model", "n", "pass@1", "Δ", "pass@k (largest k)", "truncated"):
         table.add_column(column, justify="left" if column in ("benchmark", "model") else "right")
     for row in results["comparison"]:
         low, high = row["ci95"]
@@ -114,7 +125,7 @@ def render(results: dict, console) -> None:
             "-" if row["delta"] is None else
             f"{100 * row['delta']:+.1f} [{100 * row['delta_ci95'][0]:+.1f}, {100 * row['delta_ci95'][1]:+.1f}]")
         table.add_row(row["benchmark"], row["model"], str(row["n"]),
-                      f"{100 * row['pass@1']:.1f} [{100 * low:.1f}, {100 * high:.1f}]", delta,
+                      f"{100 * row['pass@1']:.1f} [{100 * low:.1f}, {100 * high:.1f}]", delta, _pass_at_k(row),
                       f"{100 * row['truncated']:.0f}%")
     console.print(table)
     if results.get("contamination"):

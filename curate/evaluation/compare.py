@@ -26,7 +26,8 @@ def comparison(evals: dict[str, dict], baseline: str, resamples: int = 2000, see
         summary = ev["summary"].get(source)
         if summary is not None:
             row = {"benchmark": source, "model": name, "n": summary["n"], "pass@1": summary["pass@1"],
-                   "ci95": summary["ci95"], "truncated": summary["truncated"], "delta": None, "delta_ci95": None}
+                   "ci95": summary["ci95"], "truncated": summary["truncated"], "delta": None, "delta_ci95": None,
+                   "samples": summary.get("samples"), "pass@k": summary.get("pass@k") or {}}
             ids = [i for i, s in ev["sources"].items() if s == source and i in base["scores"]]
             if name != baseline and ids:
                 diff = np.array([ev["scores"][i] - base["scores"][i] for i in ids], dtype=np.float64)

@@ -4,7 +4,7 @@ curate starts and stops itself, `curate.evaluation.vllm`).
 
     engine = ServerEngine(ServerSettings(base_url="http://localhost:8000/v1", model="my-model",
                                          cache="run/generations.sqlite"))
-    answers = engine.generate(["What is 2 + 2?"], max_new_tokens=512, samples=4, temperature=0.6, seed=0)
+    answers = engine.generate(["What is 2 + 2?"], max_new_tokens=512, samples=4, temperature=0.6, top_p=0.95, seed=0)
 
 `ServerEngine` drives the tagger's async client (`curate.tagging.client.Rater`): at most
 `concurrency` requests in flight, retries with backoff on 429/5xx/dropped connections, a timeout
@@ -42,7 +42,7 @@ class Engine(Protocol):
     name: str
 
     def generate(self, user_turns: Sequence[str], *, max_new_tokens: int, samples: int, temperature: float,
-                 seed: int, progress: Progress | None = None) -> list[list[Generation]]: ...
+                 top_p: float, seed: int, progress: Progress | None = None) -> list[list[Generation]]: ...
 
 
 @dataclass
@@ -55,11 +55,12 @@ class HFEngine:
     name: str = "hf"
 
     def generate(self, user_turns: Sequence[str], *, max_new_tokens: int, samples: int, temperature: float,
-                 seed: int, progress: Progress | None = None) -> list[list[Generation]]:
+                 top_p: float, seed: int, progress: Progress | None = None) -> list[list[Generation]]:
         from curate.evaluation.generate import generate
 
         return generate(self.model, self.tokenizer, user_turns, max_new_tokens=max_new_tokens, samples=samples,
-                        temperature=temperature, seed=seed, batch_size=self.batch_size, progress=progress)
+                        temperature=temperature, top_p=top_p, seed=seed, batch_size=self.batch_size,
+                        progress=progress)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class ServerEngine:
                              f"{self.settings.model!r}: refusing to evaluate another model")
 
     def generate(self, user_turns: Sequence[str], *, max_new_tokens: int, samples: int, temperature: float,
-                 seed: int, progress: Progress | None = None) -> list[list[Generation]]:
+                 top_p: float, seed: int, progress: Progress | None = None) -> list[list[Generation]]:
         """`samples` answers per turn; sample k is requested with `seed + k` (greedy when
         `temperature` is 0). `truncated`: the reply used all `max_new_tokens`."""
         import asyncio
@@ -113,7 +114,7 @@ class ServerEngine:
         jobs = []
         for i, turn in enumerate(user_turns):
             for k in range(samples):
-                params = {"temperature": temperature, "max_tokens": max_new_tokens, "seed": seed + k}
+                params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens, "seed": seed + k}
                 jobs.append((i, k, turn, params, request_key(s.model, PROMPT_ID, turn, params)))
         cache = ResponseCache(s.cache or ":memory:")
         counters = Counters()

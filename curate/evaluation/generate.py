@@ -41,6 +41,7 @@ def generate(
     max_new_tokens: int = 512,
     samples: int = 1,
     temperature: float = 0.0,
+    top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
     progress: Progress | None = None,
@@ -48,7 +49,7 @@ def generate(
     """Answer each user turn `samples` times; returns `[len(user_turns)][samples]` generations.
 
     `temperature` 0 is greedy decoding (then all samples are identical, so `samples` must be 1);
-    above 0 samples with that temperature (top-p 1, no top-k). Sampling is seeded per batch
+    above 0 samples with that temperature and `top_p` (no top-k). Sampling is seeded per batch
     (`seed + index of the batch's first prompt`), so results do not depend on earlier batches.
     `batch_size` counts prompts; each batch is left padded and generates `batch_size * samples`
     sequences at once. No special tokens are added beyond the chat template's own.
@@ -75,7 +76,7 @@ def generate(
                 kwargs = {"do_sample": False}
                 if temperature > 0:
                     torch.manual_seed(seed + start)
-                    kwargs = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+                    kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=samples,
                                      pad_token_id=pad_id, eos_token_id=eos, **kwargs)
                 new = out[:, batch["input_ids"].shape[1]:].tolist()

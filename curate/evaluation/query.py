@@ -66,7 +66,8 @@ def build_query_sets(
     if n < 1:
         raise UsageError(f"n must be >= 1, got {n}")
     progress = progress or Silent()
-    config = EvalConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, timeout_s=timeout_s)
+    config = EvalConfig(max_new_tokens=max_new_tokens, samples=1, temperature=0.0, seed=seed, batch_size=batch_size,
+                        timeout_s=timeout_s)  # query sets: one greedy answer per problem
     if engine not in ENGINES:
         raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if (engine == "server") != (server is not None):
