@@ -72,7 +72,8 @@ def command_params(op: Operation) -> list[click.Parameter]:
                                        metavar="NAME=PATH", help=inp.help + " Repeatable."))
         else:
             params.append(click.Option([inp.flag, inp.name], required=inp.required, metavar="PATH", help=inp.help))
-    params += [setting_option(s, flags(op)) for s in op_settings(op)]
+    names = flags(op)
+    params += [setting_option(s, names) for s in op_settings(op)]
     params += [
         click.Option(["--split"], help="Split of the pool (folder or Hub dataset)."),
         click.Option(["--map", "maps"], multiple=True, metavar="ROLE=COLUMN",
@@ -116,12 +117,12 @@ class Call:
         """The op's config from what was typed (plus `overrides`); problems name the flags.
         Model names are checked here, so a typo fails before any data is loaded."""
         values = {**self.values, **overrides}
+        settings = settings_of(self.op.config_class)
+        if self.out and not values.get("offline"):  # a rater's files default to beside the output
+            values.update({s.name: f"{self.out.rstrip('/')}{s.meta['beside_output']}" for s in settings
+                           if s.meta.get("beside_output") and values.get(s.name) is None})
         config = build(self.op.config_class, values, flags(self.op))
-        beside = {s.name: f"{self.out.rstrip('/')}{s.meta['beside_output']}" for s in settings_of(self.op.config_class)
-                  if self.out and s.meta.get("beside_output") and values.get(s.name) is None}
-        if beside and not getattr(config, "offline", False):
-            config = build(self.op.config_class, {**values, **beside}, flags(self.op))
-        for s in settings_of(self.op.config_class):
+        for s in settings:
             if s.meta.get("model") and getattr(config, s.name):
                 from curate.models import check_model
 

@@ -18,9 +18,7 @@ is graded wrong with that status and counted, the run goes on.
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -85,12 +83,13 @@ class ServerEngine:
 
     def check(self) -> None:
         """Refuse a server that does not list the model (or does not answer `/v1/models`)."""
+        from curate.tagging.client import served_models
+
         url = self.settings.base_url.rstrip("/") + "/models"
-        headers = {"Authorization": f"Bearer {os.environ.get(self.settings.api_key_env) or 'EMPTY'}"}
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
-                served = [m.get("id") for m in json.loads(response.read()).get("data", [])]
-        except (OSError, ValueError) as err:
+            served = [m.get("id") for m in served_models(self.settings.base_url,
+                                                         os.environ.get(self.settings.api_key_env) or "EMPTY")]
+        except (OSError, ValueError, AttributeError) as err:
             raise UsageError(f"{url}: no model list from the server ({err})") from None
         if self.settings.model not in served:
             raise UsageError(f"{url} serves {', '.join(map(str, served)) or 'no model'}, not "

@@ -217,7 +217,7 @@ def _step(step: Step, params: dict, inputs: dict[str, Path], base: Path, errors:
             continue
         setting = settings[name]
         if setting.meta.get("input_names"):
-            names = names_of(name, vnode, True) if not isinstance(value, str) else names_of(name, vnode, False)
+            names = names_of(name, vnode, many=not isinstance(value, str))  # one name or a list
             if names is None:
                 ok = False
                 continue

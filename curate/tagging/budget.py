@@ -19,12 +19,13 @@ tokens/s, so a 7.8k-token prompt needs minutes, not the 120 s that suits a short
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.request
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from curate.tagging.client import json_request, served_models
 
 if TYPE_CHECKING:
     from curate.tagging.config import TagConfig
@@ -83,7 +84,7 @@ def make_budget(config: TagConfig) -> Budget:
         how = "the server's /tokenize" if count else how
     context = config.context
     if context is None and config.base_urls and not config.cache_only:
-        context = _server_context(config.base_urls[0], config.model)
+        context = _server_context(config.base_urls[0], config.model, os.environ.get(config.api_key_env))
     return Budget(count, how, context, config.max_tokens, config.timeout, config.timeout_per_token)
 
 
@@ -92,12 +93,8 @@ def _root(base_url: str) -> str:
 
 
 def _get_json(url: str, body: dict | None = None) -> dict | None:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="POST" if data else "GET")
     try:
-        with urllib.request.urlopen(request, timeout=_PROBE_TIMEOUT) as response:
-            return json.loads(response.read())
+        return json_request(url, body, timeout=_PROBE_TIMEOUT)
     except (OSError, ValueError):  # no such endpoint, not JSON, no server: the caller falls back
         return None
 
@@ -114,10 +111,12 @@ def _server_count(base_url: str, model: str) -> Callable[[str], int] | None:
     return count if probe is not None and ("count" in probe or "tokens" in probe) else None
 
 
-def _server_context(base_url: str, model: str) -> int | None:
+def _server_context(base_url: str, model: str, api_key: str | None) -> int | None:
     """The model's context from `GET /v1/models`, when the server says it."""
-    answer = _get_json(base_url.rstrip("/") + "/models")
-    entries = (answer or {}).get("data") or []
+    try:
+        entries = served_models(base_url, api_key, timeout=_PROBE_TIMEOUT)
+    except (OSError, ValueError, AttributeError):
+        return None
     entry = next((e for e in entries if e.get("id") == model), entries[0] if entries else {})
     for key in ("max_model_len", "context_length", "context_window"):
         if isinstance(entry.get(key), int):

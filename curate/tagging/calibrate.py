@@ -82,9 +82,8 @@ def calibrate(pool: Pool, config: TagConfig, progress: Progress | None = None
     """Tag the calibration sample of `pool`: (sample, its annotations, report, calibration)."""
     from curate.tagging.tagger import tag_pool
 
-    table = {**offline.NATIVE_DIFFICULTY, **{k.strip().lower(): v for k, v in config.native_map.items()}}
-    column = pool.shape.columns.get("difficulty")
-    raw = pool.dataset[column] if column and column in pool.dataset.column_names else [None] * len(pool)
+    table = offline.native_table(config.native_map)
+    raw = offline.native_labels(pool)
     domains = pool.dataset["curate_domain"]
     native = [offline.native_difficulty(v, table) if d in ("math", "code") else None for v, d in zip(raw, domains,
                                                                                                       strict=True)]

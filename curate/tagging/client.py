@@ -299,6 +299,25 @@ class Rater:
         return completion_content(data)
 
 
+def json_request(url: str, body: dict[str, Any] | None = None, *, api_key: str | None = None,
+                 timeout: float = 30.0) -> Any:
+    """GET (or POST `body` to) an endpoint of an OpenAI-compatible server and return its JSON.
+    Raises `OSError` (no server, HTTP error) or `ValueError` (not JSON); callers decide."""
+    import json
+    import urllib.request
+
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def served_models(base_url: str, api_key: str | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The entries of the server's `GET /v1/models` (`base_url` ends in /v1); raises as `json_request`."""
+    return json_request(base_url.rstrip("/") + "/models", api_key=api_key, timeout=timeout).get("data") or []
+
+
 def completion_content(data: Any) -> tuple[str | None, int, int]:
     """(content, prompt tokens, completion tokens) of a chat.completion body; `RetryableError`
     when it is not one (the online client retries it, a batch import reports the line)."""

@@ -29,6 +29,17 @@ NATIVE_DIFFICULTY: dict[str, int] = {
 UNKNOWN_LABELS = {"", "unknown", "unknown_difficulty", "none", "null", "nan"}
 
 
+def native_table(native_map: dict[str, int]) -> dict[str, int]:
+    """`NATIVE_DIFFICULTY` with the user's overrides (`TagConfig.native_map`), keys lower-cased."""
+    return {**NATIVE_DIFFICULTY, **{k.strip().lower(): v for k, v in native_map.items()}}
+
+
+def native_labels(pool: Any) -> list[Any]:
+    """Each row's raw native difficulty label (the pool's `difficulty` role column), None without one."""
+    column = pool.shape.columns.get("difficulty")
+    return pool.dataset[column] if column and column in pool.dataset.column_names else [None] * len(pool)
+
+
 def native_difficulty(raw: Any, table: dict[str, int]) -> int | None:
     """The 1-10 level of a native label, or None when the label is missing or not in `table`."""
     if raw is None:

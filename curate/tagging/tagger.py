@@ -327,8 +327,6 @@ class _Rows:
     def of(cls, pool: Pool, config: TagConfig) -> _Rows:
         examples = list(pool.examples())
         n = len(examples)
-        column = pool.shape.columns.get("difficulty")
-        native = pool.dataset[column] if column and column in pool.dataset.column_names else [None] * n
         out: dict[str, list[Any]] = {
             "curate_id": [e.id for e in examples], "curate_domain": [None] * n, "curate_domain_source": [None] * n,
             "curate_difficulty": [None] * n, "curate_difficulty_raw": [None] * n,
@@ -336,16 +334,11 @@ class _Rows:
             **{f"curate_behavior_{b}": [None] * n for b in BEHAVIORS},
             "curate_behavior_source": [None] * n, "curate_tag_long": [None] * n,
         }
-        table = {**offline.NATIVE_DIFFICULTY, **{k.strip().lower(): v for k, v in config.native_map.items()}}
-        traces: list[Trace | None] = []
-        if "exploration_spans" in config.tasks:  # indexed on the stored text, as `curate strip` reads it
-            store = TraceStore(pool, pool.dataset.with_format("arrow")[:])
-            texts = [store.get(i)[0] for i in range(n)]
-            traces = [find_trace(t, store.whole, config.segments) if t is not None else None for t in texts]
-            traces = [t if t is not None and t.spans else None for t in traces]
+        traces = _traces(pool, config)
+        if traces:
             out[SPANS_COLUMN] = [None] * n
-        return cls(examples, out, [{} for _ in range(n)], [e.domain or "unknown" for e in examples], native, table,
-                   traces)
+        return cls(examples, out, [{} for _ in range(n)], [e.domain or "unknown" for e in examples],
+                   offline.native_labels(pool), offline.native_table(config.native_map), traces)
 
     def set_native(self, i: int) -> bool:
         """Row i's difficulty from its native label; False when it has none the table knows."""
@@ -355,6 +348,17 @@ class _Rows:
         self.out["curate_difficulty"][i], self.out["curate_difficulty_raw"][i] = level, str(self.native_raw[i])
         self.out["curate_difficulty_source"][i] = "native"
         return True
+
+
+def _traces(pool: Pool, config: TagConfig) -> list[Trace | None]:
+    """Each row's thought with segments (None without one) when exploration_spans is asked for,
+    else []: indexed on the stored text, as `curate strip` reads it."""
+    if "exploration_spans" not in config.tasks:
+        return []
+    store = TraceStore(pool, pool.dataset.with_format("arrow")[:])
+    texts = [store.get(i)[0] for i in range(len(pool))]
+    traces = [find_trace(t, store.whole, config.segments) if t is not None else None for t in texts]
+    return [t if t is not None and t.spans else None for t in traces]
 
 
 def _tag_offline(rows: _Rows, config: TagConfig, progress: Progress, name: str) -> None:
@@ -536,7 +540,7 @@ def estimate(pool: Pool, config: TagConfig) -> Estimate:
         if "behaviors" in config.tasks:
             jobs += planner.behaviors(i, ex)[0]
     if "exploration_spans" in config.tasks:
-        traces = _Rows.of(shard_pool(pool, config), config).traces
+        traces = _traces(shard_pool(pool, config), config)
         jobs += [j for i, t in enumerate(traces) if t is not None and (j := planner.spans(i, t)) is not None]
     unique = {j.key: j for j in jobs}
     cached = 0
