@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/curate demo
 
 test: setup
-	.venv/bin/python -m pytest -q --durations=15
+	.venv/bin/python -m pytest -q --durations=15 -n auto --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check curate tests benchmarks scripts

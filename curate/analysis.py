@@ -173,6 +173,7 @@ def load_audit(path: str | Path) -> AuditResult:
     Raises `DataError` naming the file when it is missing or is not an audit results.json.
     """
     from curate.audit.counterfactual import ArmResult, AuditResult, Comparison, Verdict
+    from curate.audit.lds import LDSResult, LDSScore
 
     path = Path(path)
     file = path / "results.json" if path.is_dir() else path
@@ -185,7 +186,10 @@ def load_audit(path: str | Path) -> AuditResult:
         baselines = {k: Comparison(**c) for k, c in data["verdict"]["baselines_vs_random"].items()}
         verdict = Verdict(**{**data["verdict"], **pairs, "baselines_vs_random": baselines})
         arms = {k: ArmResult(**a) for k, a in data["arms"].items()}
-        return AuditResult(**{**data, "arms": arms, "verdict": verdict})
+        lds = data.get("lds")
+        if lds is not None:
+            lds = LDSResult(**{**lds, "scores": {k: LDSScore(**v) for k, v in lds["scores"].items()}})
+        return AuditResult(**{**data, "arms": arms, "verdict": verdict, "lds": lds})
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         detail = " ".join(f"{type(err).__name__}: {err}".split())
         raise DataError(f"{file}: not a `curate audit` results.json ({detail})") from None
@@ -202,6 +206,8 @@ def audit_tables(result: AuditResult) -> dict[str, pl.DataFrame]:
     wants; "" for baselines).
     "references": per query set, its size and f_q before fine-tuning (f_start) and of the scored
     model (f_model; null in proxy mode).
+    "lds" (with subset fine-tunes): ranking, lds (Spearman over subsets), ci_low, ci_high (95%
+    bootstrap over subsets), subsets.
     """
     q = result.objective
     arms = pl.DataFrame(
@@ -223,4 +229,10 @@ def audit_tables(result: AuditResult) -> dict[str, pl.DataFrame]:
         [{"query": name, "examples": n, "f_start": result.f_start.get(name), "f_model": model.get(name)}
          for name, n in result.queries.items()],
         schema_overrides={"f_start": pl.Float64, "f_model": pl.Float64})
-    return {"arms": arms, "comparisons": comparisons, "references": references}
+    tables = {"arms": arms, "comparisons": comparisons, "references": references}
+    if result.lds is not None:
+        tables["lds"] = pl.DataFrame(
+            [{"ranking": "score" if name == "score" else f"{name} (baseline)", "lds": s.spearman, "ci_low": s.ci_low,
+              "ci_high": s.ci_high, "subsets": result.lds.subsets} for name, s in result.lds.scores.items()],
+            schema_overrides={"lds": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+    return tables

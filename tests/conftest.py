@@ -12,6 +12,15 @@ FIXTURES = Path(__file__).parent / "fixtures" / "data"
 TOKENIZER = Path(__file__).parents[1] / "curate" / "resources" / "smollm2_tokenizer"
 
 
+FIRST = ("test_demo.py",)  # the longest module (the full demo, ~2.5 min): started first under pytest-xdist
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Run the longest modules first, so `make test`'s parallel workers (`-n auto --dist loadfile`)
+    are not left waiting on one of them at the end; the order within a module is kept."""
+    items.sort(key=lambda item: item.path.name not in FIRST)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """The tests' models are tiny: one intra-op thread is as fast as two on an idle machine and

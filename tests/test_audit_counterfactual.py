@@ -144,10 +144,11 @@ def test_config_and_column_errors():
     with pytest.raises(UsageError, match=r"k must be in \(0, 0.5\]"):
         AuditConfig(base="b", k=0.6)
     with pytest.raises(UsageError, match="unknown baselines"):
-        AuditConfig(base="b", baselines=("embedding",))
+        AuditConfig(base="b", baselines=("similarity",))
     with pytest.raises(DataError, match="available: curate_influence_math"):
         resolve_column(["curate_id", "curate_influence_math", "curate_influence_math_split0"], "x")
-    assert resolve_column(["curate_influence_math", "curate_influence_math_split0"], None) == "curate_influence_math"
+    assert resolve_column(["curate_influence_math", "curate_influence_math_split0", "curate_influence_math_ck0"],
+                          None) == "curate_influence_math"
 
 
 def test_proxy_mode_resume_and_a_supported_verdict_with_a_fake_trainer(tiny_model_dir, tmp_path, monkeypatch,

@@ -62,9 +62,10 @@ def full_demo(tmp_path_factory):
     from curate.cpu import THREADS_ENV, configure_threads
 
     out = tmp_path_factory.mktemp("demo")
-    saved = os.environ.pop(THREADS_ENV, None)
+    # the demo takes the free cores, as a user's run would, except beside another pytest-xdist worker
+    saved = os.environ.get(THREADS_ENV) if os.environ.get("PYTEST_XDIST_WORKER") else os.environ.pop(THREADS_ENV, None)
     configure_threads.cache_clear()
-    try:  # the demo takes the free cores, as a user's run would; the tests after it keep theirs
+    try:  # the tests after it keep their one thread
         result = CliRunner().invoke(cli, ["demo", "-o", str(out)])
     finally:
         if saved is not None:

@@ -9,6 +9,8 @@ For each seed s, the base model (or a small proxy) is fine-tuned with `curate.tr
     length      the pool without the k longest rows (curate_tokens, else response characters)
     perplexity  the pool without the k rows of middle curate_nll (what `prune --strategy
                 mid-perplexity` keeps first)
+    embedding   the pool without the k rows most similar to the objective's query set
+                (curate_embedding_<q> from `curate score --method embedding`)
 
 and each fine-tuned model's query objective f_q (the mean over query set q of log p(answer |
 prompt), summed over answer tokens, in nats; higher = the answers are more likely) is measured.
@@ -22,25 +24,32 @@ Every finished fine-tune + evaluation is one line of `out_dir/audit.jsonl`, keye
 depends on (model trained, training settings and seed, the removed ids, the query sets), not by
 the arm's name: a rerun skips it, and another score column that removes the same rows (e.g. the
 negated scores, whose top is the original bottom) reuses it. Results go to `out_dir/results.json`.
+
+With `lds` = M > 0 the audit also fine-tunes on M seeded random subsets of the pool and reports
+the linear datamodeling score of the score column and of every baseline side by side
+(`curate.audit.lds`); those fine-tunes are keyed and reused the same way.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from curate.audit.lds import LDSResult, lds_score, subset_rows
 from curate.data import Example, Pool
 from curate.errors import DataError, UsageError
 from curate.progress import Progress, Silent
 from curate.stages import atomic_write_bytes, fingerprint
 from curate.training.config import TrainConfig
 
-BASELINES = ("random", "length", "perplexity")
+BASELINES = ("random", "length", "perplexity", "embedding")
+EMBEDDING_PREFIX = "curate_embedding_"
 INFLUENCE_PREFIX = "curate_influence_"
 
 
@@ -56,8 +65,10 @@ class AuditConfig:
         `curate_influence_<q>` column (not a split). objective: the query set whose f_q the
         verdict uses; None = the one named by the column, else the only query set.
     k: fraction of the pool removed per arm, in (0, 0.5]. seeds: training seeds per arm (>= 1;
-        >= 2 to get a standard deviation). baselines: among "random", "length", "perplexity";
-        random is always run (it is the verdict's reference).
+        >= 2 to get a standard deviation). baselines: among "random", "length", "perplexity",
+        "embedding"; random is always run (it is the verdict's reference).
+    lds: random subsets fine-tuned for the linear datamodeling score (0 = none, else >= 3; each
+        subset trains with seed train.seed); subset_frac: fraction of the rows in each, in (0, 1).
     train: the SFT settings of every fine-tune (seed s runs with train.seed + s).
     eval_max_length: token bound for the query objective (None = none); eval_batch_tokens:
         padded tokens per evaluation batch. keep_models: keep every arm's weights (default:
@@ -72,6 +83,8 @@ class AuditConfig:
     k: float = 0.1
     seeds: int = 5
     baselines: tuple[str, ...] = BASELINES
+    lds: int = 0
+    subset_frac: float = 0.5
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_max_length: int | None = None
     eval_batch_tokens: int = 4096
@@ -87,6 +100,10 @@ class AuditConfig:
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             errors.append(f"unknown baselines {bad}; choose among {BASELINES}")
+        if self.lds < 0 or self.lds in (1, 2):
+            errors.append(f"lds must be 0 (none) or >= 3 subsets, got {self.lds}")
+        if not 0 < self.subset_frac < 1:
+            errors.append(f"subset_frac must be in (0, 1), got {self.subset_frac}")
         if self.eval_batch_tokens < 1 or (self.eval_max_length is not None and self.eval_max_length < 2):
             errors.append("eval_batch_tokens must be >= 1 and eval_max_length >= 2")
         if errors:
@@ -169,6 +186,7 @@ class AuditResult:
     tokens: int
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    lds: LDSResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +236,7 @@ def query_objective(model, tokenizer, queries: dict[str, Sequence[Example]], *, 
 
 def resolve_column(columns: Sequence[str], column: str | None) -> str:
     """The score column to audit; DataError naming the available influence columns otherwise."""
-    available = [c for c in columns if c.startswith(INFLUENCE_PREFIX) and "_split" not in c]
+    available = [c for c in columns if c.startswith(INFLUENCE_PREFIX) and not re.search(r"_(split|ck)\d+$", c)]
     if column is None:
         if len(available) == 1:
             return available[0]
@@ -228,29 +246,46 @@ def resolve_column(columns: Sequence[str], column: str | None) -> str:
     return column
 
 
-def removal_sets(table, column: str, n: int, *, seeds: int, seed: int, baselines: Sequence[str]) -> dict[str, Any]:
+def ranking_values(table, column: str, baselines: Sequence[str], objective: str | None = None) -> dict[str, Any]:
+    """Ranking name -> per-row values (polars Series, null = unranked), higher = ranked first:
+    "score" the column; "length" curate_tokens (else response characters); "perplexity" -|pct -
+    0.5| of curate_nll (middle first); "embedding" curate_embedding_<objective>. A baseline whose
+    column the table lacks is left out. "random" is not a ranking here (see `removal_sets`)."""
+    import polars as pl
+
+    values = {"score": table[column].cast(pl.Float64).fill_nan(None)}
+    if "length" in baselines:
+        values["length"] = table["curate_tokens" if "curate_tokens" in table.columns else "curate_response_chars"]
+    if "perplexity" in baselines and "curate_nll" in table.columns:
+        pct = (table["curate_nll"].rank("average") - 1) / max(table["curate_nll"].drop_nulls().len() - 1, 1)
+        values["perplexity"] = -(pct - 0.5).abs()
+    embedding = f"{EMBEDDING_PREFIX}{objective}"
+    if "embedding" in baselines and embedding in table.columns:
+        values["embedding"] = table[embedding]
+    return {name: v.cast(pl.Float64).rename(name) for name, v in values.items()}
+
+
+def removal_sets(table, column: str, n: int, *, seeds: int, seed: int, baselines: Sequence[str],
+                 objective: str | None = None) -> dict[str, Any]:
     """Arm name -> removed curate_ids (a list per seed for random, one list otherwise).
 
     `table` (polars) has curate_id, `column` and optionally curate_tokens, curate_nll,
-    curate_response_chars. Ties break by curate_id; rows with a null score are never removed by
-    that ranking.
+    curate_response_chars, curate_embedding_<objective>. Ties break by curate_id; rows with a
+    null value are never removed by that ranking.
     """
     import numpy as np
     import polars as pl
 
-    def top(expr: pl.Expr, descending: bool = True) -> list[str]:
-        f = table.select("curate_id", expr.cast(pl.Float64).fill_nan(None).alias("s")).drop_nulls("s")
+    def top(values, descending: bool = True) -> list[str]:
+        f = pl.DataFrame({"curate_id": table["curate_id"], "s": values.fill_nan(None)}).drop_nulls("s")
         return f.sort(["s", "curate_id"], descending=[descending, False]).head(n)["curate_id"].to_list()
 
+    values = ranking_values(table, column, baselines, objective)
     ids = sorted(table["curate_id"].to_list())
-    sets: dict[str, Any] = {"full": [], "top": top(pl.col(column)), "bottom": top(pl.col(column), descending=False)}
+    sets: dict[str, Any] = {"full": [], "top": top(values["score"]), "bottom": top(values["score"], descending=False)}
     sets["random"] = [sorted(np.random.default_rng([seed, s]).choice(ids, n, replace=False).tolist())
                       for s in range(seeds)]
-    if "length" in baselines:
-        sets["length"] = top(pl.col("curate_tokens" if "curate_tokens" in table.columns else "curate_response_chars"))
-    if "perplexity" in baselines and "curate_nll" in table.columns:
-        pct = (pl.col("curate_nll").rank("average") - 1) / max(table["curate_nll"].drop_nulls().len() - 1, 1)
-        sets["perplexity"] = top(-(pct - 0.5).abs())
+    sets.update({name: top(v) for name, v in values.items() if name != "score"})
     return sets
 
 
@@ -258,6 +293,7 @@ DESCRIPTIONS = {
     "full": "whole pool (reference)", "top": "without the top-k (most helpful by the scores)",
     "bottom": "without the bottom-k (most harmful by the scores)", "random": "without k random rows",
     "length": "without the k longest rows", "perplexity": "without the k mid-perplexity rows",
+    "embedding": "without the k rows most similar to the query set",
 }
 
 
@@ -276,14 +312,18 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
     objective = config.objective or _objective_for(column, list(queries))
     if objective not in queries:
         raise UsageError(f"objective {objective!r} is not a query set; have {sorted(queries)}")
-    table = _table(scored, column)
+    table = _table(scored, column, objective)
     n = max(1, math.floor(config.k * len(table) + 0.5))
     if n >= len(table):
         raise DataError(f"k={config.k} of {len(table)} rows leaves nothing to train on")
-    sets = removal_sets(table, column, n, seeds=config.seeds, seed=config.train.seed, baselines=config.baselines)
+    sets = removal_sets(table, column, n, seeds=config.seeds, seed=config.train.seed, baselines=config.baselines,
+                        objective=objective)
     notes = []
     if "perplexity" in config.baselines and "perplexity" not in sets:
         notes.append("perplexity baseline skipped: the pool has no curate_nll column")
+    if "embedding" in config.baselines and "embedding" not in sets:
+        notes.append(f"embedding baseline skipped: the pool has no {EMBEDDING_PREFIX}{objective} column "
+                     "(`curate score --method embedding`)")
     if config.proxy:
         notes.append(f"PROXY MODE: every arm fine-tunes {config.proxy!r}, not the base {config.base!r}; the "
                      "verdict holds for the proxy and transfers to the scored model only as far as the two agree")
@@ -294,6 +334,9 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
     queries_fp = fingerprint({q: [e.messages for e in ex] for q, ex in queries.items()}, config.eval_max_length)
     pool_fp = fingerprint(sorted(table["curate_id"].to_list()))
     jobs = [(arm, s, ids[s] if arm == "random" else ids) for arm, ids in sets.items() for s in range(config.seeds)]
+    subsets = subset_rows(len(table), config.lds, config.subset_frac, config.train.seed) if config.lds else []
+    all_ids = table["curate_id"].to_list()
+    jobs += [(f"subset{j}", 0, _complement(all_ids, rows)) for j, rows in enumerate(subsets)]
     keyed = [(arm, s, removed, _key(config, s, removed, pool_fp, queries_fp)) for arm, s, removed in jobs]
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "audit.jsonl"
@@ -329,9 +372,30 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
         verdict=verdict(arms), fine_tunes=cost.fine_tunes,
         tokens=sum(done[key]["tokens_seen"] for key in {key for *_, key in keyed}),
         config={**asdict(config), "train": config.train.to_dict()}, notes=notes,
+        lds=_lds(table, column, objective, config, subsets, [done[key] for a, _, _, key in keyed
+                                                                if a.startswith("subset")]) if subsets else None,
     )
     atomic_write_bytes(out_dir / "results.json", json.dumps(result.to_dict(), indent=2).encode())
     return result
+
+
+def _complement(ids: list[str], rows) -> list[str]:
+    """The ids not at positions `rows`, sorted: what a subset fine-tune leaves out."""
+    kept = set(rows.tolist())
+    return sorted(cid for i, cid in enumerate(ids) if i not in kept)
+
+
+def _lds(table, column: str, objective: str, config: AuditConfig, subsets: list, records: list[dict]) -> LDSResult:
+    """The LDS of the score column and of each baseline (plus a seeded random ranking) over the
+    subset fine-tunes `records` (in subset order)."""
+    import numpy as np
+
+    f = [r["f"][objective] for r in records]
+    values = {name: v.to_numpy() for name, v in ranking_values(table, column, config.baselines, objective).items()}
+    if "random" in config.baselines:
+        values["random"] = np.random.default_rng([config.train.seed, 3_000_017]).standard_normal(len(table))
+    scores = {name: lds_score(name, f, v, subsets, seed=config.train.seed) for name, v in values.items()}
+    return LDSResult(objective, len(subsets), config.subset_frac, len(subsets[0]), len(table), f, scores)
 
 
 def compare(a: ArmResult, b: ArmResult) -> Comparison:
@@ -383,11 +447,12 @@ def _objective_for(column: str, names: list[str]) -> str:
     raise UsageError(f"cannot tell which query set {column!r} scores; name it (objective / --objective)")
 
 
-def _table(scored: Pool, column: str):
+def _table(scored: Pool, column: str, objective: str):
     import polars as pl
 
     ds = scored.dataset
-    keep = [c for c in ("curate_id", column, "curate_tokens", "curate_nll") if c in ds.column_names]
+    keep = [c for c in ("curate_id", column, "curate_tokens", "curate_nll", f"{EMBEDDING_PREFIX}{objective}")
+            if c in ds.column_names]
     table = pl.DataFrame(ds.select_columns(keep).to_dict())
     if table["curate_id"].n_unique() != table.height:
         raise DataError("the scored pool has repeated curate_id values")

@@ -8,7 +8,9 @@ WHAT = (
     "Fine-tunes BASE (or --proxy) on the pool without the top-k 'helpful' rows, without k random rows, "
     "without the bottom-k, and without each baseline's top-k, over several seeds, and reports the change "
     "of the query objective f_q (mean summed answer log-likelihood, nats) against the full-pool fine-tune: "
-    "negative = the removal hurt. Finished fine-tunes are recorded in OUT/audit.jsonl and skipped on rerun."
+    "negative = the removal hurt. With --lds M, also fine-tunes on M random subsets and reports each ranking's "
+    "linear datamodeling score (Spearman of measured f_q against the subset's summed scores). Finished "
+    "fine-tunes are recorded in OUT/audit.jsonl and skipped on rerun."
 )
 
 
@@ -24,8 +26,14 @@ WHAT = (
 @click.option("--objective", help="Query set the verdict uses [default: the one the column names].")
 @click.option("--k", type=float, default=0.1, show_default=True, help="Fraction of rows removed per arm, in (0, 0.5].")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Training seeds per arm.")
-@click.option("--baselines", default="random,length,perplexity", show_default=True,
-              help="Heuristic rankings audited side by side (random is always run).")
+@click.option("--baselines", default="random,length,perplexity,embedding", show_default=True,
+              help="Heuristic rankings audited side by side (random is always run; embedding needs the "
+                   "curate_embedding_<q> column of `curate score --method embedding`).")
+@click.option("--lds", type=int, default=0, show_default=True, metavar="M",
+              help="Also fine-tune on M seeded random subsets and report the linear datamodeling score of the "
+                   "scores and of each baseline (0 = none; >= 3, 50+ for a tight interval).")
+@click.option("--subset-frac", type=float, default=0.5, show_default=True,
+              help="Fraction of the rows in each --lds subset, in (0, 1).")
 @click.option("--proxy", metavar="MODEL", help="Fine-tune this small model of the same family instead of BASE (said in the result).")
 @click.option("--max-steps", type=int, default=None,
               help="Optimizer steps per fine-tune [default: the steps that produced --model, from its train.json].")
@@ -40,7 +48,8 @@ WHAT = (
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
 @click.option("--keep-models", is_flag=True, help="Keep every arm's weights (default: deleted once evaluated).")
 @click.option("--split", help="Split of the scored pool (folder or Hub dataset).")
-def audit(scored, base, model, queries, out_dir, score_column, objective, k, seeds, baselines, proxy, max_steps,
+def audit(scored, base, model, queries, out_dir, score_column, objective, k, seeds, baselines, lds, subset_frac, proxy,
+          max_steps,
           batch_size, grad_accum, learning_rate, max_length, lora_r, gradient_checkpointing, seed, device, keep_models,
           split) -> None:
     """Check the influence scores of SCORED against real fine-tunes: does removing what they call
@@ -72,7 +81,7 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
                         gradient_checkpointing=gradient_checkpointing)
     config = AuditConfig(base=base, model=model, proxy=proxy, score_column=score_column, objective=objective, k=k,
                          seeds=seeds, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
-                         train=train, keep_models=keep_models)
+                         lds=lds, subset_frac=subset_frac, train=train, keep_models=keep_models)
     pool = load_pool(scored, split=split)
     resolve_column(pool.dataset.column_names, score_column)  # fail before loading anything heavy
     query_sets = {q: list(load_pool(p, source=q).examples()) for q, p in query_paths.items()}
@@ -103,3 +112,17 @@ def render(result, console) -> None:
         console.print(f"[yellow]{note}[/yellow]")
     colour = "green" if v.supported else ("yellow" if v.helpful_hurts_more else "red")
     console.print(f"[{colour}]verdict ({result.score_column}): {v.summary}[/{colour}]")
+    if result.lds is not None:
+        from curate.audit.lds import lds_summary
+
+        lds = result.lds
+        table = Table(title=f"linear datamodeling score over {lds.subsets} subsets of {lds.subset_size} rows "
+                            f"(f_q({lds.objective}); 95% bootstrap interval)", title_justify="left")
+        for column in ("ranking", "LDS", "interval"):
+            table.add_column(column, justify="left" if column == "ranking" else "right")
+        for name, s in lds.scores.items():
+            table.add_row(result.score_column if name == "score" else f"{name} (baseline)",
+                          "-" if s.spearman is None else f"{s.spearman:+.3f}",
+                          "-" if s.ci_low is None else f"[{s.ci_low:+.2f}, {s.ci_high:+.2f}]")
+        console.print(table)
+        console.print(lds_summary(lds))

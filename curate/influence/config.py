@@ -56,6 +56,16 @@ class ScoreConfig:
                                      "memory and scoring work per layer and function drop from out x in to "
                                      "R (out + in), at the cost of exactness (see benchmarks/RESULTS.md) "
                                      "[default: exact].", low=1, metavar="R")
+    checkpoints: tuple[str, ...] = setting(factory=tuple, help="Score with each of these models in turn "
+                                           "(checkpoints of one fine-tune, e.g. run/checkpoint-*, or independently "
+                                           "trained models; a glob expands in step order) and write their weighted "
+                                           "mean, keeping each as curate_influence_<q>_ck<i>; each is fitted and "
+                                           "scored on its own, resumable per checkpoint. {model} is then not "
+                                           "scored unless listed.", metavar="A,B,...")
+    checkpoint_weights: str = setting("lr", "With {checkpoints}: lr weighs each by the mean learning rate its "
+                                      "trainer logged since the previous one (LESS; trainer_state.json), equal "
+                                      "by 1 each; lr falls back to equal, with a note, where a trainer state is "
+                                      "missing.", choices=("lr", "equal"))
     seed: int = setting(0, "Seed of the Fisher label sampling, the fit subsample and the query splits.")
     batch_tokens: int = setting(4096, "Padded tokens per batch (B x T); bounds activation memory.", low=1)
     chunk_size: int = setting(128, "Examples per resumable scoring chunk.", low=1)
@@ -103,8 +113,13 @@ class ScoreConfig:
             problems.append(Problem("{query_splits} 1: must be 0 (none) or >= 2"))
         if self.tokens_top is not None and not self.tokens:
             problems.append(Problem("{tokens_top} only applies with {tokens}"))
-        if self.method == "embedding":
+        if self.checkpoints:
             for name in ("tokens", "sentences", "shard"):
+                if getattr(self, name):
+                    problems.append(Problem(f"{{{name}}} does not combine with {{checkpoints}}: score each "
+                                            "checkpoint on its own for it"))
+        if self.method == "embedding":
+            for name in ("tokens", "sentences", "shard", "checkpoints"):
                 if getattr(self, name):
                     problems.append(Problem(f"{{{name}}} applies to {{method}} ekfac, not embedding"))
         if self.shard is not None:

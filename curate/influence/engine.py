@@ -62,6 +62,7 @@ class ScoreResult:
     pending: str | None = None  # a `--shard` job that did its part: what it wrote (no table then)
     stability: dict[str, StabilityReport] = field(default_factory=dict)  # per query set with splits
     config: ScoreConfig | None = None  # the settings as run (query_splits resolved); set by score_pool
+    checkpoints: list | None = None  # with --checkpoints: the ensemble's members (`curate.influence.ensemble`)
 
 
 def influence_columns(query_names: Sequence[str], splits: int) -> list[str]:

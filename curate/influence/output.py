@@ -74,6 +74,13 @@ def score_card(result: ScoreResult, queries: Mapping[str, QuerySource]) -> dict[
         ),
         "Influence plan": "```\n" + Text.from_markup(result.plan.render()).plain + "\n```",
     }
+    if result.checkpoints:
+        card["Checkpoint ensemble"] = (
+            "`curate_influence_<q>` (and its splits) is the weighted mean over these models, each scored on its "
+            "own; `curate_influence_<q>_ck<i>` is model i's score. curate_nll, curate_tokens and curate_truncated "
+            "are the last model's.\n\n" + "\n".join(
+                f"- ck{i}: `{c.path}` (weight {c.weight:.4g}" + ("" if c.step is None else f", step {c.step}") + ")"
+                for i, c in enumerate(result.checkpoints)))
     if result.stability:
         card["Ranking stability"] = STABILITY_NOTE + "\n\n```\n" + "\n".join(
             r.render() for r in result.stability.values()) + "\n```"
@@ -107,9 +114,17 @@ def run(pool: Pool, inputs: dict, config: ScoreConfig, context: OpContext, *, mo
         return OpResult(pool, [], OpReport({"rows": len(table), "columns": table.columns[1:]}, [], card), annotations=table)
     if context.work_dir is None:
         raise UsageError("scoring needs a work folder for its stages (OpContext.work_dir)")
-    result = score_pool(list(pool.examples()), {q: list(p.examples()) for q, p in queries.items()}, config,
-                        context.work_dir,
-                        overwrite=context.overwrite, progress=context.progress, model=model, tokenizer=tokenizer)
+    examples, query_examples = list(pool.examples()), {q: list(p.examples()) for q, p in queries.items()}
+    if config.checkpoints:
+        from curate.influence.ensemble import score_checkpoints
+
+        if model is not None:
+            raise UsageError("checkpoints are loaded one by one: pass no model with them")
+        result = score_checkpoints(examples, query_examples, config, context.work_dir, overwrite=context.overwrite,
+                                   progress=context.progress)
+    else:
+        result = score_pool(examples, query_examples, config, context.work_dir, overwrite=context.overwrite,
+                            progress=context.progress, model=model, tokenizer=tokenizer)
     if result.pending:
         return OpResult(pool, [], OpReport(notes=[result.pending], data={"score": result}))
     sources = {q: QuerySource(p.origin, len(p)) for q, p in queries.items()}

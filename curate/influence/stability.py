@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
@@ -118,10 +118,30 @@ def _factor_for(rho: float, target: float) -> float:
     return target * (1 - rho) / (rho * (1 - target))
 
 
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties) of two equal-length sequences; None
+    when either has no spread (or fewer than 2 values)."""
+    import numpy as np
+
+    x, y = _average_ranks(np.asarray(a, dtype=np.float64)), _average_ranks(np.asarray(b, dtype=np.float64))
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return None
+    rho = float(np.corrcoef(x, y)[0, 1])
+    return None if math.isnan(rho) else rho
+
+
+def _average_ranks(x):
+    """Ranks 0..n-1 of `x`, ties sharing their mean rank (as polars' rank("average"), less one)."""
+    import numpy as np
+
+    ranks = np.empty(len(x))
+    ranks[x.argsort(kind="stable")] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(inverse, weights=ranks) / counts)[inverse]
+
+
 def _spearman(frame: pl.DataFrame, a: str, b: str) -> float:
-    ranked = frame.select(pl.col(a).rank("average"), pl.col(b).rank("average"))
-    rho = ranked.select(pl.corr(a, b)).item()
-    return 0.0 if rho is None or math.isnan(rho) else float(rho)
+    return spearman(frame[a], frame[b]) or 0.0
 
 
 def _top_set(frame: pl.DataFrame, column: str, n: int) -> set[str]:

@@ -25,6 +25,7 @@ from curate.analysis import (
     query_name,
     stability_table,
 )
+from curate.audit.lds import lds_summary
 from curate.errors import DataError
 from curate.report.document import _cell, _Doc, _md_cell, _md_escape
 from curate.report.figures import _bars, _rank_scatter
@@ -117,6 +118,14 @@ def _audit_section(doc: _Doc, result: AuditResult) -> None:
     doc.table(tables["comparisons"])
     doc.heading("Objective before fine-tuning (f_start) and of the scored model (f_model)", 3)
     doc.table(tables["references"])
+    if result.lds is not None:
+        lds = result.lds
+        doc.heading("Linear datamodeling score (LDS)", 3)
+        doc.para(f"{lds.subsets} fine-tunes on random subsets of {lds.subset_size} of the {lds.rows} rows. LDS = "
+                 f"Spearman correlation over the subsets between the measured f_q({lds.objective}) and the sum of "
+                 "each ranking's values over the subset's rows (1 = the ranking orders the subsets as the fine-tunes "
+                 "do, 0 = chance); ci: 95% bootstrap over subsets. " + lds_summary(lds))
+        doc.table(tables["lds"])
 
 
 def _top_section(doc: _Doc, frame: pl.DataFrame, column: str, top: int, responses: dict[str, str],
