@@ -183,7 +183,7 @@ def _lora_config(config: TrainConfig):
 
 def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, use_cpu: bool, bf16: bool,
              peft_config):
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, Trainer
     from trl import SFTConfig, SFTTrainer
 
     class CountingSFTTrainer(SFTTrainer):
@@ -196,7 +196,16 @@ def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, u
                 n = self.accelerator.gather_for_metrics((inputs["labels"] != -100).sum()).sum().item()
                 self.completion_tokens += int(n)
                 self._metrics["train"]["completion_tokens"] = [self.completion_tokens]
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not use_cpu:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # On CPU, TRL's fused LM head (tiled log-probs with entropy and accuracy metrics: a GPU
+            # memory saver) costs ~4x a plain step; the model's own loss is the same mean NLL over
+            # completion tokens (labels -100 elsewhere), so only TRL's token counter is kept.
+            if self.model.training and "attention_mask" in inputs:
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum())
+                                                .sum().item())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     args = SFTConfig(
         output_dir=str(out_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
