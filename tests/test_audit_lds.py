@@ -104,6 +104,8 @@ def test_audit_lds_on_a_planted_trainer_ranks_the_truth_first(tiny_model_dir, tm
     pool.dataset.to_json(scored)
     page = render_report(scored, tmp_path / "r.html", audit=tmp_path / "a").read_text()
     assert "Linear datamodeling score" in page and "40 fine-tunes on random subsets of 20 of the 40 rows" in page
+    card = (tmp_path / "a" / "README.md").read_text()  # the last audit's own card says the same
+    assert "Linear datamodeling score" in card and "| embedding (baseline) | -1 | -1 | -1 | 40 |" in card
 
 
 def test_lds_settings_are_checked():

@@ -81,3 +81,7 @@ def test_checkpoints_refuse_per_token_work(tiny_model_dir, pool_file, query_file
     line = cli_error(["score", str(pool_file), "--query", f"math={query_file}", "--model", str(tiny_model_dir),
                       "--checkpoints", str(tiny_model_dir), "--tokens", "-o", str(tmp_path / "o.parquet")], capsys)
     assert "--tokens does not combine with --checkpoints" in line
+    missing = tmp_path / "checkpoint-9"
+    line = cli_error(["score", str(pool_file), "--query", f"math={query_file}", "--model", str(tiny_model_dir),
+                      "--checkpoints", f"{tiny_model_dir},{missing}", "-o", str(tmp_path / "o.parquet")], capsys)
+    assert str(missing) in line and not (tmp_path / "o.parquet.work" / "ck0").exists()

@@ -94,9 +94,13 @@ def score_checkpoints(examples: Sequence[Example], queries: dict[str, Sequence[E
     set."""
     from curate.influence.engine import score_pool
     from curate.influence.stability import stability_all
+    from curate.models import check_model
 
     progress = progress or Silent()
-    members, note = weigh(expand_checkpoints(config.checkpoints), config.checkpoint_weights)
+    paths = expand_checkpoints(config.checkpoints)
+    for path in paths:  # a typo in the last one fails before the first is scored
+        check_model(path)
+    members, note = weigh(paths, config.checkpoint_weights)
     progress.note(f"checkpoint ensemble: {len(members)} models, each fitted and scored on its own (about "
                   f"{len(members)}x the cost of one plan below)" + (f"; {note}" if note else ""))
     results = []

@@ -61,6 +61,16 @@ UNITS = ("How to read a score: it is the first-order change, in nats, of the que
          "scale depends on the model and the damping: compare scores within one report, not across runs.")
 
 
+def render_audit_card(result, out_dir: str | Path) -> Path:
+    """`curate audit`'s card, OUT/README.md (Markdown, its chart as README_audit_arms.png beside it):
+    the same audit section `render_report(..., audit=...)` shows, LDS included."""
+    doc = _Doc("md", Path(out_dir) / "README.md")
+    doc.heading(f"curate audit: {result.score_column}", 1)
+    _audit_section(doc, result)
+    doc.write(f"curate audit: {result.score_column}")
+    return doc.out
+
+
 def render_report(pool_path: str | Path, out_path: str | Path, fmt: str = "html", top: int = 20,
                   tokenizer: str | Path | None = None, audit: str | Path | None = None) -> Path:
     """Write the influence report of the scored pool at `pool_path` to `out_path`; return `out_path`.
