@@ -104,8 +104,6 @@ def test_audit_lds_on_a_planted_trainer_ranks_the_truth_first(tiny_model_dir, tm
     pool.dataset.to_json(scored)
     page = render_report(scored, tmp_path / "r.html", audit=tmp_path / "a").read_text()
     assert "Linear datamodeling score" in page and "40 fine-tunes on random subsets of 20 of the 40 rows" in page
-    card = (tmp_path / "a" / "README.md").read_text()  # the last audit's own card says the same
-    assert "Linear datamodeling score" in card and "| embedding (baseline) | -1 | -1 | -1 | 40 |" in card
 
 
 def test_lds_settings_are_checked():
@@ -156,3 +154,6 @@ def test_real_subset_fine_tunes_resume_after_sigkill(tiny_model_dir, tmp_path):
     assert result["lds"]["subsets"] == 3 and len(result["lds"]["f"]) == 3
     assert set(result["lds"]["scores"]) == {"score", "random"}
     assert "linear datamodeling score over 3 subsets" in " ".join(done.stderr.split())
+    card = (out / "README.md").read_text()  # the audit's card: verdict, arms and the LDS table
+    assert "## Counterfactual audit" in card and "Linear datamodeling score" in card and "| random (baseline) |" in card
+    assert (out / "README_audit_arms.png").is_file()

@@ -203,7 +203,8 @@ def test_card_query_answers_is_a_documented_value():
     assert tuple(option.type.choices) == QUERY_ANSWERS == ("reference", "model")
     for answers in QUERY_ANSWERS:
         result = SimpleNamespace(config=ScoreConfig(model="m", query_answers=answers),
-                                 plan=SimpleNamespace(render=lambda: "plan"), stability={})
+                                 plan=SimpleNamespace(render=lambda: "plan"), stability={},
+                                 checkpoints=None)
         settings = score_card(result, {})["Influence settings"]
         assert f"- query answers: {answers}" in settings and "query_answers" not in settings
     with pytest.raises(UsageError, match="query_answers .correct.: choose from reference, model"):

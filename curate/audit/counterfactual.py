@@ -301,7 +301,7 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
           progress: Progress | None = None, **settings) -> AuditResult:
     """Run the counterfactual audit (see the module doc); `settings` are `AuditConfig` fields,
     used when `config` is None. Writes out_dir/audit.jsonl (one line per finished fine-tune)
-    and out_dir/results.json, and the card out_dir/README.md; returns the result."""
+    and out_dir/results.json; returns the result (`curate.report.render_audit_card` writes its card)."""
 
     config = config or AuditConfig(**settings)
     progress = progress or Silent()
@@ -376,9 +376,6 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
                                                                 if a.startswith("subset")]) if subsets else None,
     )
     atomic_write_bytes(out_dir / "results.json", json.dumps(result.to_dict(), indent=2).encode())
-    from curate.report import render_audit_card
-
-    render_audit_card(result, out_dir)
     return result
 
 

@@ -21,7 +21,8 @@ WHAT = (
 @click.option("--query", "queries", multiple=True, required=True, metavar="NAME=PATH",
               help="Query set(s) whose objective is measured (the ones the scores were computed against).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Audit folder: audit.jsonl (one line per finished fine-tune), runs/, results.json.")
+              help="Audit folder: audit.jsonl (one line per finished fine-tune), runs/, results.json, README.md "
+                   "(the card: verdict, arms, LDS).")
 @click.option("--column", "score_column", help="Score column [default: the only curate_influence_<q> column].")
 @click.option("--objective", help="Query set the verdict uses [default: the one the column names].")
 @click.option("--k", type=float, default=0.1, show_default=True, help="Fraction of rows removed per arm, in (0, 0.5].")
@@ -89,6 +90,9 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
     progress = RichProgress()
     result = run(pool, queries=query_sets, out_dir=Path(out_dir), config=config, progress=progress)
     render(result, progress.console)
+    from curate.report import render_audit_card
+
+    click.echo(str(render_audit_card(result, out_dir)), err=True)
     click.echo(str(Path(out_dir) / "results.json"))
 
 
