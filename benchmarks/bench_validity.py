@@ -21,7 +21,7 @@ Measures, per ranking, through `curate audit` (every fine-tune starts from B wit
 - top-k removal: f_q(pool without the k highest-ranked rows) - f_q(full pool), over `--seeds`
   training seeds, and its paired z against random removal and against each heuristic.
 
-Run (about 25 minutes on 2 idle cores with the defaults):
+Run (96 fine-tunes: 50 minutes on one thread of a shared 2-core machine with the defaults):
     python benchmarks/bench_validity.py --out /tmp/validity
 It prints the tables and writes OUT/validity.json; fine-tunes are recorded in OUT/audit/audit.jsonl,
 so a rerun (or a killed run) redoes none of them.
@@ -252,7 +252,10 @@ def print_tables(results: dict) -> None:
         for name, h in r["heuristics"].items():
             lds, d = h["lds"], h["delta"]
             ci = "-" if lds["spearman"] is None else f"{lds['spearman']:+.3f} [{lds['ci_low']:+.2f}, {lds['ci_high']:+.2f}]"
-            print(f"{name:<12} {ci:>24} {d['mean']:>+12.3f} ± {d['std']:<7.3f}")
+            print(f"{name + (' (null)' if name == 'random' else ''):<12} {ci:>24} {d['mean']:>+12.3f} ± {d['std']:<7.3f}")
+    print("\nLDS intervals: 95% bootstrap over subsets; random (null): the mean LDS of 500 random rankings and the "
+          "range 95% of them fall in. z: paired over training seeds, top-k arm minus the other arm "
+          "(negative = removing the ranking's top-k hurt more).")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 
 import curate.audit.counterfactual as cf
 from curate.analysis import audit_tables, load_audit
-from curate.audit.lds import lds_score, lds_summary, subset_rows
+from curate.audit.lds import lds_score, lds_summary, random_null, subset_rows
 from curate.errors import UsageError
 from curate.training import TrainConfig
 
@@ -52,6 +52,8 @@ def test_lds_is_one_for_additive_truth_and_near_zero_shuffled():
     nulls[:30] = np.nan  # a null adds nothing to a subset's sum
     assert lds_score("n", f, nulls, rows).predicted == pytest.approx([np.nan_to_num(nulls)[r].sum() for r in rows])
     assert lds_score("flat", [1.0] * 80, effects, rows).spearman is None
+    null = random_null(f, rows, 60)  # chance: centred on 0, about ±2 / sqrt(80 subsets) wide
+    assert abs(null.spearman) < 0.05 and -0.35 < null.ci_low < -0.1 and 0.1 < null.ci_high < 0.35
 
 
 def test_audit_lds_on_a_planted_trainer_ranks_the_truth_first(tiny_model_dir, tmp_path, monkeypatch, write_jsonl):
@@ -83,7 +85,7 @@ def test_audit_lds_on_a_planted_trainer_ranks_the_truth_first(tiny_model_dir, tm
     assert set(lds.scores) == {"score", "length", "perplexity", "embedding", "random"}
     assert lds.scores["score"].spearman == pytest.approx(1.0)
     assert lds.scores["embedding"].spearman == pytest.approx(-1.0)  # the negated effects
-    assert abs(lds.scores["random"].spearman) < 0.4
+    assert abs(lds.scores["random"].spearman) < 0.1 and lds.scores["random"].ci_low < 0 < lds.scores["random"].ci_high
     assert "above the best heuristic's" in lds_summary(lds) and "do not overlap" in lds_summary(lds)
     assert len(calls) == 6 + 40 and result.fine_tunes == 46  # 7 arms, but embedding removes what bottom removes: one run
 

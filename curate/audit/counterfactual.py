@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from curate.audit.lds import LDSResult, lds_score, subset_rows
+from curate.audit.lds import LDSResult, lds_score, random_null, subset_rows
 from curate.data import Example, Pool
 from curate.errors import DataError, UsageError
 from curate.progress import Progress, Silent
@@ -386,15 +386,13 @@ def _complement(ids: list[str], rows) -> list[str]:
 
 
 def _lds(table, column: str, objective: str, config: AuditConfig, subsets: list, records: list[dict]) -> LDSResult:
-    """The LDS of the score column and of each baseline (plus a seeded random ranking) over the
-    subset fine-tunes `records` (in subset order)."""
-    import numpy as np
-
+    """The LDS of the score column and of each baseline (and the random rankings' null
+    distribution) over the subset fine-tunes `records` (in subset order)."""
     f = [r["f"][objective] for r in records]
     values = {name: v.to_numpy() for name, v in ranking_values(table, column, config.baselines, objective).items()}
-    if "random" in config.baselines:
-        values["random"] = np.random.default_rng([config.train.seed, 3_000_017]).standard_normal(len(table))
     scores = {name: lds_score(name, f, v, subsets, seed=config.train.seed) for name, v in values.items()}
+    if "random" in config.baselines:
+        scores["random"] = random_null(f, subsets, len(table), seed=config.train.seed)
     return LDSResult(objective, len(subsets), config.subset_frac, len(subsets[0]), len(table), f, scores)
 
 

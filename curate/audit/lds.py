@@ -9,7 +9,10 @@ expected LDS is 0). The interval is a percentile bootstrap over subsets.
 
 Any per-row value is a ranking here: the influence column, and each heuristic the audit runs
 side by side (`curate.audit.counterfactual.ranking_values`: length, mid-perplexity, embedding
-similarity, random). Rows with a null value add nothing to a subset's sum.
+similarity). Rows with a null value add nothing to a subset's sum. The "random" reference is not
+one random ranking (whose LDS is itself a draw, sd ~ 1/sqrt(M)) but the null distribution:
+`random_null` reports the mean LDS of many seeded random rankings and that distribution's 95%
+range, which is what a ranking must clear to beat chance at this number of subsets.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from curate.influence.stability import spearman
 
 BOOTSTRAP = 2000  # resamples of the subsets behind each interval
+NULL_DRAWS = 500  # random rankings behind the "random" reference
 
 
 @dataclass
@@ -80,12 +84,27 @@ def lds_score(name: str, f: Sequence[float], values: np.ndarray, rows: Sequence[
     return LDSScore(name, rho, low, high, predicted.tolist())
 
 
+def random_null(f: Sequence[float], rows: Sequence[np.ndarray], n: int, *, seed: int = 0,
+                draws: int = NULL_DRAWS) -> LDSScore:
+    """The LDS of `draws` seeded random rankings of `n` rows: spearman = their mean, ci_low /
+    ci_high = the 2.5% / 97.5% quantiles of that null distribution; predicted is empty."""
+    values = np.random.default_rng([seed, 3_000_017]).standard_normal((draws, n))
+    rhos = [r for r in (spearman(f, [v[r].sum() for r in rows]) for v in values) if r is not None]
+    if not rhos:
+        return LDSScore("random", None, None, None, [])
+    return LDSScore("random", float(np.mean(rhos)), float(np.quantile(rhos, 0.025)), float(np.quantile(rhos, 0.975)),
+                    [])
+
+
 def lds_summary(result: LDSResult, score: str = "score") -> str:
     """One sentence: the score's LDS against the best heuristic's, and whether the intervals separate."""
     own = result.scores.get(score)
     if own is None or own.spearman is None:
         return "The score's LDS is undefined (no spread in the subsets' f_q or in the score sums)."
     text = f"The score's LDS is {own.spearman:+.2f} [{own.ci_low:+.2f}, {own.ci_high:+.2f}]"
+    null = result.scores.get("random")
+    if null is not None and null.spearman is not None:
+        text += f" (95% of random rankings fall in [{null.ci_low:+.2f}, {null.ci_high:+.2f}])"
     rival = result.best_heuristic(score)
     if rival is None:
         return text + "; no heuristic was measured beside it."

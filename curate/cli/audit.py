@@ -121,7 +121,8 @@ def render(result, console) -> None:
 
         lds = result.lds
         table = Table(title=f"linear datamodeling score over {lds.subsets} subsets of {lds.subset_size} rows "
-                            f"(f_q({lds.objective}); 95% bootstrap interval)", title_justify="left")
+                            f"(f_q({lds.objective}); 95% bootstrap interval; random: mean and 95% range of "
+                            "random rankings)", title_justify="left")
         for column in ("ranking", "LDS", "interval"):
             table.add_column(column, justify="left" if column == "ranking" else "right")
         for name, s in lds.scores.items():

@@ -124,7 +124,8 @@ def _audit_section(doc: _Doc, result: AuditResult) -> None:
         doc.para(f"{lds.subsets} fine-tunes on random subsets of {lds.subset_size} of the {lds.rows} rows. LDS = "
                  f"Spearman correlation over the subsets between the measured f_q({lds.objective}) and the sum of "
                  "each ranking's values over the subset's rows (1 = the ranking orders the subsets as the fine-tunes "
-                 "do, 0 = chance); ci: 95% bootstrap over subsets. " + lds_summary(lds))
+                 "do, 0 = chance); ci: 95% bootstrap over subsets, except for random: the mean LDS of many seeded "
+                 "random rankings and the range 95% of them fall in. " + lds_summary(lds))
         doc.table(tables["lds"])
 
 
