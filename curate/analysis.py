@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from curate.data.columns import INFLUENCE_PREFIX, main_score_columns
 from curate.errors import DataError
 
 if TYPE_CHECKING:
     from curate.audit.counterfactual import AuditResult
     from curate.influence.stability import StabilityReport
 
-INFLUENCE_PREFIX = "curate_influence_"
 BEHAVIOR_PREFIX = "curate_behavior_"
 Z95 = 1.96
 # Group key -> the columns that may hold it, first present wins: curate's own tags, then the
@@ -49,9 +49,8 @@ TIE_NATS = 1e-9  # audit differences smaller than this (float noise) name no arm
 
 
 def influence_columns(frame: pl.DataFrame) -> list[str]:
-    """The `curate_influence_<q>` columns of `frame`, without the `_split<k>` ones, in order."""
-    return [c for c in frame.columns
-            if c.startswith(INFLUENCE_PREFIX) and "_split" not in c[len(INFLUENCE_PREFIX):]]
+    """The `curate_influence_<q>` columns of `frame`, without the `_split<k>` and `_ck<i>` ones, in order."""
+    return main_score_columns(frame.columns)
 
 
 def query_name(column: str) -> str:

@@ -154,3 +154,15 @@ def test_load_audit_rejects_other_files(tmp_path, content):
 def test_load_audit_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_audit(tmp_path)  # a folder without results.json
+
+
+def test_split_and_checkpoint_columns_rank_nothing_on_their_own():
+    from curate.analysis import influence_columns
+    from curate.data.columns import EMBEDDING_PREFIX, main_score_columns
+
+    columns = ["curate_influence_math", "curate_influence_math_split0", "curate_influence_math_ck0",
+               "curate_influence_math_ck12", "curate_influence_checkpoint", "curate_embedding_code",
+               "curate_embedding_code_split1"]
+    assert influence_columns(pl.DataFrame({c: [0.0] for c in columns})) == ["curate_influence_math",
+                                                                            "curate_influence_checkpoint"]
+    assert main_score_columns(columns, EMBEDDING_PREFIX) == ["curate_embedding_code"]

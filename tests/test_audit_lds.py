@@ -49,8 +49,9 @@ def test_lds_is_one_for_additive_truth_and_near_zero_shuffled():
     assert max(s.spearman for s in shuffled) < noisy.spearman < exact.spearman
     assert noisy.ci_low < noisy.spearman < noisy.ci_high
     nulls = effects.copy()
-    nulls[:30] = np.nan  # a null adds nothing to a subset's sum
-    assert lds_score("n", f, nulls, rows).predicted == pytest.approx([np.nan_to_num(nulls)[r].sum() for r in rows])
+    nulls[:30], nulls[30] = np.nan, np.inf  # a null (or infinite) value counts as the others' mean
+    filled = np.where(np.isfinite(nulls), nulls, effects[31:].mean())
+    assert lds_score("n", f, nulls, rows).predicted == pytest.approx([filled[r].sum() for r in rows])
     assert lds_score("flat", [1.0] * 80, effects, rows).spearman is None
     null = random_null(f, rows, 60)  # chance: centred on 0, about ±2 / sqrt(80 subsets) wide
     assert abs(null.spearman) < 0.05 and -0.35 < null.ci_low < -0.1 and 0.1 < null.ci_high < 0.35
@@ -159,3 +160,27 @@ def test_real_subset_fine_tunes_resume_after_sigkill(tiny_model_dir, tmp_path):
     card = (out / "README.md").read_text()  # the audit's card: verdict, arms and the LDS table
     assert "## Counterfactual audit" in card and "Linear datamodeling score" in card and "| random (baseline) |" in card
     assert (out / "README_audit_arms.png").is_file()
+
+
+def test_non_finite_subset_objectives_are_left_out_with_a_note(tiny_model_dir, tmp_path, monkeypatch, write_jsonl):
+    from curate.data import load_pool
+
+    rows = [json.loads(line) for line in MATH.read_text().splitlines()[:12]]
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", [{**r, "curate_influence_math": float(i)}
+                                                        for i, r in enumerate(rows)]))
+    by_id = dict(zip(pool.dataset["curate_id"], range(12), strict=True))
+    runs = []
+
+    def fake_run(scored, removed, config, seed, queries, run_dir, progress):
+        runs.append(1)
+        diverged = len(removed) == 6 and len(runs) % 3 == 0  # every third subset fine-tune "diverges"
+        f = float("nan") if diverged else float(sum(v for i, v in by_id.items() if i not in removed))
+        return {"f": {"math": f}, "steps": 1, "tokens_seen": 1, "final_loss": 1.0, "runtime_s": 0.0}
+
+    monkeypatch.setattr(cf, "_run_arm", fake_run)
+    queries = {"math": list(load_pool(MATH, source="q").examples())[40:42]}
+    result = cf.audit(pool, queries=queries, out_dir=tmp_path / "a", base="b", proxy=str(tiny_model_dir), k=0.1,
+                      seeds=1, baselines=("random",), lds=12, train=TRAIN)
+    left_out = 12 - result.lds.subsets
+    assert left_out > 0 and any(f"LDS: {left_out} subset fine-tune(s) with a non-finite" in n for n in result.notes)
+    assert all(np.isfinite(result.lds.f)) and result.lds.scores["score"].spearman == pytest.approx(1.0)

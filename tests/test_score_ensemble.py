@@ -32,6 +32,11 @@ def test_lr_weights_are_the_mean_rate_since_the_previous_checkpoint(tmp_path):
     (tmp_path / "other").mkdir()
     members, note = weigh([*paths, str(tmp_path / "other")], "lr")
     assert [m.weight for m in members] == [1.0] * 3 and "no trainer_state.json" in note and "other" in note
+    # independent models (their logs differ) and two seeds at one step are not one run's checkpoints
+    other = str(trainer_state(tmp_path / "seed1" / "checkpoint-5", 5, {s: lr / 2 for s, lr in lrs.items()}))
+    for group in ([paths[0], other], [paths[1], other]):
+        members, note = weigh(group, "lr")
+        assert [m.weight for m in members] == [1.0, 1.0] and "not the checkpoints of one run" in note
 
 
 def test_globs_expand_in_step_order_and_errors_name_the_spec(tmp_path):
@@ -43,6 +48,8 @@ def test_globs_expand_in_step_order_and_errors_name_the_spec(tmp_path):
         expand_checkpoints([str(tmp_path / "nothing-*")])
     with pytest.raises(UsageError, match="more than once"):
         expand_checkpoints(["a", "a"])
+    with pytest.raises(UsageError, match="more than once"):  # one folder, however it is written
+        expand_checkpoints([str(tmp_path / "checkpoint-9"), str(tmp_path / "checkpoint-9") + "/"])
 
 
 def test_identical_checkpoints_equal_the_single_model(tiny_model_dir, pool_file, query_file, tmp_path, capsys):  # noqa: F811

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -43,14 +42,13 @@ from typing import Any
 
 from curate.audit.lds import LDSResult, lds_score, random_null, subset_rows
 from curate.data import Example, Pool
+from curate.data.columns import EMBEDDING_PREFIX, INFLUENCE_PREFIX, main_score_columns
 from curate.errors import DataError, UsageError
 from curate.progress import Progress, Silent
 from curate.stages import atomic_write_bytes, fingerprint
 from curate.training.config import TrainConfig
 
 BASELINES = ("random", "length", "perplexity", "embedding")
-EMBEDDING_PREFIX = "curate_embedding_"
-INFLUENCE_PREFIX = "curate_influence_"
 
 
 @dataclass
@@ -236,7 +234,7 @@ def query_objective(model, tokenizer, queries: dict[str, Sequence[Example]], *, 
 
 def resolve_column(columns: Sequence[str], column: str | None) -> str:
     """The score column to audit; DataError naming the available influence columns otherwise."""
-    available = [c for c in columns if c.startswith(INFLUENCE_PREFIX) and not re.search(r"_(split|ck)\d+$", c)]
+    available = main_score_columns(columns)
     if column is None:
         if len(available) == 1:
             return available[0]
@@ -373,7 +371,7 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
         tokens=sum(done[key]["tokens_seen"] for key in {key for *_, key in keyed}),
         config={**asdict(config), "train": config.train.to_dict()}, notes=notes,
         lds=_lds(table, column, objective, config, subsets, [done[key] for a, _, _, key in keyed
-                                                                if a.startswith("subset")]) if subsets else None,
+                                                                if a.startswith("subset")], notes) if subsets else None,
     )
     atomic_write_bytes(out_dir / "results.json", json.dumps(result.to_dict(), indent=2).encode())
     return result
@@ -385,14 +383,20 @@ def _complement(ids: list[str], rows) -> list[str]:
     return sorted(cid for i, cid in enumerate(ids) if i not in kept)
 
 
-def _lds(table, column: str, objective: str, config: AuditConfig, subsets: list, records: list[dict]) -> LDSResult:
+def _lds(table, column: str, objective: str, config: AuditConfig, subsets: list, records: list[dict],
+         notes: list[str]) -> LDSResult:
     """The LDS of the score column and of each baseline (and the random rankings' null
     distribution) over the subset fine-tunes `records` (in subset order)."""
-    f = [r["f"][objective] for r in records]
+    kept = [(r["f"][objective], rows) for r, rows in zip(records, subsets, strict=True)
+            if math.isfinite(r["f"][objective])]
+    if len(kept) < len(records):
+        notes.append(f"LDS: {len(records) - len(kept)} subset fine-tune(s) with a non-finite f_q({objective}) left out")
+    if len(kept) < 3:
+        raise DataError(f"LDS: only {len(kept)} subset fine-tunes have a finite f_q({objective}); need >= 3")
+    f, subsets = [x for x, _ in kept], [rows for _, rows in kept]
     values = {name: v.to_numpy() for name, v in ranking_values(table, column, config.baselines, objective).items()}
     scores = {name: lds_score(name, f, v, subsets, seed=config.train.seed) for name, v in values.items()}
-    if "random" in config.baselines:
-        scores["random"] = random_null(f, subsets, len(table), seed=config.train.seed)
+    scores["random"] = random_null(f, subsets, len(table), seed=config.train.seed)
     return LDSResult(objective, len(subsets), config.subset_frac, len(subsets[0]), len(table), f, scores)
 
 

@@ -9,7 +9,7 @@ expected LDS is 0). The interval is a percentile bootstrap over subsets.
 
 Any per-row value is a ranking here: the influence column, and each heuristic the audit runs
 side by side (`curate.audit.counterfactual.ranking_values`: length, mid-perplexity, embedding
-similarity). Rows with a null value add nothing to a subset's sum. The "random" reference is not
+similarity). A row with a null value counts as the ranking's mean value. The "random" reference is not
 one random ranking (whose LDS is itself a draw, sd ~ 1/sqrt(M)) but the null distribution:
 `random_null` reports the mean LDS of many seeded random rankings and that distribution's 95%
 range, which is what a ranking must clear to beat chance at this number of subsets.
@@ -26,6 +26,7 @@ from curate.influence.stability import spearman
 
 BOOTSTRAP = 2000  # resamples of the subsets behind each interval
 NULL_DRAWS = 500  # random rankings behind the "random" reference
+FEW_SUBSETS = 10  # below this many subsets the summary compares nothing
 
 
 @dataclass
@@ -70,8 +71,12 @@ def subset_rows(n: int, subsets: int, frac: float, seed: int) -> list[np.ndarray
 
 def lds_score(name: str, f: Sequence[float], values: np.ndarray, rows: Sequence[np.ndarray], *,
               seed: int = 0, bootstrap: int = BOOTSTRAP) -> LDSScore:
-    """The LDS of per-row `values` (float, NaN = null) against the measured `f` of the subsets `rows`."""
-    filled = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    """The LDS of per-row `values` (float; NaN or infinite = null) against the measured `f` of the
+    subsets `rows`. A null counts as the mean of the other rows' values (neutral: it moves no
+    subset's sum relative to the others by more than its share of the mean)."""
+    filled = np.asarray(values, dtype=np.float64).copy()
+    finite = np.isfinite(filled)
+    filled[~finite] = filled[finite].mean() if finite.any() else 0.0
     predicted = np.array([filled[r].sum() for r in rows])
     measured = np.asarray(f, dtype=np.float64)
     rho = spearman(measured, predicted)
@@ -102,6 +107,9 @@ def lds_summary(result: LDSResult, score: str = "score") -> str:
     if own is None or own.spearman is None:
         return "The score's LDS is undefined (no spread in the subsets' f_q or in the score sums)."
     text = f"The score's LDS is {own.spearman:+.2f} [{own.ci_low:+.2f}, {own.ci_high:+.2f}]"
+    if result.subsets < FEW_SUBSETS:
+        return (text + f" over only {result.subsets} subsets: too few for the interval or a comparison with "
+                "the heuristics to mean much (use 32 or more).")
     null = result.scores.get("random")
     if null is not None and null.spearman is not None:
         text += f" (95% of random rankings fall in [{null.ci_low:+.2f}, {null.ci_high:+.2f}])"

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import datasets
 
 CURATE_COLUMNS = ("curate_id", "curate_domain", "curate_domain_source")
-EMBEDDING_PREFIX = "curate_embedding_"  # `curate score --method embedding` columns, read by `prune --strategy embedding`
 _BATCH = 1000
 
 

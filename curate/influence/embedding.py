@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from curate.data.columns import EMBEDDING_PREFIX
 from curate.data.example import Example
-from curate.data.pool import EMBEDDING_PREFIX
 
 if TYPE_CHECKING:
     import polars as pl

@@ -12,7 +12,8 @@ run resumes checkpoint by checkpoint), and the columns are combined as
 choice, the mean learning rate a checkpoint's trainer logged over the steps since the previous
 checkpoint (`trainer_state.json`, as TRL / transformers write it); "equal" = 1 each (what "lr"
 falls back to, with a note, when a checkpoint has no trainer state, e.g. independent models).
-curate_nll, curate_tokens and curate_truncated are the last checkpoint's (the final model).
+curate_nll, curate_tokens and curate_truncated are the final model's (the highest step; else the
+last named).
 """
 
 from __future__ import annotations
@@ -56,32 +57,40 @@ def expand_checkpoints(specs: Sequence[str]) -> list[str]:
             out.extend(matches)
         else:
             out.append(spec)
-    repeated = sorted({p for p in out if out.count(p) > 1})
+    resolved = [str(Path(p).resolve()) if Path(p).exists() else p for p in out]
+    repeated = sorted({p for p, r in zip(out, resolved, strict=True) if resolved.count(r) > 1})
     if repeated:
         raise UsageError(f"--checkpoints names {', '.join(repeated)} more than once")
     return out
 
 
 def weigh(paths: Sequence[str], how: str) -> tuple[list[Checkpoint], str | None]:
-    """Each checkpoint with its weight (see the module doc), and a note when "lr" fell back to equal."""
+    """Each checkpoint with its weight (see the module doc), and a note when "lr" fell back to equal.
+
+    "lr" applies to checkpoints of one run: distinct steps, each one's logged history a prefix of
+    the next's (in step order). Anything else (independent models, two seeds at the same step) is
+    weighted equally, and the note says why."""
     states = [_trainer_state(p) for p in paths]
     steps = [None if s is None else int(s.get("global_step", 0)) for s in states]
+    equal = [Checkpoint(p, 1.0, st) for p, st in zip(paths, steps, strict=True)]
     if how == "equal":
-        return [Checkpoint(p, 1.0, st) for p, st in zip(paths, steps, strict=True)], None
+        return equal, None
     missing = [p for p, s in zip(paths, states, strict=True) if s is None]
     if missing:
-        return ([Checkpoint(p, 1.0, st) for p, st in zip(paths, steps, strict=True)],
-                f"equal weights: no trainer_state.json in {', '.join(missing)}")
-    weights, previous = [], 0
-    for state, step in sorted(zip(states, steps, strict=True), key=lambda x: x[1]):
-        logged = [e["learning_rate"] for e in state.get("log_history", [])
-                  if "learning_rate" in e and previous < e.get("step", 0) <= step]
-        weights.append((step, sum(logged) / len(logged) if logged else None))
+        return equal, f"equal weights: no trainer_state.json in {', '.join(missing)}"
+    ordered = sorted(zip(steps, states, strict=True), key=lambda x: x[0])
+    histories = [state.get("log_history", []) for _, state in ordered]
+    one_run = len(set(steps)) == len(steps) and all(
+        later[:len(earlier)] == earlier for earlier, later in zip(histories, histories[1:], strict=False))
+    if not one_run:
+        return equal, "equal weights: not the checkpoints of one run (repeated steps or differing logs)"
+    by_step, previous = {}, 0
+    for step, history in zip((st for st, _ in ordered), histories, strict=True):
+        logged = [e["learning_rate"] for e in history if "learning_rate" in e and previous < e.get("step", 0) <= step]
+        by_step[step] = sum(logged) / len(logged) if logged else None
         previous = step
-    by_step = dict(weights)
     if any(w is None or w <= 0 for w in by_step.values()):
-        return ([Checkpoint(p, 1.0, st) for p, st in zip(paths, steps, strict=True)],
-                "equal weights: a checkpoint's trainer logged no positive learning rate since the previous one")
+        return equal, "equal weights: a checkpoint's trainer logged no positive learning rate since the previous one"
     return [Checkpoint(p, by_step[st], st) for p, st in zip(paths, steps, strict=True)], None
 
 
@@ -89,7 +98,7 @@ def score_checkpoints(examples: Sequence[Example], queries: dict[str, Sequence[E
                       overwrite: bool = False, progress: Progress | None = None):
     """Score with every checkpoint of `config.checkpoints` in turn and combine (see the module doc).
 
-    Returns the last checkpoint's `ScoreResult` with the combined table (plus the per-checkpoint
+    Returns the final checkpoint's `ScoreResult` (highest step) with the combined table (plus the per-checkpoint
     `<column>_ck<i>` of each main influence column), the ensemble's stability, and `checkpoints`
     set."""
     from curate.influence.engine import score_pool
@@ -109,7 +118,10 @@ def score_checkpoints(examples: Sequence[Example], queries: dict[str, Sequence[E
         single = dataclasses.replace(config, model=member.path, checkpoints=())
         results.append(score_pool(examples, queries, single, Path(work_dir) / f"ck{i}", overwrite=overwrite,
                                   progress=progress))
-    last = results[-1]
+    # the final model: the highest step when every member has one, else the last named
+    final = max(range(len(members)), key=lambda i: members[i].step) if all(m.step is not None for m in members) \
+        else len(members) - 1
+    last = results[final]
     total = sum(m.weight for m in members)
     # a null (unscorable row) stays null: plain sums propagate it, where sum_horizontal would not
     combined = last.table.with_columns([
@@ -117,7 +129,8 @@ def score_checkpoints(examples: Sequence[Example], queries: dict[str, Sequence[E
         .alias(c) for c in last.columns])
     main = [c for c in last.columns if "_split" not in c]
     combined = combined.with_columns([r.table[c].alias(f"{c}_ck{i}") for i, r in enumerate(results) for c in main])
-    return dataclasses.replace(last, table=combined, checkpoints=members, config=config,
+    return dataclasses.replace(last, table=combined, checkpoints=members,
+                               config=dataclasses.replace(last.config, checkpoints=config.checkpoints),
                                stability=stability_all(combined, last.columns,
                                                        query_sizes={q: len(v) for q, v in queries.items()}))
 

@@ -78,7 +78,7 @@ def score_card(result: ScoreResult, queries: Mapping[str, QuerySource]) -> dict[
         card["Checkpoint ensemble"] = (
             "`curate_influence_<q>` (and its splits) is the weighted mean over these models, each scored on its "
             "own; `curate_influence_<q>_ck<i>` is model i's score. curate_nll, curate_tokens and curate_truncated "
-            "are the last model's.\n\n" + "\n".join(
+            "are the final model's (highest step).\n\n" + "\n".join(
                 f"- ck{i}: `{c.path}` (weight {c.weight:.4g}" + ("" if c.step is None else f", step {c.step}") + ")"
                 for i, c in enumerate(result.checkpoints)))
     if result.stability:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from curate.data import ManifestEntry, Pool
-from curate.data.pool import EMBEDDING_PREFIX
+from curate.data.columns import EMBEDDING_PREFIX, INFLUENCE_PREFIX, main_score_columns
 from curate.errors import DataError
 from curate.ops.decontam import DEFAULT_NGRAM, Benchmark, contaminated_rows, load_benchmarks
 from curate.ops.select import apportion, order_rows, percentile, round_half_up, zscore
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     import polars as pl
 
 STRATEGIES = ("score", "rank", "correct-incorrect", "random", "mid-perplexity", "length", "embedding")
-INFLUENCE_PREFIX = "curate_influence_"
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
 
     if strategy in ("score", "rank", "embedding"):
         prefix = EMBEDDING_PREFIX if strategy == "embedding" else INFLUENCE_PREFIX
-        by = list(config.by) or [c for c in columns if c.startswith(prefix) and "_split" not in c]
+        by = list(config.by) or main_score_columns(columns, prefix)
         if not by:
             raise DataError(_missing(None, columns, prefix))
         f = frame_of(by)

@@ -201,6 +201,7 @@ def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, u
             # On CPU, TRL's fused LM head (tiled log-probs with entropy and accuracy metrics: a GPU
             # memory saver) costs ~4x a plain step; the model's own loss is the same mean NLL over
             # completion tokens (labels -100 elsewhere), so only TRL's token counter is kept.
+            inputs["use_cache"] = False  # as TRL's path: no KV cache in a training forward
             if self.model.training and "attention_mask" in inputs:
                 self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum())
                                                 .sum().item())
