@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import statistics
 import time
 from itertools import islice
 from pathlib import Path
@@ -143,6 +143,7 @@ def train_config(args, **changes):
 
 def finetune(args, base: str, pool) -> tuple[str, list[str]]:
     """M = B fine-tuned on the whole pool, with its intermediate checkpoints kept."""
+    from curate.influence.ensemble import expand_checkpoints
     from curate.training import train_variant
 
     out = args.out / "m"
@@ -150,8 +151,7 @@ def finetune(args, base: str, pool) -> tuple[str, list[str]]:
     if not (out / "model" / "config.json").is_file():
         print(f"fine-tuning M: {args.steps} steps on {len(pool)} rows", flush=True)
         train_variant(base, pool, train_config(args, save_steps=every, save_total_limit=None), out)
-    checkpoints = sorted((str(p) for p in out.glob("checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
-    return str(out / "model"), checkpoints
+    return str(out / "model"), expand_checkpoints([str(out / "checkpoint-*")])
 
 
 def score_all(args, pool, queries, query_pools, model_dir: str, checkpoints: list[str]):
@@ -227,9 +227,7 @@ def audit_all(args, scored, queries, base: str, model_dir: str) -> dict:
 
 
 def _summary(xs: list[float]) -> dict:
-    mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return {"mean": mean, "std": std, "n": len(xs)}
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
 def print_tables(results: dict) -> None:

@@ -364,14 +364,14 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
         delta = [r["f"][objective] - f for r, f in zip(records, full, strict=True)]
         arms[arm] = ArmResult(arm, DESCRIPTIONS[arm], 0 if arm == "full" else n, [r["f"] for r in records], delta,
                               _mean(delta), _std(delta), [r["tokens_seen"] for r in records])
+    records = [done[key] for a, _, _, key in keyed if a.startswith("subset")]
+    lds = _lds(table, column, objective, config, subsets, records, notes) if subsets else None
     result = AuditResult(
         score_column=column, objective=objective, trained=config.trained, proxy=bool(config.proxy), rows=len(table),
         removed=n, queries={q: len(ex) for q, ex in queries.items()}, f_start=f_start, f_model=f_model, arms=arms,
         verdict=verdict(arms), fine_tunes=cost.fine_tunes,
         tokens=sum(done[key]["tokens_seen"] for key in {key for *_, key in keyed}),
-        config={**asdict(config), "train": config.train.to_dict()}, notes=notes,
-        lds=_lds(table, column, objective, config, subsets, [done[key] for a, _, _, key in keyed
-                                                                if a.startswith("subset")], notes) if subsets else None,
+        config={**asdict(config), "train": config.train.to_dict()}, notes=notes, lds=lds,
     )
     atomic_write_bytes(out_dir / "results.json", json.dumps(result.to_dict(), indent=2).encode())
     return result
@@ -386,7 +386,8 @@ def _complement(ids: list[str], rows) -> list[str]:
 def _lds(table, column: str, objective: str, config: AuditConfig, subsets: list, records: list[dict],
          notes: list[str]) -> LDSResult:
     """The LDS of the score column and of each baseline (and the random rankings' null
-    distribution) over the subset fine-tunes `records` (in subset order)."""
+    distribution) over the subset fine-tunes `records` (in subset order); a subset left out is
+    said in `notes`."""
     kept = [(r["f"][objective], rows) for r, rows in zip(records, subsets, strict=True)
             if math.isfinite(r["f"][objective])]
     if len(kept) < len(records):

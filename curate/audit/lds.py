@@ -77,7 +77,7 @@ def lds_score(name: str, f: Sequence[float], values: np.ndarray, rows: Sequence[
     filled = np.asarray(values, dtype=np.float64).copy()
     finite = np.isfinite(filled)
     filled[~finite] = filled[finite].mean() if finite.any() else 0.0
-    predicted = np.array([filled[r].sum() for r in rows])
+    predicted = np.array([filled[r].sum() for r in rows])  # summed as listed: tied sums stay tied
     measured = np.asarray(f, dtype=np.float64)
     rho = spearman(measured, predicted)
     if rho is None:
@@ -93,8 +93,8 @@ def random_null(f: Sequence[float], rows: Sequence[np.ndarray], n: int, *, seed:
                 draws: int = NULL_DRAWS) -> LDSScore:
     """The LDS of `draws` seeded random rankings of `n` rows: spearman = their mean, ci_low /
     ci_high = the 2.5% / 97.5% quantiles of that null distribution; predicted is empty."""
-    values = np.random.default_rng([seed, 3_000_017]).standard_normal((draws, n))
-    rhos = [r for r in (spearman(f, [v[r].sum() for r in rows]) for v in values) if r is not None]
+    sums = _membership(rows, n) @ np.random.default_rng([seed, 3_000_017]).standard_normal((draws, n)).T
+    rhos = [r for r in (spearman(f, sums[:, d]) for d in range(draws)) if r is not None]
     if not rhos:
         return LDSScore("random", None, None, None, [])
     return LDSScore("random", float(np.mean(rhos)), float(np.quantile(rhos, 0.025)), float(np.quantile(rhos, 0.975)),
@@ -122,3 +122,11 @@ def lds_summary(result: LDSResult, score: str = "score") -> str:
     if own.ci_high < rival.ci_low:
         return f"{text}, below {versus}, with intervals that do not overlap."
     return f"{text}; {versus} is within its interval: no separation at this number of subsets."
+
+
+def _membership(rows: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """(subsets, n) 0/1 matrix: entry (j, i) = 1 when row i is in subset j (subset sums by one matmul)."""
+    member = np.zeros((len(rows), n))
+    for j, r in enumerate(rows):
+        member[j, r] = 1.0
+    return member

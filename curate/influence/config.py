@@ -14,6 +14,7 @@ NORMALIZE = ("none", "query", "train", "both")
 DTYPES = ("float32", "float64", "bfloat16")
 QUERY_ANSWERS = ("reference", "model")
 METHODS = ("ekfac", "embedding")
+CHECKPOINT_WEIGHTS = ("lr", "equal")
 
 
 AUTO_SPLIT_MIN = 4  # query examples per set below which the default scores no splits
@@ -65,7 +66,7 @@ class ScoreConfig:
     checkpoint_weights: str = setting("lr", "With {checkpoints}: lr weighs each by the mean learning rate its "
                                       "trainer logged since the previous one (LESS; trainer_state.json), equal "
                                       "by 1 each; lr falls back to equal, with a note, where a trainer state is "
-                                      "missing.", choices=("lr", "equal"))
+                                      "missing.", choices=CHECKPOINT_WEIGHTS)
     seed: int = setting(0, "Seed of the Fisher label sampling, the fit subsample and the query splits.")
     batch_tokens: int = setting(4096, "Padded tokens per batch (B x T); bounds activation memory.", low=1)
     chunk_size: int = setting(128, "Examples per resumable scoring chunk.", low=1)

@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from curate.data import Example
+from curate.data.columns import main_score_columns
 from curate.errors import UsageError
 from curate.progress import Progress, Silent
-
-WEIGHTS = ("lr", "equal")
 
 
 @dataclasses.dataclass
@@ -127,7 +126,7 @@ def score_checkpoints(examples: Sequence[Example], queries: dict[str, Sequence[E
     combined = last.table.with_columns([
         functools.reduce(operator.add, [r.table[c] * (m.weight / total) for r, m in zip(results, members, strict=True)])
         .alias(c) for c in last.columns])
-    main = [c for c in last.columns if "_split" not in c]
+    main = main_score_columns(last.columns)
     combined = combined.with_columns([r.table[c].alias(f"{c}_ck{i}") for i, r in enumerate(results) for c in main])
     return dataclasses.replace(last, table=combined, checkpoints=members,
                                config=dataclasses.replace(last.config, checkpoints=config.checkpoints),
