@@ -47,15 +47,17 @@ class OpResult:
     figures: dict[str, tuple[str, Callable[[str], None]]] = field(default_factory=dict)
 
     def annotated(self) -> Pool:
-        """The pool with `annotations` joined as columns, in memory (for an op that reads them next)."""
+        """The pool with `annotations` joined as columns (for an op that reads them next); the
+        annotations are held in memory, the rows stay where they are."""
         if self.annotations is None:
             return self.pool
-        import datasets
+        from curate.data.rows import ColumnRows
+        from curate.data.write import aligned_annotations, set_columns
 
-        from curate.data.write import join_annotations
-
-        table = join_annotations(self.pool.dataset.with_format("arrow")[:], self.annotations)
-        return self.pool.with_dataset(datasets.Dataset(table))
+        joined = aligned_annotations(self.pool.columns(["curate_id"]).column("curate_id"), self.annotations)
+        existing = [c for c in joined.column_names if c in self.pool.column_names]
+        table = set_columns(self.pool.columns(existing), joined) if existing else joined
+        return self.pool.with_rows(ColumnRows(self.pool.rows, table))
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import pytest
 
 from curate.cli import main
 from curate.data import load_pool
+from curate.data.text import problem_texts, response_chars
 from curate.errors import DataError
 from curate.ops import FlipConfig, flip, load_donor
 from curate.ops.decontam import Benchmark, normalise
-from curate.ops.text import problem_texts, response_chars
 from tests.cli_helpers import cli_error
 
 SAMPLE = Path(__file__).parent.parent / "curate" / "resources" / "sample"

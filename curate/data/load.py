@@ -1,8 +1,13 @@
 """Reading pools: files (`.jsonl`, `.json`, `.parquet`, `.csv`, each optionally `.gz`), `save_to_disk`
 folders, plain data folders and Hugging Face Hub ids.
 
-JSON is parsed line by line with the json module, so a malformed line is reported as
-`path:LINE: message`; parquet and CSV go through pyarrow, which keeps the file's own column types.
+Nothing is read whole: a parquet file is read in place (column by column, a batch at a time);
+JSON and CSV are converted once, `BATCH_ROWS` rows at a time, to parquet parts in a temporary
+folder that lives as long as the pool; `save_to_disk` folders and Hub datasets are memory-mapped
+Arrow already. JSON is parsed with the json module, so a malformed line is reported as
+`path:LINE: message` as soon as it is reached; parquet and CSV go through pyarrow, which keeps the
+file's own column types. Column order is the order keys are first seen; a column's type is the
+one that holds every row's value (ints and floats give floats; ints and strings are an error).
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ import gzip
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.data.pool import Pool, build_pool
+from curate.data.rows import BATCH_ROWS, DatasetRows, FileRows, Rows, TempFolder
 from curate.data.shapes import resolve_shape
 from curate.errors import DataError, UsageError
 
@@ -43,23 +49,37 @@ def load_pool(
     rows alone, whatever the file is called (`curate.data.pool`).
     Raises `DataError` (unreadable or empty input, missing column) or `UsageError` (bad option).
     """
-    dataset, origin, split = read_dataset(path_or_hub_id, split)
-    if len(dataset) == 0:
+    rows, origin, split = read_rows(path_or_hub_id, split)
+    if rows.num_rows == 0:
         raise DataError(f"{origin}: empty pool (0 rows)")
-    peek = dataset.select(range(min(_PEEK, len(dataset)))).to_list()
-    shape = resolve_shape(dataset.column_names, peek, mapping, where=origin)
-    return build_pool(dataset, shape, source, origin, split)
+    peek = next(rows.batches()).slice(0, _PEEK).to_pylist()
+    shape = resolve_shape(list(rows.schema.names), peek, mapping, where=origin)
+    return build_pool(rows, shape, source, origin, split)
 
 
 def read_dataset(
     path_or_hub_id: str | Path, split: str | None = None
 ) -> tuple[datasets.Dataset, str, str | None]:
-    """Read the rows as they are: (dataset, origin, split used)."""
+    """Read the rows as they are, whole: (dataset, origin, split used). For small sets (benchmarks);
+    pools go through `read_rows`."""
+    import datasets
+
+    from curate.data.rows import read_columns
+
+    rows, origin, split = read_rows(path_or_hub_id, split)
+    if isinstance(rows, DatasetRows):
+        return rows.dataset, origin, split
+    table = read_columns(rows, rows.schema.names) if rows.schema.names else rows.schema.empty_table()
+    return datasets.Dataset(table, fingerprint=_file_fingerprint(Path(origin))), origin, split
+
+
+def read_rows(path_or_hub_id: str | Path, split: str | None = None) -> tuple[Rows, str, str | None]:
+    """Where the rows are, as they are (nothing read whole): (rows, origin, split used)."""
     text = str(path_or_hub_id)
     path = Path(text).expanduser()
     if path.is_dir():
         dataset, split = _read_folder(path, split)
-        return dataset, text, split
+        return DatasetRows(dataset), text, split
     if path.exists():
         if split is not None:
             raise UsageError(f"--split {split}: {text} is a single file; --split is for folders and Hub ids")
@@ -67,13 +87,12 @@ def read_dataset(
     if _data_suffix(path) or not _HUB_ID.match(text) or text.startswith("."):
         raise DataError(f"{text}: no such file or directory")
     dataset, split = _read_hub(text, split)
-    return dataset, text, split
+    return DatasetRows(dataset), text, split
 
 
-def read_file(path: Path) -> datasets.Dataset:
-    """One data file as a `datasets.Dataset`, columns and rows in file order."""
-    import datasets
-
+def read_file(path: Path) -> Rows:
+    """One data file's rows, columns and rows in file order, read in place or converted to parquet
+    parts a batch at a time (see the module doc)."""
     fmt = _data_suffix(path)
     if fmt is None:
         raise DataError(
@@ -82,41 +101,114 @@ def read_file(path: Path) -> datasets.Dataset:
         )
     try:
         if fmt in ("jsonl", "json"):
-            return _from_rows(_read_json(path, lines=fmt == "jsonl"), path)
-        return datasets.Dataset(_read_arrow(path, fmt), fingerprint=_file_fingerprint(path))
+            return _spill(_json_rows(path, lines=fmt == "jsonl"), path)
+        if fmt == "csv":
+            return _csv_rows(path)
+        return _parquet_rows(path)
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read: {err}") from None
 
 
-def _read_json(path: Path, lines: bool) -> list[dict[str, Any]]:
-    if lines:
-        with _open_text(path) as f:
-            return _read_json_lines(f, path)
+def _json_rows(path: Path, lines: bool) -> Iterator[dict[str, Any]]:
+    """The row objects of a JSON lines file, or of a JSON list (a `.json` file may hold JSON lines
+    too), one at a time."""
     with _open_text(path) as f:
-        text = f.read()
+        if lines:
+            yield from _json_lines(f, path)
+            return
+        head = f.read(1 << 16)
+        start = head.lstrip()[:1]
+        if start == "[":
+            yield from _json_list(head, f, path)
+            return
+        if start == "{":
+            _refuse_one_object(head, f, path)
+            f.seek(0)
+            yield from _json_lines(f, path)  # a .json file holding JSON lines
+            return
+        text = head + f.read()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        if err.msg != "Extra data":
-            raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-        return _read_json_lines(io.StringIO(text), path)  # a .json file holding JSON lines
-    if isinstance(data, dict):
-        keys = ", ".join(list(data)[:5])
-        raise DataError(
-            f"{path}: expected a list of row objects, found an object (keys: {keys}); "
-            "write the rows as a JSON list or as JSON lines"
-        )
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a list of row objects, found {type(data).__name__}")
-    for i, row in enumerate(data):
+        raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    raise DataError(f"{path}: expected a list of row objects, found {type(data).__name__}")
+
+
+def _refuse_one_object(head: str, f: io.TextIOBase, path: Path) -> None:
+    """A `.json` file that starts with an object: a `DataError` when that object is all there is
+    (or is malformed); otherwise the file is JSON lines and this returns."""
+    decoder = json.JSONDecoder()
+    text = head
+    while True:
+        try:
+            first, end = decoder.raw_decode(text, len(text) - len(text.lstrip()))
+            break
+        except json.JSONDecodeError as err:
+            more = f.read(1 << 20)
+            if not more:
+                raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+            text += more
+    rest = text[end:]
+    while not rest.strip():
+        rest = f.read(1 << 20)
+        if not rest:
+            keys = ", ".join(list(first)[:5])
+            raise DataError(f"{path}: expected a list of row objects, found an object (keys: {keys}); "
+                            "write the rows as a JSON list or as JSON lines")
+
+
+def _json_list(head: str, f: io.TextIOBase, path: Path) -> Iterator[dict[str, Any]]:
+    """Row objects of a JSON list, decoded one at a time from a sliding buffer."""
+    decoder = json.JSONDecoder()
+    buf, pos, lines_before, eof = head, head.index("[") + 1, 0, False
+    item = 0
+
+    def fail(msg: str, at: int) -> DataError:
+        return DataError(f"{path}:{lines_before + buf.count(chr(10), 0, at) + 1}: invalid JSON: {msg}")
+
+    expect_value = True
+    while True:
+        while True:  # skip whitespace, refilling the buffer as needed
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf) or eof:
+                break
+            lines_before += buf.count("\n", 0, pos)
+            buf, pos = f.read(1 << 20), 0
+            eof = not buf
+        if pos >= len(buf):
+            raise fail("Expecting ',' delimiter" if not expect_value else "Expecting value", pos)
+        if buf[pos] == "]" and (not expect_value or item == 0):
+            if buf[pos + 1:].strip() or f.read(1 << 16).strip():
+                raise fail("Extra data", pos + 1)
+            return
+        if not expect_value:
+            if buf[pos] != ",":
+                raise fail("Expecting ',' delimiter", pos)
+            pos += 1
+            expect_value = True
+            continue
+        try:
+            row, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as err:
+            more = "" if eof else f.read(1 << 20)
+            if not more:
+                raise DataError(f"{path}:{lines_before + err.lineno}: invalid JSON: {err.msg}") from None
+            lines_before += buf.count("\n", 0, pos)
+            buf, pos = buf[pos:] + more, 0
+            continue
         if not isinstance(row, dict):
-            raise DataError(f"{path}: item {i} is a {type(row).__name__}, not an object")
-    return data
+            raise DataError(f"{path}: item {item} is a {type(row).__name__}, not an object")
+        yield row
+        item += 1
+        pos, expect_value = end, False
+        if pos > 1 << 20:  # drop what was decoded
+            lines_before += buf.count("\n", 0, pos)
+            buf, pos = buf[pos:], 0
 
 
-def _read_json_lines(lines: Iterable[str], path: Path) -> list[dict[str, Any]]:
+def _json_lines(lines: Iterable[str], path: Path) -> Iterator[dict[str, Any]]:
     """Parse JSON lines; only newlines split rows (not U+2028 and friends, as str.splitlines does)."""
-    rows = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -126,8 +218,65 @@ def _read_json_lines(lines: Iterable[str], path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, found {type(row).__name__}")
-        rows.append(row)
-    return rows
+        yield row
+
+
+def _spill(rows: Iterator[dict[str, Any]], path: Path) -> FileRows:
+    """Row objects -> parquet parts of `BATCH_ROWS` rows in a temporary folder, with one schema that
+    holds them all (keys in first-seen order; absent keys null)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = TempFolder()
+    files: list[Path] = []
+    schema = pa.schema([])
+    total = 0
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal schema, total
+        table = _from_rows(batch, path)
+        try:
+            schema = pa.unify_schemas([schema, table.schema], promote_options="permissive")
+        except (pa.ArrowException, TypeError):
+            name = next(f.name for f in table.schema if f.name in schema.names
+                        and _unifiable(schema.field(f.name), f) is False)
+            kinds = sorted({_kind(schema.field(name).type), _kind(table.schema.field(name).type)})
+            raise DataError(f"{path}: column {name!r} mixes value types ({', '.join(kinds)})") from None
+        files.append(folder.path / f"part-{len(files):06d}.parquet")
+        pq.write_table(table, files[-1])
+        total += table.num_rows
+        batch.clear()
+
+    for row in rows:
+        batch.append(row)
+        if len(batch) == BATCH_ROWS:
+            flush()
+    if batch:
+        flush()
+    return FileRows(tuple(files), schema, total, keep=folder)
+
+
+def _unifiable(a: pa.Field, b: pa.Field) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.unify_schemas([pa.schema([a]), pa.schema([b.with_name(a.name)])], promote_options="permissive")
+        return True
+    except (pa.ArrowException, TypeError):
+        return False
+
+
+def _kind(t: pa.DataType) -> str:
+    """A Python name for an arrow type, as the mixed-types message names values."""
+    import pyarrow as pa
+
+    for test, name in ((pa.types.is_boolean, "bool"), (pa.types.is_integer, "int"), (pa.types.is_floating, "float"),
+                       (pa.types.is_string, "str"), (pa.types.is_large_string, "str"), (pa.types.is_list, "list"),
+                       (pa.types.is_struct, "dict")):
+        if test(t):
+            return name
+    return str(t)
 
 
 def _file_fingerprint(path: Path) -> str:
@@ -140,16 +289,14 @@ def _file_fingerprint(path: Path) -> str:
     return fingerprint(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _from_rows(rows: list[dict[str, Any]], path: Path) -> datasets.Dataset:
-    """Rows -> Dataset with the union of keys (in first-seen order); absent keys become null."""
-    import datasets
+def _from_rows(rows: list[dict[str, Any]], path: Path) -> pa.Table:
+    """Rows -> a table with the union of keys (in first-seen order); absent keys become null."""
     import pyarrow as pa
 
     names = list(dict.fromkeys(k for row in rows for k in row))
     columns = {n: [row.get(n) for row in rows] for n in names}
     try:
-        table = pa.table({n: pa.array(v) for n, v in columns.items()}) if columns else pa.table({})
-        return datasets.Dataset(table, fingerprint=_file_fingerprint(path))
+        return pa.table({n: pa.array(v) for n, v in columns.items()}) if columns else pa.table({})
     except (pa.ArrowException, TypeError, ValueError) as err:
         for name, values in columns.items():
             try:
@@ -162,22 +309,49 @@ def _from_rows(rows: list[dict[str, Any]], path: Path) -> datasets.Dataset:
         raise DataError(f"{path}: cannot build a table: {err}") from None
 
 
-def _read_arrow(path: Path, fmt: str) -> pa.Table:
+def _parquet_rows(path: Path) -> FileRows:
+    """A parquet file read in place (a gzipped one is first decompressed to a temporary file)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = None
+    target = path
+    if path.suffix.lower() == ".gz":
+        folder = TempFolder()
+        target = folder.path / path.stem
+        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    try:
+        meta = pq.ParquetFile(target)
+        schema = meta.schema_arrow
+        if schema.metadata and b"huggingface" not in schema.metadata:
+            schema = schema.remove_metadata()
+        return FileRows((target,), schema, meta.metadata.num_rows, keep=folder)
+    except pa.ArrowException as err:
+        raise DataError(f"{path}: cannot read parquet: {_one_line(err)}") from None
+
+
+def _csv_rows(path: Path) -> FileRows:
+    """A CSV file converted to one parquet file, a block at a time (pyarrow decompresses .csv.gz by
+    itself; quoted values may span lines; types are inferred from the first block)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
+    folder = TempFolder()
+    target = folder.path / "rows.parquet"
+    total = 0
     try:
-        if fmt == "parquet":
-            if path.suffix == ".gz":
-                with gzip.open(path, "rb") as f:
-                    return pq.read_table(io.BytesIO(f.read()))
-            return pq.read_table(path)
-        # pyarrow decompresses .csv.gz by itself; quoted values may span lines.
-        options = pcsv.ParseOptions(newlines_in_values=True)
-        return pcsv.read_csv(path, parse_options=options)
+        reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True))
+        with pq.ParquetWriter(target, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                total += batch.num_rows
     except pa.ArrowException as err:
-        raise DataError(f"{path}: cannot read {fmt}: {_one_line(err)}") from None
+        raise DataError(f"{path}: cannot read csv: {_one_line(err)}") from None
+    return FileRows((target,), reader.schema, total, keep=folder)
 
 
 def _read_folder(path: Path, split: str | None) -> tuple[datasets.Dataset, str | None]:

@@ -15,35 +15,38 @@ instead, `f"{source}:{key}"` with key the own id or the hash, to keep sets apart
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from curate.data.canonical import content_hash, row_messages, split_response
 from curate.data.domain import DOMAIN_SOURCES, DOMAINS, assign_domain
 from curate.data.example import Example
+from curate.data.rows import ColumnRows, DatasetRows, Rows, TakeRows, read_columns
 from curate.data.shapes import Shape
 from curate.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow as pa
 
 CURATE_COLUMNS = ("curate_id", "curate_domain", "curate_domain_source")
-_BATCH = 1000
 
 
 @dataclass(frozen=True)
 class Pool:
     """A pool of training rows.
 
-    `dataset` holds the input's own columns (`input_columns`, in input order) followed by
-    `curate_id`, `curate_domain`, `curate_domain_source` (where the input already had them, as
-    in a pool curate wrote, they keep their places). `origin` is what was loaded (path or Hub
-    id) and `split` the split taken from it, both recorded in dataset cards. `source`: the
-    explicit id qualifier, "" when ids come from the rows alone (the default).
+    `rows` (`curate.data.rows`) holds the input's own columns (`input_columns`, in input order)
+    followed by `curate_id`, `curate_domain`, `curate_domain_source` (where the input already had
+    them, as in a pool curate wrote, they keep their places). A pool read from a file keeps its
+    text there: `batches`, `columns` and `examples` stream it; `dataset` reads it whole. `origin`
+    is what was loaded (path or Hub id) and `split` the split taken from it, both recorded in
+    dataset cards. `source`: the explicit id qualifier, "" when ids come from the rows alone.
     """
 
-    dataset: datasets.Dataset
+    rows: Rows
     shape: Shape
     source: str
     origin: str = ""
@@ -51,11 +54,43 @@ class Pool:
     input_columns: tuple[str, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.rows.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.rows.schema.names)
+
+    @cached_property
+    def dataset(self) -> datasets.Dataset:
+        """Every row as one `datasets.Dataset`, read whole into memory unless the rows already are a
+        dataset; streaming callers use `batches`, `columns` and `examples` instead."""
+        if isinstance(self.rows, DatasetRows):
+            return self.rows.dataset
+        import datasets
+
+        table = read_columns(self.rows, self.column_names)
+        return datasets.Dataset(table.replace_schema_metadata(None), info=datasets.DatasetInfo(features=self.features))
+
+    @property
+    def features(self) -> datasets.Features:
+        """The rows' datasets features (class labels and the like survive a round trip)."""
+        if isinstance(self.rows, DatasetRows):
+            return self.rows.dataset.features
+        import datasets
+
+        return datasets.Features.from_arrow_schema(self.rows.schema)
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        """The rows in order, `BATCH_ROWS` at a time, restricted to `columns` (default all)."""
+        return self.rows.batches(columns)
+
+    def columns(self, names: Sequence[str]) -> pa.Table:
+        """Whole (narrow) columns, in row order: ids, domains, scores; never the text."""
+        return read_columns(self.rows, names)
 
     def examples(self) -> Iterator[Example]:
-        """The rows in order as canonical `Example`s (`id == curate_id`)."""
-        for index, row in enumerate(_rows(self.dataset)):
+        """The rows in order as canonical `Example`s (`id == curate_id`), read a batch at a time."""
+        for index, row in enumerate(_rows(self.batches())):
             messages = _messages(row, self.shape, index, self.origin)
             thought, solution = split_response(messages[-1]["content"])
             yield Example(
@@ -70,20 +105,110 @@ class Pool:
 
     def with_dataset(self, dataset: datasets.Dataset) -> Pool:
         """The same pool (shape, source, origin) over other rows, e.g. after a filter."""
-        return replace(self, dataset=dataset)
+        return self.with_rows(DatasetRows(dataset))
+
+    def with_rows(self, rows: Rows) -> Pool:
+        """The same pool (shape, source, origin) over other rows."""
+        return replace(self, rows=rows)
+
+    def take(self, positions: Sequence[int]) -> Pool:
+        """The rows at `positions` (non-decreasing: a repeated position repeats the row), streamed
+        from where they are."""
+        import numpy as np
+
+        index = np.asarray(positions, dtype=np.int64)
+        if len(index) and (np.any(np.diff(index) < 0) or index[0] < 0 or index[-1] >= len(self)):
+            raise ValueError("take: positions must be non-decreasing and within the pool")
+        return self.with_rows(TakeRows(self.rows, index))
+
+
+class ExampleSequence(Sequence[Example]):
+    """A pool's examples as a read-only sequence that holds one batch of rows in memory: in-order
+    access (iteration, increasing indices, consecutive slices) reads the pool once; an index
+    before the last one read starts the read again from the top."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self._restart()
+
+    def _restart(self) -> None:
+        self._it, self._next, self._current = self.pool.examples(), 0, None
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __iter__(self) -> Iterator[Example]:
+        return self.pool.examples()
+
+    def __getitem__(self, key):  # int -> Example, slice -> list[Example]
+        if isinstance(key, slice):
+            return [self[i] for i in range(*key.indices(len(self)))]
+        index = key + len(self) if key < 0 else key
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {key} of {len(self)}")
+        if index < self._next - 1 or self._current is None:
+            self._restart()
+        while self._next <= index:
+            self._current = next(self._it)
+            self._next += 1
+        return self._current
 
 
 def build_pool(
-    dataset: datasets.Dataset, shape: Shape, source: str | None = None, origin: str = "", split: str | None = None
+    rows: Rows | datasets.Dataset, shape: Shape, source: str | None = None, origin: str = "",
+    split: str | None = None,
 ) -> Pool:
-    """Add `curate_id`, `curate_domain`, `curate_domain_source` to `dataset` and wrap it.
+    """Add `curate_id`, `curate_domain`, `curate_domain_source` to `rows` and wrap them.
 
-    `source`: an explicit id qualifier (see the module doc); None = ids from the rows alone.
-    Raises `DataError` naming the row index (0-based) for a row that has no assistant response.
+    `rows`: a `Rows` (`curate.data.rows`) or a `datasets.Dataset`. `source`: an explicit id
+    qualifier (see the module doc); None = ids from the rows alone. The rows are read a batch at a
+    time; a pool curate wrote (every row with an id and a known domain) is not read beyond those
+    three columns. Raises `DataError` naming the row index (0-based) for a row that has no
+    assistant response.
     """
     if source is not None and not source:
         raise DataError("the source qualifier of ids must not be empty")
-    columns = dataset.column_names
+    if not isinstance(rows, (DatasetRows, ColumnRows)) and hasattr(rows, "features"):
+        rows = DatasetRows(rows)
+    columns = list(rows.schema.names)
+    written = _written_by_curate(rows)
+    keys, domains, sources = written or _derive(rows, shape, source, origin)
+    input_columns = tuple(c for c in columns if c not in CURATE_COLUMNS)
+    if isinstance(rows, DatasetRows):
+        return _with_dataset_columns(rows.dataset, keys, domains, sources, shape, source, origin, split, input_columns)
+    ids = unique_ids(keys)
+    if written and ids == keys:  # the three columns are already what they should be: read them in place
+        return Pool(rows, shape, source or "", origin, split, input_columns)
+    import pyarrow as pa
+
+    added = pa.table({"curate_id": pa.array(ids, pa.string()),
+                      "curate_domain": pa.array(domains, pa.string()),
+                      "curate_domain_source": pa.array(sources, pa.string())})
+    return Pool(ColumnRows(rows, added), shape, source or "", origin, split, input_columns)
+
+
+def _written_by_curate(rows: Rows) -> tuple[list[str], list[str], list[str]] | None:
+    """The three columns as they are, when every row has an id and a known domain (a pool curate
+    wrote); else None. Reads those columns only."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not set(CURATE_COLUMNS) <= set(rows.schema.names):
+        return None
+    if any(not pa.types.is_string(rows.schema.field(c).type) for c in CURATE_COLUMNS):
+        return None
+    ids, domains, sources = (read_columns(rows, CURATE_COLUMNS).column(c) for c in CURATE_COLUMNS)
+    known = pa.array([d for d in DOMAINS if d != "unknown"])
+    if (ids.null_count or pc.any(pc.equal(ids, "")).as_py()
+            or not pc.all(pc.fill_null(pc.is_in(domains, value_set=known), False)).as_py()
+            or not pc.all(pc.fill_null(pc.is_in(sources, value_set=pa.array(list(DOMAIN_SOURCES))), False)).as_py()):
+        return None
+    return ids.to_pylist(), domains.to_pylist(), sources.to_pylist()
+
+
+def _derive(rows: Rows, shape: Shape, source: str | None, origin: str) -> tuple[list[str], list[str], list[str]]:
+    """Each row's id key, domain and domain source, from its messages (see the module doc)."""
+    columns = list(rows.schema.names)
     own_ids = "curate_id" in columns
     own_domains = "curate_domain" in columns and "curate_domain_source" in columns
     id_column = shape.columns.get("id")
@@ -95,7 +220,7 @@ def build_pool(
     keys: list[str] = []
     domains: list[str] = []
     sources: list[str] = []
-    for index, row in enumerate(_rows(dataset)):
+    for index, row in enumerate(_rows(rows.batches())):
         messages = _messages(row, shape, index, origin)
         if own_ids and row.get("curate_id"):
             keys.append(str(row["curate_id"]))
@@ -114,8 +239,14 @@ def build_pool(
             )
         domains.append(domain)
         sources.append(origin_of)
+    return keys, domains, sources
 
-    input_columns = tuple(c for c in columns if c not in CURATE_COLUMNS)
+
+def _with_dataset_columns(dataset: datasets.Dataset, keys: list[str], domains: list[str], sources: list[str],
+                          shape: Shape, source: str | None, origin: str, split: str | None,
+                          input_columns: tuple[str, ...]) -> Pool:
+    """The three columns added to a `datasets.Dataset` (in memory or memory-mapped)."""
+    columns = dataset.column_names
     dataset = dataset.remove_columns([c for c in columns if c in CURATE_COLUMNS])
     # The new columns are a function of the rows (already fingerprinted), the shape and the source:
     # derive their fingerprints instead of letting datasets pickle 3 x N values to hash them.
@@ -127,7 +258,7 @@ def build_pool(
     dataset = dataset.add_column("curate_domain_source", sources, new_fingerprint=f"{base}-source")
     # A pool curate wrote keeps its column order; otherwise the three go last.
     order = [*columns, *(c for c in CURATE_COLUMNS if c not in columns)]
-    return Pool(dataset.select_columns(order), shape, source or "", origin, split, input_columns)
+    return Pool(DatasetRows(dataset.select_columns(order)), shape, source or "", origin, split, input_columns)
 
 
 def unique_ids(keys: list[str]) -> list[str]:
@@ -166,9 +297,7 @@ def _messages(row: dict[str, Any], shape: Shape, index: int, origin: str) -> lis
         raise DataError(f"{origin or 'pool'}: row {index}: {err}") from None
 
 
-def _rows(dataset: datasets.Dataset) -> Iterator[dict[str, Any]]:
-    """Rows as python dicts, read in batches (much faster than `dataset[i]` one at a time)."""
-    for batch in dataset.iter(batch_size=_BATCH):
-        names = list(batch)
-        for values in zip(*(batch[n] for n in names), strict=True):
-            yield dict(zip(names, values, strict=True))
+def _rows(batches: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
+    """Rows as python dicts, converted a batch at a time (much faster than one row at a time)."""
+    for batch in batches:
+        yield from batch.to_pylist()

@@ -7,9 +7,11 @@ tokens without special tokens. Quantiles are nearest-rank: p50 of [1, 2, 3, 4] i
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,28 +52,32 @@ class PoolStats:
 
 def pool_stats(pool: Pool, tokenizer: str | Path | None = None) -> PoolStats:
     """Compute `PoolStats`; `tokenizer` is a local folder for `AutoTokenizer.from_pretrained`."""
-    responses = [example.response for example in pool.examples()]
-    pairs = Counter(zip(pool.dataset["curate_domain"], pool.dataset["curate_domain_source"], strict=True))
+    from curate.data.text import response_chars
+
+    def counts(column: str) -> Counter:
+        return Counter("(missing)" if v is None else str(v) for v in pool.columns([column]).column(column).to_pylist())
+
+    narrow = pool.columns(["curate_domain", "curate_domain_source"])
+    pairs = Counter(zip(narrow.column("curate_domain").to_pylist(), narrow.column("curate_domain_source").to_pylist(),
+                        strict=True))
     domains = [{"domain": d, "source": s, "rows": n} for (d, s), n in pairs.most_common()]
     difficulty = None
     column = pool.shape.columns.get("difficulty")
     if column is not None:
-        values = Counter("(missing)" if v is None else str(v) for v in pool.dataset[column])
-        difficulty = {"column": column, "values": dict(sorted(values.items(), key=_difficulty_key))}
+        difficulty = {"column": column, "values": dict(sorted(counts(column).items(), key=_difficulty_key))}
     tagged = None
-    if TAGGED_DIFFICULTY in pool.dataset.column_names:
-        values = Counter("(missing)" if v is None else str(v) for v in pool.dataset[TAGGED_DIFFICULTY])
-        sources = (Counter("(missing)" if v is None else str(v) for v in pool.dataset[TAGGED_SOURCE])
-                   if TAGGED_SOURCE in pool.dataset.column_names else Counter())
-        tagged = {"column": TAGGED_DIFFICULTY, "values": dict(sorted(values.items(), key=_difficulty_key)),
+    if TAGGED_DIFFICULTY in pool.column_names:
+        sources = counts(TAGGED_SOURCE) if TAGGED_SOURCE in pool.column_names else Counter()
+        tagged = {"column": TAGGED_DIFFICULTY,
+                  "values": dict(sorted(counts(TAGGED_DIFFICULTY).items(), key=_difficulty_key)),
                   "sources": dict(sources.most_common())}
     tokens = None
     if tokenizer is not None:
-        tokens = quantiles(token_lengths(responses, tokenizer))
+        tokens = quantiles(token_lengths((example.response for example in pool.examples()), tokenizer))
     return PoolStats(
         origin=pool.origin, split=pool.split, source=pool.source, shape=pool.shape.as_dict(),
         rows=len(pool), domains=domains, difficulty=difficulty,
-        response_chars=quantiles([len(r) for r in responses]), response_tokens=tokens,
+        response_chars=quantiles(response_chars(pool).to_list()), response_tokens=tokens,
         tokenizer=None if tokenizer is None else str(tokenizer), tagged_difficulty=tagged,
     )
 
@@ -86,8 +92,9 @@ def quantiles(values: list[int]) -> dict[str, int]:
     return out | {"max": ordered[-1]}
 
 
-def token_lengths(texts: list[str], tokenizer: str | Path, batch_size: int = 256) -> list[int]:
-    """Token counts of `texts` under a local tokenizer, special tokens excluded."""
+def token_lengths(texts: Iterable[str], tokenizer: str | Path, batch_size: int = 256) -> list[int]:
+    """Token counts of `texts` (read `batch_size` at a time) under a local tokenizer, special
+    tokens excluded."""
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -98,9 +105,9 @@ def token_lengths(texts: list[str], tokenizer: str | Path, batch_size: int = 256
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{tokenizer}: cannot load a tokenizer: {first}") from None
     lengths: list[int] = []
-    for start in range(0, len(texts), batch_size):
-        ids = tok(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
-        lengths.extend(len(x) for x in ids)
+    texts = iter(texts)
+    while chunk := list(itertools.islice(texts, batch_size)):
+        lengths.extend(len(x) for x in tok(chunk, add_special_tokens=False)["input_ids"])
     return lengths
 
 

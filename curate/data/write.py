@@ -13,11 +13,12 @@ is built whole under a temporary name, then swapped in. An existing output is re
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 FORMATS = ("disk", "parquet", "jsonl")
 EMITS = ("input", "messages")
+ROW_GROUP_ROWS = 1024  # parquet row group: ~20 MB of long reasoning traces
+SHARD_BYTES = 500 * 2**20  # save_to_disk shard size, as datasets' default max_shard_size
 
 
 def write_pool(
@@ -50,6 +53,8 @@ def write_pool(
 ) -> Path:
     """Write `pool` to `out` and return the path of the data (folder or file).
 
+    The rows are written as they are read, a batch at a time (parquet row groups, `save_to_disk`
+    shards of at most `SHARD_BYTES`, JSON lines), so memory holds one batch and the narrow columns.
     `annotations`: a polars frame with `curate_id` and `curate_*` columns, joined by id (rows it
     lacks get null; for a column the pool already has, such as `curate_domain`, they keep their
     value). An id not in the pool is a `DataError`.
@@ -60,23 +65,26 @@ def write_pool(
     `push_to_hub`: a Hub repo id; after the local write, the dataset, its card and manifest are
     uploaded there (private), with the token from the environment (`HF_TOKEN`), never logged.
     """
-    import pyarrow.parquet as pq
-
     out = Path(out)
     fmt = output_format(out, fmt)
     if emit not in EMITS:
         raise UsageError(f"emit={emit!r}: expected one of {', '.join(EMITS)}")
-    table = pool_table(pool, emit)
-    entries = check_manifest(manifest, set(table.column("curate_id").to_pylist()))
-    if annotations is not None:
-        table = join_annotations(table, annotations)
-    dataset = _with_features(table, pool.dataset.features)
+    ids = pool.columns(["curate_id"]).column("curate_id")
+    entries = check_manifest(manifest, set(ids.to_pylist()))
+    joined = aligned_annotations(ids, annotations) if annotations is not None else None
+    batches = _out_batches(pool, emit, joined)
+    first = next(batches, None)
+    empty = _out_table(pool.rows.schema.empty_table(), pool, emit, joined.slice(0, 0) if joined else None)
+    features = _features((first if first is not None else empty).schema, pool.features)
+    schema = features.arrow_schema
+
+    def rows() -> Iterator[pa.Table]:
+        for batch in itertools.chain([] if first is None else [first], batches):
+            yield batch.cast(schema)
 
     data_path, manifest_path, card_path = output_paths(out, fmt)
-    card = render_card(
-        pool.with_dataset(dataset) if emit == "input" else pool, entries=entries, fmt=fmt,
-        emit=emit, manifest_name=manifest_path.name, command=command, extra=extra_card,
-    )
+    card = render_card(pool, entries=entries, fmt=fmt, emit=emit, manifest_name=manifest_path.name,
+                       command=command, extra=extra_card)
     lines = manifest_lines(entries)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "disk":
@@ -84,32 +92,128 @@ def write_pool(
             raise UsageError(f"{data_path} exists and is not a folder")
 
         def build(tmp: Path) -> None:
-            dataset.save_to_disk(str(tmp))
+            _write_disk(rows(), features, tmp)
             (tmp / manifest_path.name).write_text(lines, encoding="utf-8")
             (tmp / card_path.name).write_text(card, encoding="utf-8")
 
         _atomic_folder(data_path, build)
-        _push(dataset, push_to_hub, {card_path.name: card, manifest_path.name: lines})
-        return data_path
-    # Sidecars first: the data file appearing last marks the output complete.
-    atomic_write(manifest_path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-    atomic_write(card_path, lambda tmp: tmp.write_text(card, encoding="utf-8"))
-    if fmt == "parquet":
-        # The table's schema metadata carries the datasets features, as Dataset.to_parquet does.
-        atomic_write(data_path, lambda tmp: pq.write_table(dataset.data.table, tmp))
     else:
-        atomic_write(data_path, lambda tmp: _write_jsonl(dataset.data.table, tmp))
-    _push(dataset, push_to_hub, {card_path.name: card, manifest_path.name: lines})
+        # Sidecars first: the data file appearing last marks the output complete.
+        atomic_write(manifest_path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+        atomic_write(card_path, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+        if fmt == "parquet":
+            # The schema's metadata carries the datasets features, as Dataset.to_parquet does.
+            atomic_write(data_path, lambda tmp: _write_parquet(rows(), schema, tmp))
+        else:
+            atomic_write(data_path, lambda tmp: _write_jsonl(rows(), tmp))
+    _push(data_path, fmt, push_to_hub, {card_path.name: card, manifest_path.name: lines})
     return data_path
 
 
-def _push(dataset: datasets.Dataset, repo_id: str | None, sidecars: Mapping[str, str]) -> None:
-    """Upload the dataset and its sidecar files (card as README.md, manifest) to a Hub repo."""
+def _out_batches(pool: Pool, emit: str, joined: pa.Table | None) -> Iterator[pa.Table]:
+    """The output's batches: the pool's (or its `messages`), annotations joined."""
+    offset = 0
+    names = None if emit == "input" else _message_columns(pool)
+    for batch in pool.batches(names):
+        n = batch.num_rows
+        yield _out_table(batch, pool, emit, joined.slice(offset, n) if joined is not None else None)
+        offset += n
+
+
+def _out_table(batch: pa.Table, pool: Pool, emit: str, joined: pa.Table | None) -> pa.Table:
+    if emit == "messages":
+        batch = messages_table(batch, pool)
+    return batch if joined is None else set_columns(batch, joined)
+
+
+def _message_columns(pool: Pool) -> list[str]:
+    wanted = set(pool.shape.columns.values())
+    return [c for c in pool.column_names if c in wanted or c.startswith("curate_")]
+
+
+def messages_table(batch: pa.Table, pool: Pool) -> pa.Table:
+    """A batch of the pool as a `messages` column (system prompt folded in) plus its curate_* columns."""
+    import pyarrow as pa
+
+    from curate.data.pool import Pool as _Pool
+    from curate.data.rows import DatasetRows
+
+    one = _Pool(DatasetRows(_dataset(batch)), pool.shape, pool.source, pool.origin)
+    messages = [list(example.messages) for example in one.examples()]
+    message_type = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    curate = [name for name in batch.column_names if name.startswith("curate_")]
+    return pa.table(
+        {"messages": pa.array(messages, type=message_type), **{n: batch.column(n) for n in curate}}
+    )
+
+
+def _dataset(table: pa.Table) -> datasets.Dataset:
+    import datasets
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
+
+
+def _write_parquet(batches: Iterator[pa.Table], schema: pa.Schema, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in batches:
+            writer.write_table(batch, row_group_size=ROW_GROUP_ROWS)
+
+
+def _write_disk(batches: Iterator[pa.Table], features: datasets.Features, folder: Path) -> None:
+    """A `save_to_disk` folder written shard by shard (`SHARD_BYTES` each at most, give or take a
+    batch), with the `state.json` and `dataset_info.json` that `datasets.load_from_disk` reads."""
+    from dataclasses import asdict
+
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.fingerprint import generate_random_fingerprint
+
+    folder.mkdir(parents=True)
+    shards: list[Path] = []
+    writer, size = None, 0
+    for batch in batches:
+        if writer is None:
+            shards.append(folder / f".shard-{len(shards):05d}.arrow")
+            writer, size = ArrowWriter(features=features, path=str(shards[-1])), 0
+        writer.write_table(batch)
+        size += batch.nbytes
+        if size >= SHARD_BYTES:
+            writer.finalize()
+            writer.close()
+            writer = None
+    if writer is None and not shards:  # no rows: one empty shard, as save_to_disk writes
+        shards.append(folder / ".shard-00000.arrow")
+        writer = ArrowWriter(features=features, path=str(shards[-1]))
+    if writer is not None:
+        writer.finalize()
+        writer.close()
+    names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
+    for shard, name in zip(shards, names, strict=True):
+        shard.rename(folder / name)
+    state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": generate_random_fingerprint(),
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+             "_split": None}
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    info = asdict(datasets.DatasetInfo(features=features))
+    (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2),
+                                              encoding="utf-8")
+
+
+def _push(data_path: Path, fmt: str, repo_id: str | None, sidecars: Mapping[str, str]) -> None:
+    """Upload the written dataset and its sidecar files (card as README.md, manifest) to a Hub repo."""
     if not repo_id:
         return
+    import datasets
     from huggingface_hub import HfApi
 
     try:
+        if fmt == "disk":
+            dataset = datasets.load_from_disk(str(data_path))
+        else:
+            dataset = (datasets.Dataset.from_parquet if fmt == "parquet" else datasets.Dataset.from_json)(str(data_path))
         dataset.push_to_hub(repo_id, private=True)
         api = HfApi()
         for name, text in sidecars.items():
@@ -146,26 +250,11 @@ def output_paths(out: Path, fmt: str) -> tuple[Path, Path, Path]:
     return out, out.with_name(f"{stem}.manifest.jsonl"), out.with_name(f"{stem}.README.md")
 
 
-def pool_table(pool: Pool, emit: str) -> pa.Table:
-    """The rows to write as an arrow table: all pool columns, or `messages` + curate_* columns."""
-    import pyarrow as pa
-
-    table = pool.dataset.with_format("arrow")[:]
-    if emit == "input":
-        return table
-    messages = [list(example.messages) for example in pool.examples()]
-    message_type = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    curate = [name for name in table.column_names if name.startswith("curate_")]
-    return pa.table(
-        {"messages": pa.array(messages, type=message_type), **{n: table.column(n) for n in curate}}
-    )
-
-
-def join_annotations(table: pa.Table, annotations: pl.DataFrame) -> pa.Table:
-    """Join a `curate_id`-keyed polars frame onto `table` by id, in `table`'s row order."""
+def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pa.Table:
+    """The annotation columns (all but `curate_id`) in the order of `ids`, null where an id has
+    none. Raises `DataError` for a repeated or unknown id, or a column not named curate_*."""
     import polars as pl
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if not isinstance(annotations, pl.DataFrame):
         raise UsageError(f"annotations must be a polars DataFrame, not {type(annotations).__name__}")
@@ -174,25 +263,36 @@ def join_annotations(table: pa.Table, annotations: pl.DataFrame) -> pa.Table:
     bad = [c for c in annotations.columns if not c.startswith("curate_")]
     if bad:
         raise DataError(f"annotation columns must be named curate_*: {', '.join(bad)}")
-    ids = annotations["curate_id"].cast(pl.String)
-    if ids.is_duplicated().any():
-        raise DataError(f"annotations repeat curate_id {ids.filter(ids.is_duplicated())[0]!r}")
-    pool_ids = table.column("curate_id").to_pylist()
-    unknown = set(ids.to_list()) - set(pool_ids)
-    if unknown:
+    keys = annotations["curate_id"].cast(pl.String)
+    if keys.is_duplicated().any():
+        raise DataError(f"annotations repeat curate_id {keys.filter(keys.is_duplicated())[0]!r}")
+    left = pl.from_arrow(ids).cast(pl.String).rename("curate_id").to_frame().with_row_index("__row")
+    unknown = keys.filter(~keys.is_in(left["curate_id"].implode()))
+    if len(unknown):
         raise DataError(
-            f"annotations have {len(unknown)} curate_id(s) not in the pool, e.g. {sorted(unknown)[0]!r}"
+            f"annotations have {len(unknown)} curate_id(s) not in the pool, e.g. {unknown.sort()[0]!r}"
         )
-    left = pl.DataFrame({"curate_id": pool_ids, "__row": range(len(pool_ids))},
-                        schema={"curate_id": pl.String, "__row": pl.Int64})
-    joined = left.join(annotations.with_columns(ids), on="curate_id", how="left").sort("__row")
+    joined = left.join(annotations.with_columns(keys), on="curate_id", how="left").sort("__row")
+    columns = {}
     for name in annotations.columns:
         if name == "curate_id":
             continue
         column = joined[name].to_arrow(compat_level=pl.CompatLevel.oldest())
         if pa.types.is_large_string(column.type):
             column = column.cast(pa.string())
-        if name in table.column_names:  # e.g. curate_domain from a tagger: fill, keep the rest
+        columns[name] = column
+    return pa.table(columns) if columns else pa.table({"_": pa.nulls(len(joined))}).drop_columns(["_"])
+
+
+def set_columns(table: pa.Table, joined: pa.Table) -> pa.Table:
+    """`table` with `joined`'s columns (same rows): a column `table` already has keeps its values and
+    takes `joined`'s where it has none (e.g. curate_domain from a tagger); others are appended."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in joined.column_names:
+        column = joined.column(name)
+        if name in table.column_names:
             old = table.column(name)
             try:
                 column = pc.coalesce(column.cast(old.type), old)
@@ -204,27 +304,27 @@ def join_annotations(table: pa.Table, annotations: pl.DataFrame) -> pa.Table:
     return table
 
 
-def _with_features(table: pa.Table, features: datasets.Features) -> datasets.Dataset:
-    """A Dataset over `table`, keeping the pool's own features (class labels, ...) where a column's
-    arrow type is unchanged; other columns get features inferred from their arrow type."""
+def join_annotations(table: pa.Table, annotations: pl.DataFrame) -> pa.Table:
+    """Join a `curate_id`-keyed polars frame onto `table` by id, in `table`'s row order."""
+    return set_columns(table, aligned_annotations(table.column("curate_id"), annotations))
+
+
+def _features(schema: pa.Schema, own: datasets.Features) -> datasets.Features:
+    """Features for `schema`, keeping the pool's own (class labels, ...) where a column's arrow type
+    is unchanged; other columns get features inferred from their arrow type."""
     import datasets
 
-    table = table.replace_schema_metadata(None)  # stale feature metadata from the pool's table
-    merged = datasets.Features.from_arrow_schema(table.schema)
-    for name in table.column_names:
-        own = features.get(name)
-        if own is not None and datasets.Features({name: own}).type.field(name).type == table.schema.field(name).type:
-            merged[name] = own
-    # A random fingerprint: this dataset is written out at once, and datasets would otherwise hash
-    # the whole table by pickling it (slow, and it fails past 2 GiB in one column).
-    from datasets.fingerprint import generate_random_fingerprint
-
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=merged), fingerprint=generate_random_fingerprint())
+    merged = datasets.Features.from_arrow_schema(schema.remove_metadata())
+    for name in schema.names:
+        feature = own.get(name)
+        if feature is not None and datasets.Features({name: feature}).type.field(name).type == schema.field(name).type:
+            merged[name] = feature
+    return merged
 
 
-def _write_jsonl(table: pa.Table, path: Path) -> None:
+def _write_jsonl(batches: Iterator[pa.Table], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for batch in table.to_batches(max_chunksize=1000):
+        for batch in batches:
             for row in batch.to_pylist():
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 

@@ -114,7 +114,10 @@ def run(pool: Pool, inputs: dict, config: ScoreConfig, context: OpContext, *, mo
         return OpResult(pool, [], OpReport({"rows": len(table), "columns": table.columns[1:]}, [], card), annotations=table)
     if context.work_dir is None:
         raise UsageError("scoring needs a work folder for its stages (OpContext.work_dir)")
-    examples, query_examples = list(pool.examples()), {q: list(p.examples()) for q, p in queries.items()}
+    from curate.data.pool import ExampleSequence
+
+    # The pool's text is read as the stages need it (a batch at a time), never held whole.
+    examples, query_examples = ExampleSequence(pool), {q: list(p.examples()) for q, p in queries.items()}
     if config.checkpoints:
         from curate.influence.ensemble import score_checkpoints
 

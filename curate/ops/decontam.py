@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from curate.ops.text import problem_texts
+from curate.data.text import problem_texts
 
 if TYPE_CHECKING:
     import polars as pl
@@ -77,7 +77,7 @@ def contaminated_rows(pool: Pool, benchmarks: Sequence[Benchmark], ngram: int = 
     if not benchmarks:
         return pl.DataFrame(schema={"curate_id": pl.String, "row": pl.Int64, "reason": pl.String})
     reasons = overlaps(normalise(problem_texts(pool)), benchmarks, ngram)
-    ids = pl.from_arrow(pool.dataset.with_format("arrow")[:].column("curate_id")).cast(pl.String)
+    ids = pl.from_arrow(pool.columns(["curate_id"]).column("curate_id")).cast(pl.String)
     frame = pl.DataFrame({"curate_id": ids.rename("curate_id"), "reason": reasons}).with_row_index("row")
     return frame.filter(pl.col("reason").is_not_null()).select(
         "curate_id", pl.col("row").cast(pl.Int64), "reason")
@@ -100,8 +100,10 @@ def decontaminate(pool: Pool, paths: Sequence[str | Path], ngram: int = DEFAULT_
     found = contaminated_rows(pool, load_benchmarks(paths), ngram) if paths else None
     if found is None or found.is_empty():
         return OpResult(pool, [], OpReport(counts={"decontaminated": 0}))
+    import numpy as np
+
     dropped = set(found["row"].to_list())
-    kept = pool.with_dataset(pool.dataset.select([i for i in range(len(pool)) if i not in dropped]))
+    kept = pool.take(np.setdiff1d(np.arange(len(pool)), found["row"].to_numpy()))
     manifest = [ManifestEntry(i, "removed", r) for i, r in found.select("curate_id", "reason").iter_rows()]
     counts = {"decontaminated": len(dropped), **summarise(found, "dropped")}
     return OpResult(kept, manifest, OpReport(counts=counts, card={"Decontamination": ", ".join(

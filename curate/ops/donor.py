@@ -15,6 +15,8 @@ null; a donor already in the pool's own shape is copied column by column.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from curate.data import Pool
+    from curate.data.rows import Spill
 
 PREFIXES = {"math": MATH_PREFIX, "code": CODE_PREFIX}
 
@@ -40,55 +43,91 @@ def load_donor(path: str | Path, split: str | None = None, source: str | None = 
     return load_pool(path, split=split, source=source)
 
 
-def render_rows(pool: Pool, donor: Pool, rows: list[int], problems: list[str]) -> datasets.Dataset:
-    """Donor `rows` (0-based, with their prefix-free `problems`) as a Dataset in `pool`'s schema
-    and features, ready to concatenate with `pool.dataset`."""
-    import datasets
+@dataclass(frozen=True)
+class Habits:
+    """How the pool writes its rows, read once from its first rows: trace style (sky/r1/plain),
+    {domain: user prefix}, {domain or None: most common system prompt}."""
+
+    style: str
+    prefixes: dict[str, str]
+    systems: dict[str | None, str]
+    speaker: str  # the user's name in a ShareGPT-style chat column: human or user
+
+
+def render_rows(pool: Pool, donor: Pool, rows: Sequence[int], problems: Sequence[str],
+                positions: Sequence[int]) -> Spill:
+    """Donor `rows` (0-based, with their prefix-free `problems`) rendered into `pool`'s schema,
+    read back in the order of their output `positions` (`curate.data.rows.Spill`). The donor is
+    read once, a batch at a time; only the rendered rows are written, to a temporary folder."""
+    import numpy as np
+
+    from curate.data.rows import SpillWriter
+
+    order = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")
+    wanted = np.asarray(rows, dtype=np.int64)[order]
+    problems = [problems[k] for k in order]
+    positions = np.asarray(positions, dtype=np.int64)[order]
+    same_shape = set(pool.input_columns) <= set(donor.column_names)
+    habits = None if same_shape else pool_habits(pool)
+    spill = SpillWriter(pool.rows.schema)
+    offset = 0
+    for batch in donor.batches():
+        n = batch.num_rows
+        lo, hi = np.searchsorted(wanted, [offset, offset + n])
+        if hi > lo:
+            picked = batch.take(wanted[lo:hi] - offset)
+            spill.add(_render(pool, donor, picked, problems[lo:hi], habits), positions[lo:hi])
+        offset += n
+    return spill.close()
+
+
+def _render(pool: Pool, donor: Pool, picked: pa.Table, problems: Sequence[str], habits: Habits | None) -> pa.Table:
+    """Picked donor rows as a table in the pool's schema (`habits` None: the donor has the pool's shape)."""
     import pyarrow as pa
 
-    schema = pool.dataset.with_format("arrow")[:].schema
-    picked = donor.dataset.select(rows)
-    donor_table = picked.with_format("arrow")[:]
-    same_shape = set(pool.input_columns) <= set(donor_table.column_names)
     columns: dict[str, pa.Array] = {}
-    texts = None if same_shape else _texts(pool, donor.with_dataset(picked), problems)
-    for field in schema:
+    texts = None if habits is None else _texts(pool, donor.with_dataset(_dataset(picked)), problems, habits)
+    for field in pool.rows.schema:
         if texts is not None and field.name in texts:
             columns[field.name] = pa.array(texts[field.name], type=field.type)
-        elif field.name in donor_table.column_names:
+        elif field.name in picked.column_names:
             try:
-                columns[field.name] = donor_table.column(field.name).cast(field.type)
+                columns[field.name] = picked.column(field.name).cast(field.type)
             except (pa.ArrowException, TypeError) as err:
                 raise DataError(f"donor column {field.name!r} does not fit the pool's: {err}") from None
         else:
-            columns[field.name] = pa.nulls(len(rows), type=field.type)
-    table = pa.table(columns, schema=schema)
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=pool.dataset.features))
+            columns[field.name] = pa.nulls(picked.num_rows, type=field.type)
+    return pa.table(columns, schema=pa.schema(list(pool.rows.schema)))
 
 
-def _texts(pool: Pool, picked: Pool, problems: list[str]) -> dict[str, list[Any]]:
+def _dataset(table: pa.Table) -> datasets.Dataset:
+    import datasets
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return datasets.Dataset(table.replace_schema_metadata(None), fingerprint=generate_random_fingerprint())
+
+
+def _texts(pool: Pool, picked: Pool, problems: Sequence[str], habits: Habits) -> dict[str, list[Any]]:
     """The pool's text columns for the picked donor rows."""
     cols = pool.shape.columns
-    style = _trace_style(pool)
-    domains, prefixes, systems = _pool_habits(pool)
     users, answers, system_col = [], [], []
     for example, problem in zip(picked.examples(), problems, strict=True):
         domain = example.domain or "unknown"
-        prefix = prefixes.get(domain)
+        prefix = habits.prefixes.get(domain)
         users.append(f"{prefix} {problem}" if prefix else problem)
         thought, solution = example.thought, example.solution
         if solution is None:
             thought, solution = None, example.response
-        answers.append(_trace(style, thought, solution))
-        system_col.append(systems.get(domain, systems.get(None)))
+        answers.append(_trace(habits.style, thought, solution))
+        system_col.append(habits.systems.get(domain, habits.systems.get(None)))
     out: dict[str, list[Any]] = {}
     chat = cols.get("messages") or cols.get("conversations")
     if chat:
-        kind = pool.dataset.features[chat]
+        kind = pool.features[chat]
         inner = kind.feature if hasattr(kind, "feature") else kind[0]
         keys = set(inner)
         role, text = ("role", "content") if "role" in keys else ("from", "value")
-        user_name = "user" if role == "role" else _speaker(pool, chat, role)
+        user_name = "user" if role == "role" else habits.speaker
         assistant = "assistant" if role == "role" else ("gpt" if user_name == "human" else "assistant")
         out[chat] = [[{role: user_name, text: u}, {role: assistant, text: a}] for u, a in zip(users, answers, strict=True)]
     elif "prompt" in cols and "response" in cols:
@@ -110,23 +149,19 @@ def _trace(style: str, thought: str | None, solution: str) -> str:
     return f"{thought}\n\n{solution}" if thought else solution
 
 
-def _trace_style(pool: Pool) -> str:
-    from curate.ops.text import _turn
+def pool_habits(pool: Pool) -> Habits:
+    """The pool's trace style (from its first 200 rows), user prefixes and system prompts (first 2000)."""
+    import polars as pl
 
-    answers = _turn(pool.with_dataset(pool.dataset.select(range(min(200, len(pool))))), "last")
-    sample = " ".join(answers.drop_nulls().to_list()) if answers is not None else ""
-    return "sky" if "<|begin_of_solution|>" in sample else "r1" if "</think>" in sample else "plain"
+    from curate.data.text import turn_texts
 
-
-def _pool_habits(pool: Pool) -> tuple[list[str], dict[str, str], dict[str | None, str]]:
-    """(domains, {domain: user prefix}, {domain or None: most common system prompt})."""
-    from curate.ops.text import _turn
-
-    head = pool.with_dataset(pool.dataset.select(range(min(2000, len(pool)))))
-    domains = head.dataset["curate_domain"]
-    domains = list(domains)
-    firsts = _turn(head, "first_user")
-    firsts = firsts.fill_null("").to_list() if firsts is not None else [""] * len(domains)
+    head = head_of(pool, 2000)
+    answers = turn_texts(head_of(head, 200), "last")
+    sample = " ".join(pl.concat(list(answers)).drop_nulls().to_list()) if answers is not None else ""
+    style = "sky" if "<|begin_of_solution|>" in sample else "r1" if "</think>" in sample else "plain"
+    domains = list(head.dataset["curate_domain"])
+    firsts = turn_texts(head, "first_user")
+    firsts = pl.concat(list(firsts)).fill_null("").to_list() if firsts is not None else [""] * len(domains)
     prefixes = {}
     for domain, prefix in PREFIXES.items():
         mine = [f for f, d in zip(firsts, domains, strict=True) if d == domain]
@@ -140,10 +175,24 @@ def _pool_habits(pool: Pool) -> tuple[list[str], dict[str, str], dict[str | None
             mine = [v for v, d in zip(values, domains, strict=True) if domain is None or d == domain]
             if mine:
                 systems[domain] = Counter(mine).most_common(1)[0][0]
-    return domains, prefixes, systems
+    chat = pool.shape.columns.get("messages") or pool.shape.columns.get("conversations")
+    first = head.dataset[0][chat] if chat and len(head) else None
+    names = [t.get("from") for t in first] if isinstance(first, list) else []
+    return Habits(style, prefixes, systems, "human" if "human" in names else "user")
 
 
-def _speaker(pool: Pool, chat: str, role: str) -> str:
-    first = pool.dataset[0][chat]
-    names = [t.get(role) for t in first] if first else []
-    return "human" if "human" in names else "user"
+def head_of(pool: Pool, n: int) -> Pool:
+    """The first `n` rows of `pool`, in memory."""
+    import datasets
+    import pyarrow as pa
+
+    batches = []
+    have = 0
+    for batch in pool.batches():
+        batches.append(batch)
+        have += batch.num_rows
+        if have >= n:
+            break
+    table = pa.concat_tables(batches).slice(0, n)
+    return pool.with_dataset(datasets.Dataset(table.replace_schema_metadata(None),
+                                              info=datasets.DatasetInfo(features=pool.features)))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from curate.analysis import EASY_MAX, HARD_MIN
 from curate.data import ManifestEntry, Pool
+from curate.data.text import problem_texts
 from curate.errors import DataError
 from curate.ops.decontam import (
     DEFAULT_NGRAM,
@@ -38,7 +39,6 @@ from curate.ops.decontam import (
     normalise,
 )
 from curate.ops.select import round_half_up
-from curate.ops.text import problem_texts
 from curate.results import OpContext, OpReport, OpResult
 from curate.settings import Problem, check_settings, raise_problems, setting
 
@@ -100,8 +100,9 @@ def difficulty_frame(pool: Pool, column: str) -> pl.DataFrame:
     """`row`, `curate_id`, `curate_domain`, `difficulty` (float, 1-10 or null), `source`."""
     import polars as pl
 
-    table = pool.dataset.with_format("arrow")[:]
-    names = table.column_names
+    names = pool.column_names
+    wanted = [c for c in ("curate_id", "curate_domain", column, "curate_difficulty_source", "level") if c in names]
+    table = pool.columns(list(dict.fromkeys(wanted)))
     frame = pl.from_arrow(table.select(["curate_id", "curate_domain"])).with_row_index("row")
     if column in names:
         values = pl.from_arrow(table.column(column)).cast(pl.Float64, strict=False)
@@ -126,10 +127,10 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     Raises `DataError` when the donor has no rows of a flipped domain, a flipped domain has no
     difficulty, or difficulty sources differ (without `allow_mixed_sources`).
     """
-    import datasets
     import numpy as np
     import polars as pl
 
+    from curate.data.rows import SpliceRows
     from curate.ops.donor import render_rows
 
     if benchmarks is None:
@@ -209,11 +210,11 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
                                           f"{s.pool_difficulty:g} -> {s.donor_difficulty:g}", replaced_by=s.donor_id))
 
     # In-place replacement: row i of the output is pool row i, or the donor row that replaced it.
-    rendered = render_rows(pool, donor, [s.donor_row for s in swaps], [s.problem for s in swaps])
-    combined = datasets.concatenate_datasets([pool.dataset, rendered])
-    index = {s.pool_row: len(pool) + j for j, s in enumerate(swaps)}
-    keep = mine["row"].to_list()
-    out = pool.with_dataset(combined.select([index.get(r, r) for r in keep]))
+    keep = mine["row"].cast(pl.Int64).to_numpy()
+    at = np.searchsorted(keep, [s.pool_row for s in swaps])
+    rendered = render_rows(pool, donor, [s.donor_row for s in swaps], [s.problem for s in swaps], at)
+    out = pool.with_rows(SpliceRows(pool.rows, keep, np.sort(at), rendered))
+    index = {s.pool_row for s in swaps}
 
     added = theirs.filter(pl.col("row").is_in([s.donor_row for s in swaps]))
     after = pl.concat([mine.filter(~pl.col("row").is_in(list(index))).select("curate_domain", "difficulty"),
@@ -246,7 +247,7 @@ def _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, befor
 
     lines = [
         f"- donor: `{donor.origin}` ({len(donor)} rows); difficulty column `{config.difficulty_col}`"
-        + (" (MATH `level` L read as L + 1 where the column is missing)" if config.difficulty_col not in pool.dataset.column_names else ""),
+        + (" (MATH `level` L read as L + 1 where the column is missing)" if config.difficulty_col not in pool.column_names else ""),
         f"- easy <= {config.easy_max:g}, hard >= {config.hard_min:g}; "
         + (f"swap_n {config.swap_n}" if config.swap_n is not None else f"swap_frac {config.swap_frac:g}")
         + f"; seed {config.seed}; {'reverse (control)' if config.reverse else 'forward'}",

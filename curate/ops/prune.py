@@ -105,8 +105,7 @@ def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | Non
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
     manifest = [ManifestEntry(i, "removed", r) for i, r in dirty.select("curate_id", "reason").iter_rows()]
 
-    table = pool.dataset.with_format("arrow")[:]
-    frame = pl.from_arrow(table.select(["curate_id", "curate_domain"])).with_row_index("row")
+    frame = pl.from_arrow(pool.columns(["curate_id", "curate_domain"])).with_row_index("row")
     frame = frame.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32).implode()))
     frame = frame.with_columns(_scores(pool, config, frame["row"]).alias("score"))
     if config.lowest:
@@ -132,7 +131,7 @@ def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | Non
         value = "null score" if score is None else f"score {sign * score:.6g}"
         manifest.append(ManifestEntry(cid, "removed", f"prune:{config.strategy} {value}, rank {rank} of {of}{where}{domain if where else ''}"))
 
-    out = pool.with_dataset(pool.dataset.select(sorted(kept["row"].to_list())))
+    out = pool.take(kept["row"].sort().to_numpy())
     nulls = ordered.filter(pl.col("score").is_null())
     return OpResult(out, manifest, _report(config, pool, ordered, kept, nulls, dirty, sign))
 
@@ -142,15 +141,15 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
     import numpy as np
     import polars as pl
 
-    table = pool.dataset.with_format("arrow")[:]
-    columns = table.column_names
+    columns = pool.column_names
     strategy = config.strategy
 
     def frame_of(names: list[str]) -> pl.DataFrame:
         for name in names:
             if name not in columns:
                 raise DataError(_missing(name, columns))
-        return pl.from_arrow(table.select(names)).with_row_index("row").filter(pl.col("row").is_in(rows.implode()))
+        frame = pl.from_arrow(pool.columns(list(dict.fromkeys(names)))).select(names)
+        return frame.with_row_index("row").filter(pl.col("row").is_in(rows.implode()))
 
     if strategy in ("score", "rank", "embedding"):
         prefix = EMBEDDING_PREFIX if strategy == "embedding" else INFLUENCE_PREFIX
@@ -191,7 +190,7 @@ def _scores(pool: Pool, config: PruneConfig, rows: pl.Series) -> pl.Series:
     column = config.by[0] if config.by else ("curate_tokens" if "curate_tokens" in columns else None)
     if column is not None:
         return frame_of([column])[column].cast(pl.Float64)
-    from curate.ops.text import response_chars
+    from curate.data.text import response_chars
 
     return response_chars(pool).cast(pl.Float64).gather(rows)
 

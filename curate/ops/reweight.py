@@ -15,7 +15,6 @@ from dataclasses import MISSING, dataclass
 
 from curate.data import ManifestEntry, Pool
 from curate.errors import DataError
-from curate.progress import quiet_datasets
 from curate.results import OpContext, OpReport, OpResult
 from curate.settings import Problem, check_settings, raise_problems, setting
 
@@ -39,11 +38,11 @@ def _coin(seed: int, curate_id: str) -> float:
 
 def reweight(pool: Pool, config: ReweightConfig) -> OpResult:
     """Repeat or drop rows by weight (see the module docstring); the input schema is kept."""
-    columns = pool.dataset.column_names
+    columns = pool.column_names
     if config.by not in columns:
         raise DataError(f"reweight: no column {config.by!r} (columns: {', '.join(columns)})")
-    ids = pool.dataset["curate_id"]
-    weights = pool.dataset[config.by]
+    narrow = pool.columns(["curate_id", config.by])
+    ids, weights = narrow.column("curate_id").to_pylist(), narrow.column(config.by).to_pylist()
     for i, w in enumerate(weights):
         if w is None or not isinstance(w, int | float) or math.isnan(w) or w < 0:
             raise DataError(f"reweight: row {i} ({ids[i]}): weight {w!r} in {config.by!r} is not a number >= 0")
@@ -65,16 +64,18 @@ def reweight(pool: Pool, config: ReweightConfig) -> OpResult:
             new_ids.append(cid if k == 0 else f"{cid}#w{k + 1}")
             if k:
                 manifest.append(ManifestEntry(new_ids[-1], "added", f"reweight:copy {k + 1} of {cid} at weight {w:.4g}"))
-    dataset = pool.dataset.select(rows)
-    with quiet_datasets():  # add_column flattens the selection's indices behind a progress bar of its own
-        dataset = dataset.remove_columns("curate_id").add_column("curate_id", new_ids)
-    dataset = dataset.select_columns(columns)
+    import pyarrow as pa
+
+    from curate.data.rows import ColumnRows
+
+    copies = pool.take(rows)
+    out = copies.with_rows(ColumnRows(copies.rows, pa.table({"curate_id": pa.array(new_ids, pa.string())})))
     counts = {"rows in": len(pool), "rows out": len(rows),
               "copies added": sum(e.action == "added" for e in manifest),
               "rows dropped": sum(e.action == "removed" for e in manifest)}
     card = {"Reweighting": (f"Weights from `{config.by}`" + (" rescaled to sum to the pool size" if config.keep_size else "")
                             + f"; seed {config.seed}. " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".")}
-    return OpResult(pool.with_dataset(dataset), manifest, OpReport(counts=counts, card=card))
+    return OpResult(out, manifest, OpReport(counts=counts, card=card))
 
 
 def run(pool: Pool, inputs: dict, config: ReweightConfig, context: OpContext) -> OpResult:

@@ -151,27 +151,63 @@ def strip(pool: Pool, config: StripConfig, progress: Progress | None = None) -> 
     from curate.progress import Silent
 
     progress = progress or Silent()
-    table = pool.dataset.with_format("arrow")[:]
-    store = TraceStore(pool, table)
-    ids, domains = table.column("curate_id").to_pylist(), table.column("curate_domain").to_pylist()
-    spans = table.column(SPANS_COLUMN).to_pylist() if SPANS_COLUMN in table.column_names else None
+    narrow = pool.columns(["curate_id", "curate_domain", *([SPANS_COLUMN] if SPANS_COLUMN in pool.column_names else [])])
+    ids, domains = narrow.column("curate_id").to_pylist(), narrow.column("curate_domain").to_pylist()
+    spans = narrow.column(SPANS_COLUMN).to_pylist() if SPANS_COLUMN in narrow.column_names else None
+    count = _token_counter(config.tokenizer)
     status: dict[int, tuple[str, str]] = {}  # row -> (stripped|unchanged|refused, reason)
-    new_texts: dict[int, str] = {}
+    removed: dict[int, int] = {}  # row -> characters removed
+    tokens: dict[int, int] = {}  # row -> tokens removed
+    out = _Spool(pool)
+    offset = 0
     with progress.task("stripping", total=len(ids), unit="rows") as advance:
-        for i in range(len(ids)):
-            status[i] = _strip_row(store, i, config, spans, new_texts)
-            advance(1)
-    out_table = store.put(new_texts, ids, lambda name: name in _STALE or (
-        name.startswith(_STALE_PREFIXES) and name != "curate_behavior_source"))
-    import datasets
-
-    out = pool.with_dataset(datasets.Dataset(out_table.replace_schema_metadata(None), info=pool.dataset.info.copy()))
-    removed = {i: len(store.get(i)[0]) - len(t) for i, t in new_texts.items()}
-    tokens = _tokens_removed(config.tokenizer, {i: (store.get(i)[0], t) for i, t in new_texts.items()}, removed)
+        for batch in pool.batches():  # one batch of text in memory; the edited rows go to disk
+            store = TraceStore(pool, batch)
+            n = batch.num_rows
+            new_texts: dict[int, str] = {}
+            for i in range(n):
+                status[offset + i] = _strip_row(store, i, config, spans[offset:offset + n] if spans else None,
+                                                new_texts)
+                advance(1)
+            for i, text in new_texts.items():
+                old = store.get(i)[0]
+                removed[offset + i] = len(old) - len(text)
+                tokens[offset + i] = count(old) - count(text) if count else round(removed[offset + i] / 4)
+            out.add(store.put(new_texts, ids[offset:offset + n], lambda name: name in _STALE or (
+                name.startswith(_STALE_PREFIXES) and name != "curate_behavior_source")))
+            offset += n
     manifest = [ManifestEntry(ids[i], "replaced", f"strip:{config.behavior} -{removed[i]} chars, segments {status[i][1]}",
-                              replaced_by=f"{ids[i]}~strip") for i in sorted(new_texts)]
+                              replaced_by=f"{ids[i]}~strip") for i in sorted(removed)]
     source = "offline rules" if spans is None else f"`{SPANS_COLUMN}` ({_sources(spans)})"
-    return OpResult(out, manifest, _report(config, ids, domains, status, removed, tokens, source))
+    return OpResult(out.pool(), manifest, _report(config, ids, domains, status, removed, tokens, source))
+
+
+class _Spool:
+    """Batches written to a temporary parquet file as they come, then read back as a pool."""
+
+    def __init__(self, pool: Pool) -> None:
+        from curate.data.rows import TempFolder
+
+        self.source, self.folder, self.writer, self.schema, self.rows = pool, TempFolder(), None, None, 0
+
+    def add(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        table = table.replace_schema_metadata(None)
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.folder.path / "rows.parquet", self.schema)
+        self.writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def pool(self) -> Pool:
+        from curate.data.rows import FileRows
+
+        if self.writer is None:
+            return self.source
+        self.writer.close()
+        return self.source.with_rows(FileRows((self.folder.path / "rows.parquet",), self.schema, self.rows,
+                                              keep=self.folder))
 
 
 def _strip_row(store: TraceStore, i: int, config: StripConfig, spans: list[str | None] | None,
@@ -219,14 +255,15 @@ def _in_order(pieces: list[str], text: str) -> bool:
     return True
 
 
-def _tokens_removed(tokenizer: str | None, pairs: dict[int, tuple[str, str]], removed: dict[int, int]) -> dict[int, int]:
+def _token_counter(tokenizer: str | None):
+    """Tokens in a text under `tokenizer` (special tokens excluded), or None without one (then
+    removed tokens are estimated as characters / 4)."""
     if tokenizer is None:
-        return {i: round(c / 4) for i, c in removed.items()}
+        return None
     from curate.models import load_tokenizer  # a path, Hub id or alias, with one-line errors
 
     tok = load_tokenizer(tokenizer)
-    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return {i: count(old) - count(new) for i, (old, new) in pairs.items()}
+    return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
 
 
 def _sources(spans: list[str | None]) -> str:

@@ -198,6 +198,6 @@ def net_manifest(manifests: list[list], pool) -> list:
                 added.pop(e.curate_id, None)
             else:
                 fate[was] = ManifestEntry(was, "removed", e.reason)
-    present = set(pool.dataset["curate_id"])
+    present = set(pool.columns(["curate_id"]).column("curate_id").to_pylist())
     out = list(fate.values()) + [e for k, e in added.items() if k in present]
     return [e for e in out if e.action != "replaced" or e.replaced_by in present]

@@ -84,13 +84,13 @@ def calibrate(pool: Pool, config: TagConfig, progress: Progress | None = None
 
     table = offline.native_table(config.native_map)
     raw = offline.native_labels(pool)
-    domains = pool.dataset["curate_domain"]
+    domains = pool.columns(["curate_domain"]).column("curate_domain").to_pylist()
     native = [offline.native_difficulty(v, table) if d in ("math", "code") else None for v, d in zip(raw, domains,
                                                                                                       strict=True)]
     labelled = [i for i, level in enumerate(native) if level is not None]
     candidates = labelled or list(range(len(pool)))
     rows = sorted(random.Random(config.seed).sample(candidates, min(config.calibrate, len(candidates))))
-    sample = pool.with_dataset(pool.dataset.select(rows))
+    sample = pool.take(rows)
     blind = dataclasses.replace(config, calibrate=None, then_all=False, native=False, shard=None)
     if labelled:
         annotations, report = tag_pool(sample, blind, progress)

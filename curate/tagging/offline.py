@@ -37,7 +37,9 @@ def native_table(native_map: dict[str, int]) -> dict[str, int]:
 def native_labels(pool: Any) -> list[Any]:
     """Each row's raw native difficulty label (the pool's `difficulty` role column), None without one."""
     column = pool.shape.columns.get("difficulty")
-    return pool.dataset[column] if column and column in pool.dataset.column_names else [None] * len(pool)
+    if column and column in pool.column_names:
+        return pool.columns([column]).column(column).to_pylist()
+    return [None] * len(pool)
 
 
 def native_difficulty(raw: Any, table: dict[str, int]) -> int | None:
@@ -109,9 +111,22 @@ BEHAVIOR_MARKERS: dict[str, list[str]] = {
         r"starting from the (?:goal|end|answer)",
     ],
 }
-_COMPILED = {name: re.compile("|".join(f"(?:{p})" for p in pats), re.I) for name, pats in BEHAVIOR_MARKERS.items()}
+
+
+def _literal_first(pattern: str) -> str:
+    """`pattern` with a leading word boundary before a letter c written as `c(?<!\\wc)` (the same
+    matches): a pattern whose every alternative starts with a literal lets `re` skip ahead to
+    those letters instead of trying every position, ~7x faster on long traces."""
+    match = re.match(r"\\b([a-z])", pattern)
+    return f"{match.group(1)}(?<!\\w{match.group(1)}){pattern[3:]}" if match else pattern
+
+
+# Matched on the lower-cased trace (re.IGNORECASE would turn the skipping off).
+_COMPILED = {name: re.compile("|".join(f"(?:{_literal_first(p)})" for p in pats))
+             for name, pats in BEHAVIOR_MARKERS.items()}
 
 
 def behavior_counts(trace: str) -> dict[str, int]:
-    """Marker-phrase matches per behaviour in `trace`."""
-    return {name: len(pattern.findall(trace)) for name, pattern in _COMPILED.items()}
+    """Marker-phrase matches per behaviour in `trace`, case-insensitive."""
+    lowered = trace.lower()
+    return {name: len(pattern.findall(lowered)) for name, pattern in _COMPILED.items()}

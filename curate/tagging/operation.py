@@ -22,9 +22,9 @@ def run(pool: Pool, inputs: dict, config: TagConfig, context: OpContext) -> OpRe
         card["Calibration"] = "\n".join(calibration.lines())
         data["calibration"] = calibration
         if not config.then_all:
-            kept = set(sample.dataset["curate_id"])
+            kept = set(sample.columns(["curate_id"]).column("curate_id").to_pylist())
             manifest = [ManifestEntry(i, "removed", "not in the calibration sample (then_all tags every row)")
-                        for i in pool.dataset["curate_id"] if i not in kept]
+                        for i in pool.columns(["curate_id"]).column("curate_id").to_pylist() if i not in kept]
             pool = sample
     if not config.calibrate or config.then_all:
         annotations, report = tag_pool(pool, dataclasses.replace(config, calibrate=None, then_all=False),

@@ -263,7 +263,7 @@ def shard_pool(pool: Pool, config: TagConfig) -> Pool:
     """The rows of `config.shard` (contiguous, in order; `TagConfig.shard_range`), or `pool`."""
     if not config.shard:
         return pool
-    return pool.with_dataset(pool.dataset.select(config.shard_range(len(pool))))
+    return pool.take(config.shard_range(len(pool)))
 
 
 def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
@@ -285,12 +285,12 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
     total_rows = len(pool)
     pool = shard_pool(pool, config)
     rows = _Rows.of(pool, config)
-    report = TagReport(mode="offline" if config.offline else "llm", rows=len(rows.examples))
+    report = TagReport(mode="offline" if config.offline else "llm", rows=len(pool))
     if config.shard:
         shard = config.shard_range(total_rows)
         report.shard, report.shard_rows = config.shard, (shard.start, shard.stop, total_rows)
     if config.offline:
-        _tag_offline(rows, config, progress, pool.name)
+        _tag_offline(pool, rows, config, progress)
     else:
         _tag_llm(rows, config, progress, pool.name, report, cache, plan)
     report.wall_s = time.perf_counter() - started
@@ -301,7 +301,7 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
     if config.cache and not config.offline:
         cache_file = ResponseCache(config.cache)
         try:
-            report.wall_total_s, report.runs = cache_file.record_run(report.wall_s, len(rows.examples))
+            report.wall_total_s, report.runs = cache_file.record_run(report.wall_s, len(pool))
         finally:
             cache_file.close()
     sources = rows.out["curate_difficulty_source"]
@@ -315,7 +315,7 @@ class _Rows:
     """The annotation columns under construction (`out`: column -> one value per row, in order),
     each row's errors by task, its domain as known so far, and what native labels say."""
 
-    examples: list[Example]
+    examples: list[Example]  # every row, for the rater (empty offline: the rules read the rows as they stream)
     out: dict[str, list[Any]]
     errors: list[dict[str, Any]]
     domains: list[str]
@@ -325,10 +325,12 @@ class _Rows:
 
     @classmethod
     def of(cls, pool: Pool, config: TagConfig) -> _Rows:
-        examples = list(pool.examples())
-        n = len(examples)
+        examples = [] if config.offline else list(pool.examples())
+        narrow = pool.columns(["curate_id", "curate_domain"])
+        ids, known = narrow.column("curate_id").to_pylist(), narrow.column("curate_domain").to_pylist()
+        n = len(ids)
         out: dict[str, list[Any]] = {
-            "curate_id": [e.id for e in examples], "curate_domain": [None] * n, "curate_domain_source": [None] * n,
+            "curate_id": ids, "curate_domain": [None] * n, "curate_domain_source": [None] * n,
             "curate_difficulty": [None] * n, "curate_difficulty_raw": [None] * n,
             "curate_difficulty_source": [None] * n,
             **{f"curate_behavior_{b}": [None] * n for b in BEHAVIORS},
@@ -337,7 +339,7 @@ class _Rows:
         traces = _traces(pool, config)
         if traces:
             out[SPANS_COLUMN] = [None] * n
-        return cls(examples, out, [{} for _ in range(n)], [e.domain or "unknown" for e in examples],
+        return cls(examples, out, [{} for _ in range(n)], [d or "unknown" for d in known],
                    offline.native_labels(pool), offline.native_table(config.native_map), traces)
 
     def set_native(self, i: int) -> bool:
@@ -361,11 +363,12 @@ def _traces(pool: Pool, config: TagConfig) -> list[Trace | None]:
     return [t if t is not None and t.spans else None for t in traces]
 
 
-def _tag_offline(rows: _Rows, config: TagConfig, progress: Progress, name: str) -> None:
-    """Native labels, then rule estimates for difficulty; marker phrases for behaviours."""
+def _tag_offline(pool: Pool, rows: _Rows, config: TagConfig, progress: Progress) -> None:
+    """Native labels, then rule estimates for difficulty; marker phrases for behaviours. The rows
+    are read as they stream; only the tags are kept."""
     out = rows.out
-    with progress.task(f"tagging {name} (offline)", total=len(rows.examples), unit="rows") as advance:
-        for i, ex in enumerate(rows.examples):
+    with progress.task(f"tagging {pool.name} (offline)", total=len(pool), unit="rows") as advance:
+        for i, ex in enumerate(pool.examples()):
             if "difficulty" in config.tasks and rows.domains[i] in ("math", "code") and not rows.set_native(i):
                 level, raw = offline.rule_difficulty(rows.domains[i], _problem(ex), ex.solution or ex.response)
                 out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, raw
