@@ -2,7 +2,7 @@
 """Pools of a million rows in bounded memory: `curate` CLI processes at several pool sizes.
 
 For each size N the pool and a donor of the same size (Bespoke-Stratos shape, ~`trace_kb` KB
-traces, the rows of `bench_ops.py`) are generated as parquet, 1024-row row groups, then each
+traces) are generated as parquet, 1024-row row groups, then each
 command runs as its own process and is timed; its peak RSS is the process's own `ru_maxrss`
 (`os.wait4`), file-backed pages included. The data is generated in a separate process, so the
 commands are started from a small one (a child's `ru_maxrss` counts its parent's memory at fork). Commands: `inspect --json`, `tag --offline`,
@@ -28,14 +28,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import WORDS  # noqa: E402
-
+WORDS = ("let us consider the value of x and check whether the sum is even so the answer follows "
+         "wait maybe I made a mistake in the previous step let me recompute carefully").split()
 CHUNK = 8192
 
 
 def generate(path: Path, rows: int, trace_kb: int, seed: int, donor: bool) -> None:
-    """The rows of `bench_ops.make`, written `CHUNK` at a time (1024-row row groups)."""
+    """A Bespoke-Stratos-shaped pool of `rows` rows with ~`trace_kb` KB traces and curate's own
+    columns (ids, domains, difficulties, a math influence score), written `CHUNK` rows at a time
+    in 1024-row row groups. Every trace is one shared text after a row number."""
     rng = np.random.default_rng(seed)
     base = " ".join(rng.choice(WORDS, size=trace_kb * 250))[: trace_kb * 1024]
     writer = None

@@ -309,3 +309,64 @@ def test_behavior_markers_count_as_the_case_insensitive_patterns():
     for text in texts:
         assert behavior_counts(text) == {n: len(p.findall(text)) for n, p in reference.items()}
     assert sum(sum(behavior_counts(t).values()) for t in texts) > 20
+
+
+def test_csv_types_are_those_of_a_whole_file_read(tmp_path):
+    import pyarrow.csv as pcsv
+
+    path = tmp_path / "late.csv"
+    rows = "".join(f"{i},,{i},q{i},a{i}\n" for i in range(60_000))  # past pyarrow's first block
+    path.write_text("n,late,x,prompt,response\n" + rows + "hello,3,1.5,q,a\n", encoding="utf-8")
+    pool = load_pool(path)
+    whole = pcsv.read_csv(path)
+    assert [pool.rows.schema.field(c).type for c in whole.column_names] == [f.type for f in whole.schema]
+    assert pool.columns(["n", "late", "x"]).slice(59_999).to_pylist() == \
+        whole.select(["n", "late", "x"]).slice(59_999).to_pylist()
+
+
+def test_a_json_list_broken_early_is_not_read_to_the_end(tmp_path, monkeypatch):
+    path = tmp_path / "early.json"
+    item = json.dumps({"prompt": "p" * 200, "response": "r" * 200})
+    path.write_text("[\n" + item + ",\n{oops},\n" + ",\n".join([item] * 20_000) + "\n]", encoding="utf-8")
+    read = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+        def read(self, n=-1):
+            text = self.inner.read(n)
+            read.append(len(text))
+            return text
+
+    monkeypatch.setattr("curate.data.load._open_text", lambda p: Counting(open(p, encoding="utf-8")))
+    with pytest.raises(DataError, match=r"early\.json:3: invalid JSON"):
+        load_pool(path)
+    assert sum(read) < path.stat().st_size / 4
+
+
+def test_outputs_keep_annotations_features_and_row_groups(tmp_path, small_batches):
+    import polars as pl
+
+    rows = [{"id": f"r{i}", "prompt": f"q{i}", "response": f"a{i}", "label": i % 2} for i in range(20)]
+    features = datasets.Features({"id": datasets.Value("string"), "prompt": datasets.Value("string"),
+                                  "response": datasets.Value("string"), "label": datasets.ClassLabel(names=["no", "yes"])})
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "in"))
+    write_pool(load_pool(tmp_path / "in"), tmp_path / "in.parquet")
+    pool = load_pool(tmp_path / "in.parquet")
+    assert isinstance(pool.features["label"], datasets.ClassLabel)
+    stripped = strip(pool, StripConfig())  # nothing to strip: the same rows, the same features
+    assert isinstance(stripped.pool.features["label"], datasets.ClassLabel)
+    kept = pool.take([1, 4, 5, 9, 12, 13, 19])  # batches of 1-2 rows after the take
+    path = write_pool(kept, tmp_path / "kept.parquet")
+    assert [pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(3)] == [3, 3, 1]
+    none = pool.take([])
+    scores = pl.DataFrame({"curate_id": [], "curate_score": []}, schema={"curate_id": pl.String, "curate_score": pl.Float64})
+    empty = write_pool(none, tmp_path / "none.parquet", annotations=scores)
+    assert pq.read_schema(empty).names[-1] == "curate_score" and pq.read_metadata(empty).num_rows == 0

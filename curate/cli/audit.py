@@ -84,7 +84,7 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
                          seeds=seeds, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
                          lds=lds, subset_frac=subset_frac, train=train, keep_models=keep_models)
     pool = load_pool(scored, split=split)
-    resolve_column(pool.dataset.column_names, score_column)  # fail before loading anything heavy
+    resolve_column(pool.column_names, score_column)  # fail before loading anything heavy
     query_sets = {q: list(load_pool(p, source=q).examples()) for q, p in query_paths.items()}
     quiet_third_party_progress()
     progress = RichProgress()

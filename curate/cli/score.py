@@ -51,7 +51,9 @@ def score(call) -> None:
     if scores is None:
         render(result.report)
     else:
-        render_summary(scores, dict(zip(loaded.dataset["curate_id"], loaded.dataset["curate_domain"], strict=True)))
+        narrow = loaded.columns(["curate_id", "curate_domain"])
+        render_summary(scores, dict(zip(narrow.column("curate_id").to_pylist(), narrow.column("curate_domain").to_pylist(),
+                                        strict=True)))
     click.echo(str(written.path))
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PEEK = 5  # rows shape detection looks at
+_CSV_CONVERSION = re.compile(r"CSV column #(\d+): CSV conversion error to ([\w\[\]]+)")
 
 
 def load_pool(
@@ -109,6 +110,9 @@ def read_file(path: Path) -> Rows:
         raise DataError(f"{path}: cannot read: {err}") from None
 
 
+_WS = " \t\r\n"  # JSON's whitespace
+
+
 def _json_rows(path: Path, lines: bool) -> Iterator[dict[str, Any]]:
     """The row objects of a JSON lines file, or of a JSON list (a `.json` file may hold JSON lines
     too), one at a time."""
@@ -117,7 +121,7 @@ def _json_rows(path: Path, lines: bool) -> Iterator[dict[str, Any]]:
             yield from _json_lines(f, path)
             return
         head = f.read(1 << 16)
-        start = head.lstrip()[:1]
+        start = head.lstrip(_WS)[:1]
         if start == "[":
             yield from _json_list(head, f, path)
             return
@@ -134,77 +138,90 @@ def _json_rows(path: Path, lines: bool) -> Iterator[dict[str, Any]]:
     raise DataError(f"{path}: expected a list of row objects, found {type(data).__name__}")
 
 
+class _Buffer:
+    """A text file read through a sliding window: `text[pos:]` is what is not consumed yet,
+    `lines` the newlines before `text`."""
+
+    def __init__(self, head: str, f: io.TextIOBase, path: Path) -> None:
+        self.text, self.f, self.path, self.pos, self.lines, self.eof = head, f, path, 0, 0, False
+
+    def more(self) -> bool:
+        """Read more (at least as much as is pending, so a long value costs linear time)."""
+        chunk = "" if self.eof else self.f.read(max(1 << 20, len(self.text) - self.pos))
+        if not chunk:
+            self.eof = True
+            return False
+        self.lines += self.text.count("\n", 0, self.pos)
+        self.text, self.pos = self.text[self.pos:] + chunk, 0
+        return True
+
+    def skip_space(self) -> str:
+        """The next non-whitespace character ("" at the end), not consumed."""
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in _WS:
+                self.pos += 1
+            if self.pos < len(self.text) or not self.more():
+                return self.text[self.pos:self.pos + 1]
+
+    def decode(self, decoder: json.JSONDecoder) -> Any:
+        """The JSON value at `pos` (consumed); a `DataError` with the line for a malformed one."""
+        while True:
+            try:
+                value, self.pos = decoder.raw_decode(self.text, self.pos)
+                return value
+            except json.JSONDecodeError as err:
+                # Refill only where the value may just be cut off by the window's end.
+                cut = err.msg.startswith("Unterminated string") or err.pos >= len(self.text) - 16
+                if not (cut and self.more()):
+                    raise self.error(err.msg, err.pos) from None
+
+    def error(self, msg: str, at: int) -> DataError:
+        return DataError(f"{self.path}:{self.lines + self.text.count(chr(10), 0, at) + 1}: invalid JSON: {msg}")
+
+
 def _refuse_one_object(head: str, f: io.TextIOBase, path: Path) -> None:
     """A `.json` file that starts with an object: a `DataError` when that object is all there is
     (or is malformed); otherwise the file is JSON lines and this returns."""
-    decoder = json.JSONDecoder()
-    text = head
-    while True:
-        try:
-            first, end = decoder.raw_decode(text, len(text) - len(text.lstrip()))
-            break
-        except json.JSONDecodeError as err:
-            more = f.read(1 << 20)
-            if not more:
-                raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-            text += more
-    rest = text[end:]
-    while not rest.strip():
-        rest = f.read(1 << 20)
-        if not rest:
-            keys = ", ".join(list(first)[:5])
-            raise DataError(f"{path}: expected a list of row objects, found an object (keys: {keys}); "
-                            "write the rows as a JSON list or as JSON lines")
+    buf = _Buffer(head, f, path)
+    buf.skip_space()
+    first = buf.decode(json.JSONDecoder())
+    if not buf.skip_space():
+        keys = ", ".join(list(first)[:5])
+        raise DataError(f"{path}: expected a list of row objects, found an object (keys: {keys}); "
+                        "write the rows as a JSON list or as JSON lines")
 
 
 def _json_list(head: str, f: io.TextIOBase, path: Path) -> Iterator[dict[str, Any]]:
-    """Row objects of a JSON list, decoded one at a time from a sliding buffer."""
+    """Row objects of a JSON list, decoded one at a time from a sliding window of the file."""
     decoder = json.JSONDecoder()
-    buf, pos, lines_before, eof = head, head.index("[") + 1, 0, False
+    buf = _Buffer(head, f, path)
+    buf.skip_space()
+    buf.pos += 1  # the opening bracket
     item = 0
-
-    def fail(msg: str, at: int) -> DataError:
-        return DataError(f"{path}:{lines_before + buf.count(chr(10), 0, at) + 1}: invalid JSON: {msg}")
-
-    expect_value = True
     while True:
-        while True:  # skip whitespace, refilling the buffer as needed
-            while pos < len(buf) and buf[pos] in " \t\r\n":
-                pos += 1
-            if pos < len(buf) or eof:
+        nxt = buf.skip_space()
+        if nxt == "]" and item == 0:
+            break
+        if item:
+            if nxt == "]":
                 break
-            lines_before += buf.count("\n", 0, pos)
-            buf, pos = f.read(1 << 20), 0
-            eof = not buf
-        if pos >= len(buf):
-            raise fail("Expecting ',' delimiter" if not expect_value else "Expecting value", pos)
-        if buf[pos] == "]" and (not expect_value or item == 0):
-            if buf[pos + 1:].strip() or f.read(1 << 16).strip():
-                raise fail("Extra data", pos + 1)
-            return
-        if not expect_value:
-            if buf[pos] != ",":
-                raise fail("Expecting ',' delimiter", pos)
-            pos += 1
-            expect_value = True
-            continue
-        try:
-            row, end = decoder.raw_decode(buf, pos)
-        except json.JSONDecodeError as err:
-            more = "" if eof else f.read(1 << 20)
-            if not more:
-                raise DataError(f"{path}:{lines_before + err.lineno}: invalid JSON: {err.msg}") from None
-            lines_before += buf.count("\n", 0, pos)
-            buf, pos = buf[pos:] + more, 0
-            continue
+            if nxt != ",":
+                raise buf.error("Expecting ',' delimiter", buf.pos)
+            buf.pos += 1
+            buf.skip_space()
+        if buf.pos >= len(buf.text):
+            raise buf.error("Expecting value", buf.pos)
+        row = buf.decode(decoder)
         if not isinstance(row, dict):
             raise DataError(f"{path}: item {item} is a {type(row).__name__}, not an object")
         yield row
         item += 1
-        pos, expect_value = end, False
-        if pos > 1 << 20:  # drop what was decoded
-            lines_before += buf.count("\n", 0, pos)
-            buf, pos = buf[pos:], 0
+        if buf.pos > 1 << 20:  # drop what was decoded
+            buf.lines += buf.text.count("\n", 0, buf.pos)
+            buf.text, buf.pos = buf.text[buf.pos:], 0
+    buf.pos += 1  # the closing bracket
+    if buf.skip_space():
+        raise buf.error("Extra data", buf.pos)
 
 
 def _json_lines(lines: Iterable[str], path: Path) -> Iterator[dict[str, Any]]:
@@ -335,23 +352,36 @@ def _parquet_rows(path: Path) -> FileRows:
 
 def _csv_rows(path: Path) -> FileRows:
     """A CSV file converted to one parquet file, a block at a time (pyarrow decompresses .csv.gz by
-    itself; quoted values may span lines; types are inferred from the first block)."""
+    itself; quoted values may span lines). Types are inferred from the first block; a later value
+    that does not fit widens its column (null -> int64 -> double -> string) and the conversion
+    starts again, so the types are those of a whole-file read."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     folder = TempFolder()
     target = folder.path / "rows.parquet"
-    total = 0
-    try:
-        reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True))
-        with pq.ParquetWriter(target, reader.schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-                total += batch.num_rows
-    except pa.ArrowException as err:
-        raise DataError(f"{path}: cannot read csv: {_one_line(err)}") from None
-    return FileRows((target,), reader.schema, total, keep=folder)
+    widened: dict[str, pa.DataType] = {}
+    while True:
+        total = 0
+        try:
+            reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                                   convert_options=pcsv.ConvertOptions(column_types=widened))
+            with pq.ParquetWriter(target, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    total += batch.num_rows
+            return FileRows((target,), reader.schema, total, keep=folder)
+        except pa.ArrowInvalid as err:
+            match = _CSV_CONVERSION.search(str(err))
+            if match is None:
+                raise DataError(f"{path}: cannot read csv: {_one_line(err)}") from None
+            name = reader.schema.names[int(match.group(1))]
+            if widened.get(name) == pa.string():
+                raise DataError(f"{path}: cannot read csv: {_one_line(err)}") from None
+            widened[name] = {"null": pa.int64(), "int64": pa.float64()}.get(match.group(2), pa.string())
+        except pa.ArrowException as err:
+            raise DataError(f"{path}: cannot read csv: {_one_line(err)}") from None
 
 
 def _read_folder(path: Path, split: str | None) -> tuple[datasets.Dataset, str | None]:

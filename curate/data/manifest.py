@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,17 +41,22 @@ class ManifestEntry:
             )
 
 
-def check_manifest(entries: Iterable[ManifestEntry], output_ids: set[str]) -> list[ManifestEntry]:
-    """Entries as a list; added rows and replacements must be in the output, removed ones not."""
+def check_manifest(entries: Iterable[ManifestEntry], output_ids: Sequence[str]) -> list[ManifestEntry]:
+    """Entries as a list; added rows and replacements must be in the output, removed ones not.
+    `output_ids`: the output's `curate_id`s (any sequence polars reads, e.g. an arrow column)."""
+    import polars as pl
+
     entries = list(entries)
     for entry in entries:
         if not isinstance(entry, ManifestEntry):
             raise DataError(f"manifest: expected ManifestEntry, got {type(entry).__name__}")
-        present = entry.replaced_by if entry.action == "replaced" else entry.curate_id
-        if entry.action == "removed" and entry.curate_id in output_ids:
+    present = [e.replaced_by if e.action == "replaced" else e.curate_id for e in entries]
+    found = pl.Series(present, dtype=pl.String).is_in(pl.Series(output_ids, dtype=pl.String).implode()).to_list()
+    for entry, name, inside in zip(entries, present, found, strict=True):
+        if entry.action == "removed" and inside:
             raise DataError(f"manifest: {entry.curate_id} is listed as removed but is in the output")
-        if entry.action != "removed" and present not in output_ids:
-            raise DataError(f"manifest: {present} is listed as {entry.action} but is not in the output")
+        if entry.action != "removed" and not inside:
+            raise DataError(f"manifest: {name} is listed as {entry.action} but is not in the output")
     return entries
 
 

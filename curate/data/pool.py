@@ -90,13 +90,21 @@ class Pool:
 
     def examples(self) -> Iterator[Example]:
         """The rows in order as canonical `Example`s (`id == curate_id`), read a batch at a time."""
-        for index, row in enumerate(_rows(self.batches())):
-            messages = _messages(row, self.shape, index, self.origin)
-            thought, solution = split_response(messages[-1]["content"])
-            yield Example(
-                id=row["curate_id"], messages=tuple(messages), domain=row.get("curate_domain"),
-                thought=thought, solution=solution,
-            )
+        for _, examples in self.example_batches():
+            yield from examples
+
+    def example_batches(self) -> Iterator[tuple[pa.Table, list[Example]]]:
+        """Each batch of rows (all columns) with its rows as `Example`s."""
+        start = 0
+        for batch in self.batches():
+            examples = []
+            for index, row in enumerate(batch.to_pylist(), start=start):
+                messages = _messages(row, self.shape, index, self.origin)
+                thought, solution = split_response(messages[-1]["content"])
+                examples.append(Example(id=row["curate_id"], messages=tuple(messages), domain=row.get("curate_domain"),
+                                        thought=thought, solution=solution))
+            start += batch.num_rows
+            yield batch, examples
 
     @property
     def name(self) -> str:
@@ -162,8 +170,8 @@ def build_pool(
 
     `rows`: a `Rows` (`curate.data.rows`) or a `datasets.Dataset`. `source`: an explicit id
     qualifier (see the module doc); None = ids from the rows alone. The rows are read a batch at a
-    time; a pool curate wrote (every row with an id and a known domain) is not read beyond those
-    three columns. Raises `DataError` naming the row index (0-based) for a row that has no
+    time; a pool curate wrote (every row with a unique id and a known domain) is not read beyond
+    those three columns. Raises `DataError` naming the row index (0-based) for a row that has no
     assistant response.
     """
     if source is not None and not source:
@@ -171,39 +179,36 @@ def build_pool(
     if not isinstance(rows, (DatasetRows, ColumnRows)) and hasattr(rows, "features"):
         rows = DatasetRows(rows)
     columns = list(rows.schema.names)
-    written = _written_by_curate(rows)
-    keys, domains, sources = written or _derive(rows, shape, source, origin)
     input_columns = tuple(c for c in columns if c not in CURATE_COLUMNS)
+    if _written_by_curate(rows):  # the three columns are read in place
+        return Pool(rows, shape, source or "", origin, split, input_columns)
+    keys, domains, sources = _derive(rows, shape, source, origin)
     if isinstance(rows, DatasetRows):
         return _with_dataset_columns(rows.dataset, keys, domains, sources, shape, source, origin, split, input_columns)
-    ids = unique_ids(keys)
-    if written and ids == keys:  # the three columns are already what they should be: read them in place
-        return Pool(rows, shape, source or "", origin, split, input_columns)
     import pyarrow as pa
 
-    added = pa.table({"curate_id": pa.array(ids, pa.string()),
+    added = pa.table({"curate_id": pa.array(unique_ids(keys), pa.string()),
                       "curate_domain": pa.array(domains, pa.string()),
                       "curate_domain_source": pa.array(sources, pa.string())})
     return Pool(ColumnRows(rows, added), shape, source or "", origin, split, input_columns)
 
 
-def _written_by_curate(rows: Rows) -> tuple[list[str], list[str], list[str]] | None:
-    """The three columns as they are, when every row has an id and a known domain (a pool curate
-    wrote); else None. Reads those columns only."""
+def _written_by_curate(rows: Rows) -> bool:
+    """Whether every row already has a unique id and a known domain (a pool curate wrote): then
+    the three columns stay as they are. Reads those columns only, without Python objects per row."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if not set(CURATE_COLUMNS) <= set(rows.schema.names):
-        return None
+        return False
     if any(not pa.types.is_string(rows.schema.field(c).type) for c in CURATE_COLUMNS):
-        return None
+        return False
     ids, domains, sources = (read_columns(rows, CURATE_COLUMNS).column(c) for c in CURATE_COLUMNS)
     known = pa.array([d for d in DOMAINS if d != "unknown"])
-    if (ids.null_count or pc.any(pc.equal(ids, "")).as_py()
-            or not pc.all(pc.fill_null(pc.is_in(domains, value_set=known), False)).as_py()
-            or not pc.all(pc.fill_null(pc.is_in(sources, value_set=pa.array(list(DOMAIN_SOURCES))), False)).as_py()):
-        return None
-    return ids.to_pylist(), domains.to_pylist(), sources.to_pylist()
+    return not (ids.null_count or pc.any(pc.equal(ids, "")).as_py()
+                or pc.count_distinct(ids).as_py() != len(ids)
+                or not pc.all(pc.fill_null(pc.is_in(domains, value_set=known), False)).as_py()
+                or not pc.all(pc.fill_null(pc.is_in(sources, value_set=pa.array(list(DOMAIN_SOURCES))), False)).as_py())
 
 
 def _derive(rows: Rows, shape: Shape, source: str | None, origin: str) -> tuple[list[str], list[str], list[str]]:

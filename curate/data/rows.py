@@ -92,20 +92,32 @@ class FileRows:
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         names = _names(self, columns)
         target = pa.schema([self.schema.field(n) for n in names])
         for path in self.files:
-            part = pq.ParquetFile(path)
-            have = [n for n in names if n in part.schema_arrow.names]
-            if not have:  # a part without any of the columns: its rows, all null
-                rows = part.metadata.num_rows
-                for start in range(0, rows, BATCH_ROWS):
-                    yield conform(pa.table({}), target, min(BATCH_ROWS, rows - start))
-                continue
-            for batch in part.iter_batches(batch_size=BATCH_ROWS, columns=have, use_threads=False):
-                yield conform(pa.Table.from_batches([batch]), target, batch.num_rows)
+            try:
+                yield from self._part(path, names, target)
+            except pa.ArrowException as err:  # a file changed or damaged since it was opened
+                from curate.errors import DataError
+
+                raise DataError(f"{path}: cannot read parquet: {str(err).strip().splitlines()[0]}") from None
+
+    def _part(self, path: Path, names: list[str], target: pa.Schema) -> Iterator[pa.Table]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # pre_buffer (pyarrow's default) keeps every range it read until the file is closed: the
+        # whole column, over a pass.
+        part = pq.ParquetFile(path, pre_buffer=False)
+        have = [n for n in names if n in part.schema_arrow.names]
+        if not have:  # a part without any of the columns: its rows, all null
+            rows = part.metadata.num_rows
+            for start in range(0, rows, BATCH_ROWS):
+                yield conform(pa.table({}), target, min(BATCH_ROWS, rows - start))
+            return
+        for batch in part.iter_batches(batch_size=BATCH_ROWS, columns=have, use_threads=False):
+            yield conform(pa.Table.from_batches([batch]), target, batch.num_rows)
 
 
 @dataclass(frozen=True)
@@ -175,22 +187,12 @@ class TakeRows:
 
 
 @dataclass(frozen=True)
-class SpliceRows:
-    """`parent`'s rows at `positions` (increasing), the output rows at `at` (increasing output
-    positions) replaced by `replacements`' rows, which come in output order."""
+class SpliceRows(TakeRows):
+    """`parent`'s rows at `positions`, the output rows at `at` (increasing output positions)
+    replaced by `replacements`' rows, which come in output order."""
 
-    parent: Rows
-    positions: np.ndarray
-    at: np.ndarray
-    replacements: Rows
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.positions)
-
-    @property
-    def schema(self) -> pa.Schema:
-        return self.parent.schema
+    at: np.ndarray = None
+    replacements: Rows = None
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         import numpy as np
@@ -199,7 +201,7 @@ class SpliceRows:
         names = _names(self, columns)
         incoming = _Rechunk(self.replacements.batches(names))
         offset = 0
-        for batch in TakeRows(self.parent, self.positions).batches(names):
+        for batch in super().batches(names):
             n = batch.num_rows
             lo, hi = np.searchsorted(self.at, [offset, offset + n])
             if hi > lo:

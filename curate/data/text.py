@@ -26,15 +26,21 @@ def problem_texts(pool: Pool) -> pl.Series:
     for prompt/response shapes the prompt column), stripped, in row order. Read a batch at a time."""
     import polars as pl
 
+    parts = list(problem_batches(pool))
+    return (pl.concat(parts) if parts else pl.Series([], dtype=pl.String)).rename("problem")
+
+
+def problem_batches(pool: Pool) -> Iterator[pl.Series]:
+    """`problem_texts`, a batch of rows at a time (for callers that keep less than the text)."""
+    import polars as pl
+
     parts = turn_texts(pool, "first_user")
     if parts is None:
         parts = (pl.Series([next((m["content"] for m in e.messages if m["role"] == "user"), "")
-                            for e in pool.examples()], dtype=pl.String),)
-    texts = pl.concat([p.fill_null("").str.strip_chars() for p in parts]) if len(pool) else pl.Series([], dtype=pl.String)
-    return (
-        texts.str.strip_prefix(MATH_PREFIX).str.strip_prefix(CODE_PREFIX).str.strip_chars()
-        .rename("problem")
-    )
+                            for e in examples], dtype=pl.String) for _, examples in pool.example_batches())
+    for texts in parts:
+        yield (texts.fill_null("").str.strip_chars()
+               .str.strip_prefix(MATH_PREFIX).str.strip_prefix(CODE_PREFIX).str.strip_chars())
 
 
 def response_chars(pool: Pool) -> pl.Series:

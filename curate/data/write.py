@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from curate.data.card import render_card
+from curate.data.example import Example
 from curate.data.manifest import ManifestEntry, check_manifest, manifest_lines
 from curate.data.pool import Pool
 from curate.errors import DataError, UsageError
@@ -70,11 +71,11 @@ def write_pool(
     if emit not in EMITS:
         raise UsageError(f"emit={emit!r}: expected one of {', '.join(EMITS)}")
     ids = pool.columns(["curate_id"]).column("curate_id")
-    entries = check_manifest(manifest, set(ids.to_pylist()))
+    entries = check_manifest(manifest, ids)
     joined = aligned_annotations(ids, annotations) if annotations is not None else None
     batches = _out_batches(pool, emit, joined)
     first = next(batches, None)
-    empty = _out_table(pool.rows.schema.empty_table(), pool, emit, joined.slice(0, 0) if joined else None)
+    empty = _out_table(pool.rows.schema.empty_table(), [], emit, joined.slice(0, 0) if joined is not None else None)
     features = _features((first if first is not None else empty).schema, pool.features)
     schema = features.arrow_schema
 
@@ -106,40 +107,32 @@ def write_pool(
             atomic_write(data_path, lambda tmp: _write_parquet(rows(), schema, tmp))
         else:
             atomic_write(data_path, lambda tmp: _write_jsonl(rows(), tmp))
-    _push(data_path, fmt, push_to_hub, {card_path.name: card, manifest_path.name: lines})
+    _push(data_path, fmt, features, push_to_hub, {card_path.name: card, manifest_path.name: lines})
     return data_path
 
 
 def _out_batches(pool: Pool, emit: str, joined: pa.Table | None) -> Iterator[pa.Table]:
     """The output's batches: the pool's (or its `messages`), annotations joined."""
     offset = 0
-    names = None if emit == "input" else _message_columns(pool)
-    for batch in pool.batches(names):
+    batches = ((b, []) for b in pool.batches()) if emit == "input" else pool.example_batches()
+    for batch, examples in batches:
         n = batch.num_rows
-        yield _out_table(batch, pool, emit, joined.slice(offset, n) if joined is not None else None)
+        yield _out_table(batch, examples, emit, joined.slice(offset, n) if joined is not None else None)
         offset += n
 
 
-def _out_table(batch: pa.Table, pool: Pool, emit: str, joined: pa.Table | None) -> pa.Table:
+def _out_table(batch: pa.Table, examples: list[Example], emit: str, joined: pa.Table | None) -> pa.Table:
     if emit == "messages":
-        batch = messages_table(batch, pool)
+        batch = messages_table(batch, examples)
     return batch if joined is None else set_columns(batch, joined)
 
 
-def _message_columns(pool: Pool) -> list[str]:
-    wanted = set(pool.shape.columns.values())
-    return [c for c in pool.column_names if c in wanted or c.startswith("curate_")]
-
-
-def messages_table(batch: pa.Table, pool: Pool) -> pa.Table:
-    """A batch of the pool as a `messages` column (system prompt folded in) plus its curate_* columns."""
+def messages_table(batch: pa.Table, examples: list[Example]) -> pa.Table:
+    """A batch of the pool as a `messages` column (system prompt folded in, from its `examples`)
+    plus its curate_* columns."""
     import pyarrow as pa
 
-    from curate.data.pool import Pool as _Pool
-    from curate.data.rows import DatasetRows
-
-    one = _Pool(DatasetRows(_dataset(batch)), pool.shape, pool.source, pool.origin)
-    messages = [list(example.messages) for example in one.examples()]
+    messages = [list(example.messages) for example in examples]
     message_type = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     curate = [name for name in batch.column_names if name.startswith("curate_")]
     return pa.table(
@@ -147,19 +140,21 @@ def messages_table(batch: pa.Table, pool: Pool) -> pa.Table:
     )
 
 
-def _dataset(table: pa.Table) -> datasets.Dataset:
-    import datasets
-    from datasets.fingerprint import generate_random_fingerprint
-
-    return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
-
-
 def _write_parquet(batches: Iterator[pa.Table], schema: pa.Schema, path: Path) -> None:
+    """Row groups of `ROW_GROUP_ROWS` rows, whatever the sizes of the batches."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with pq.ParquetWriter(path, schema) as writer:
+        pending, rows = [], 0
         for batch in batches:
-            writer.write_table(batch, row_group_size=ROW_GROUP_ROWS)
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                pending, rows = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
 
 
 def _write_disk(batches: Iterator[pa.Table], features: datasets.Features, folder: Path) -> None:
@@ -202,7 +197,8 @@ def _write_disk(batches: Iterator[pa.Table], features: datasets.Features, folder
                                               encoding="utf-8")
 
 
-def _push(data_path: Path, fmt: str, repo_id: str | None, sidecars: Mapping[str, str]) -> None:
+def _push(data_path: Path, fmt: str, features: datasets.Features, repo_id: str | None,
+          sidecars: Mapping[str, str]) -> None:
     """Upload the written dataset and its sidecar files (card as README.md, manifest) to a Hub repo."""
     if not repo_id:
         return
@@ -213,7 +209,8 @@ def _push(data_path: Path, fmt: str, repo_id: str | None, sidecars: Mapping[str,
         if fmt == "disk":
             dataset = datasets.load_from_disk(str(data_path))
         else:
-            dataset = (datasets.Dataset.from_parquet if fmt == "parquet" else datasets.Dataset.from_json)(str(data_path))
+            reader = datasets.Dataset.from_parquet if fmt == "parquet" else datasets.Dataset.from_json
+            dataset = reader(str(data_path), features=features)
         dataset.push_to_hub(repo_id, private=True)
         api = HfApi()
         for name, text in sidecars.items():

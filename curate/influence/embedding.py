@@ -91,7 +91,7 @@ def embedding_table(pool: Pool, queries: dict[str, Pool], config: ScoreConfig, *
         model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype), device=config.resolved_device,
                                       trust_remote_code=config.trust_remote_code)
     total = len(pool) + sum(len(q) for q in queries.values())
-    columns = {"curate_id": pool.dataset["curate_id"]}
+    columns = {"curate_id": pool.columns(["curate_id"]).column("curate_id").to_pylist()}
     with progress.task("embedding rows and queries", total=total, unit="rows") as advance:
         rows = embed_examples(model, tokenizer, list(pool.examples()), config.max_length, config.batch_tokens, advance)
         for name, query in queries.items():

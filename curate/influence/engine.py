@@ -187,11 +187,13 @@ def _score_stage(ctx: ScoreContext, examples: Sequence[Example], replayed: dict,
 
     # This rank's contiguous range of chunks; then, after every rank has written its part, all.
     mine = (job or coll.shard).span(n_chunks)
-    with ctx.progress.task("scoring", sum(len(chunk_of(c)) for c in mine), unit="ex") as advance:
+    total = sum(min(config.chunk_size, len(examples) - c * config.chunk_size) for c in mine)
+    with ctx.progress.task("scoring", total, unit="ex") as advance:
         for c in mine:
+            chunk = chunk_of(c)  # read once: the pool may stream from disk
             for kind, compute in kinds.items():
-                _chunk_table(chunk_path(c, kind), compute, chunk_of(c))
-            advance(len(chunk_of(c)))
+                _chunk_table(chunk_path(c, kind), compute, chunk)
+            advance(len(chunk))
     coll.barrier()
     if job:
         missing = sum(not chunk_path(c, "scores").exists() for c in range(n_chunks))

@@ -54,18 +54,16 @@ class Habits:
     speaker: str  # the user's name in a ShareGPT-style chat column: human or user
 
 
-def render_rows(pool: Pool, donor: Pool, rows: Sequence[int], problems: Sequence[str],
-                positions: Sequence[int]) -> Spill:
-    """Donor `rows` (0-based, with their prefix-free `problems`) rendered into `pool`'s schema,
-    read back in the order of their output `positions` (`curate.data.rows.Spill`). The donor is
-    read once, a batch at a time; only the rendered rows are written, to a temporary folder."""
+def render_rows(pool: Pool, donor: Pool, rows: Sequence[int], positions: Sequence[int]) -> Spill:
+    """Donor `rows` (0-based) rendered into `pool`'s schema, read back in the order of their output
+    `positions` (`curate.data.rows.Spill`). The donor is read once, a batch at a time; only the
+    rendered rows are written, to a temporary folder."""
     import numpy as np
 
     from curate.data.rows import SpillWriter
 
     order = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")
     wanted = np.asarray(rows, dtype=np.int64)[order]
-    problems = [problems[k] for k in order]
     positions = np.asarray(positions, dtype=np.int64)[order]
     same_shape = set(pool.input_columns) <= set(donor.column_names)
     habits = None if same_shape else pool_habits(pool)
@@ -76,17 +74,22 @@ def render_rows(pool: Pool, donor: Pool, rows: Sequence[int], problems: Sequence
         lo, hi = np.searchsorted(wanted, [offset, offset + n])
         if hi > lo:
             picked = batch.take(wanted[lo:hi] - offset)
-            spill.add(_render(pool, donor, picked, problems[lo:hi], habits), positions[lo:hi])
+            spill.add(_render(pool, donor, picked, habits), positions[lo:hi])
         offset += n
     return spill.close()
 
 
-def _render(pool: Pool, donor: Pool, picked: pa.Table, problems: Sequence[str], habits: Habits | None) -> pa.Table:
+def _render(pool: Pool, donor: Pool, picked: pa.Table, habits: Habits | None) -> pa.Table:
     """Picked donor rows as a table in the pool's schema (`habits` None: the donor has the pool's shape)."""
     import pyarrow as pa
 
+    from curate.data.text import problem_texts
+
     columns: dict[str, pa.Array] = {}
-    texts = None if habits is None else _texts(pool, donor.with_dataset(_dataset(picked)), problems, habits)
+    texts = None
+    if habits is not None:
+        rows = donor.with_dataset(_dataset(picked))
+        texts = _texts(pool, rows, problem_texts(rows).to_list(), habits)
     for field in pool.rows.schema:
         if texts is not None and field.name in texts:
             columns[field.name] = pa.array(texts[field.name], type=field.type)

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from curate.analysis import EASY_MAX, HARD_MIN
 from curate.data import ManifestEntry, Pool
-from curate.data.text import problem_texts
+from curate.data.text import problem_batches
 from curate.errors import DataError
 from curate.ops.decontam import (
     DEFAULT_NGRAM,
@@ -47,20 +47,6 @@ if TYPE_CHECKING:
 
 FLIP_DOMAINS = ("math", "code")
 BINS = tuple(range(1, 11))
-
-
-class Swap(NamedTuple):
-    """One replacement: pool row (0-based) and its id and difficulty, the donor row replacing it,
-    the domain, and the donor's prefix-free problem text (to render the row in the pool's schema)."""
-
-    pool_row: int
-    donor_row: int
-    pool_id: str
-    donor_id: str
-    pool_difficulty: float
-    donor_difficulty: float
-    domain: str
-    problem: str
 
 
 @dataclass(frozen=True)
@@ -94,6 +80,20 @@ class FlipConfig:
 
     def direction(self, domain: str) -> str:
         return "harder" if (domain == "math") != self.reverse else "easier"
+
+
+def _problem_keys(pool: Pool) -> list[pl.Series]:
+    """`key` (a 64-bit hash of each row's normalised problem) and `blank` (no problem text)."""
+    import polars as pl
+
+    keys, blanks = [], []
+    for texts in problem_batches(pool):
+        norm = normalise(texts)
+        keys.append(norm.hash(seed=0))
+        blanks.append(norm == "")
+    if not keys:
+        return [pl.Series("key", [], pl.UInt64), pl.Series("blank", [], pl.Boolean)]
+    return [pl.concat(keys).alias("key"), pl.concat(blanks).alias("blank")]
 
 
 def difficulty_frame(pool: Pool, column: str) -> pl.DataFrame:
@@ -136,20 +136,22 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     if benchmarks is None:
         benchmarks = load_benchmarks(config.decontaminate)
     col = config.difficulty_col
-    mine = difficulty_frame(pool, col).with_columns(normalise(problem_texts(pool)).alias("norm"))
-    theirs = difficulty_frame(donor, col).with_columns(problem_texts(donor).alias("problem"))
-    theirs = theirs.with_columns(normalise(theirs["problem"]).alias("norm"))
-    clash = set(mine["curate_id"]) & set(theirs["curate_id"])
-    if clash:
-        raise DataError(f"donor ids clash with pool ids (e.g. {sorted(clash)[0]!r}): the same own id or the same "
+    # A problem is compared by a 64-bit hash of its normalised text (`key`; `blank`: no text), so
+    # a million rows' problems are not held as text.
+    mine = difficulty_frame(pool, col).with_columns(_problem_keys(pool))
+    before = mine.select("curate_domain", "difficulty")
+    theirs = difficulty_frame(donor, col).with_columns(_problem_keys(donor))
+    clash = mine.filter(pl.col("curate_id").is_in(theirs["curate_id"].implode()))["curate_id"]
+    if len(clash):
+        raise DataError(f"donor ids clash with pool ids (e.g. {clash.sort()[0]!r}): the same own id or the same "
                         "content in both; remove the duplicates, or load the donor with an explicit source qualifier")
 
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
     dirty_donor = contaminated_rows(donor, benchmarks, config.ngram)
     manifest = [ManifestEntry(i, "removed", r) for i, r in dirty.select("curate_id", "reason").iter_rows()]
     mine = mine.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32).implode()))
-    in_pool = theirs["norm"].is_in(mine["norm"].implode()) & (theirs["norm"] != "")
-    repeat = theirs["norm"].is_duplicated() & ~theirs.select(pl.col("norm").is_first_distinct()).to_series()
+    in_pool = theirs["key"].is_in(mine["key"].implode()) & ~theirs["blank"]
+    repeat = theirs["key"].is_duplicated() & ~theirs.select(pl.col("key").is_first_distinct()).to_series()
     theirs = theirs.with_columns(
         dirty=pl.col("row").is_in(dirty_donor["row"].cast(pl.UInt32).implode()), in_pool=in_pool, repeat=repeat)
     usable = theirs.filter(~pl.col("dirty") & ~pl.col("in_pool") & ~pl.col("repeat"))
@@ -157,7 +159,7 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     usable = usable.sort("curate_id").with_columns(pl.Series("draw", rng.random(len(usable)))).sort("draw")
 
     notes: list[str] = []
-    swaps: list[Swap] = []
+    swaps: list[pl.DataFrame] = []  # per domain: pool_row, donor_row, curate_id, donor_id, difficulty, donor_difficulty
     per_domain: dict[str, dict[str, int]] = {}
     for domain in config.domains:
         p = mine.filter(pl.col("curate_domain") == domain)
@@ -201,29 +203,29 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
                            f"({int(excluded['in_pool'].sum())} already in the pool, {int(excluded['repeat'].sum())} repeated, "
                            f"{int(excluded['dirty'].sum())} overlapping benchmarks, {d_all['difficulty'].null_count()} without difficulty)")
             notes.append(f"{domain}: swapped {n} of the {target} asked: " + "; ".join(why))
-        for a, b in zip(out_rows.head(n).iter_rows(named=True), in_rows.head(n).iter_rows(named=True), strict=True):
-            swaps.append(Swap(a["row"], b["row"], a["curate_id"], b["curate_id"], a["difficulty"], b["difficulty"],
-                              domain, b["problem"]))
+        pairs = pl.concat([out_rows.head(n).select(pool_row="row", curate_id="curate_id", difficulty="difficulty"),
+                           in_rows.head(n).select(donor_row="row", donor_id="curate_id", donor_difficulty="difficulty")],
+                          how="horizontal")
+        swaps.append(pairs)
         per_domain[domain] = {"rows": len(p), "asked": target, "swapped": n}
-        for s in (s for s in swaps if s.domain == domain):
-            manifest.append(ManifestEntry(s.pool_id, "replaced", f"flip:{domain} {way}: difficulty "
-                                          f"{s.pool_difficulty:g} -> {s.donor_difficulty:g}", replaced_by=s.donor_id))
+        for pool_id, donor_id, old, new in pairs.select("curate_id", "donor_id", "difficulty", "donor_difficulty").iter_rows():
+            manifest.append(ManifestEntry(pool_id, "replaced", f"flip:{domain} {way}: difficulty {old:g} -> {new:g}",
+                                          replaced_by=donor_id))
 
     # In-place replacement: row i of the output is pool row i, or the donor row that replaced it.
+    swapped = pl.concat(swaps) if swaps else pl.DataFrame(schema={"pool_row": pl.UInt32, "donor_row": pl.UInt32})
     keep = mine["row"].cast(pl.Int64).to_numpy()
-    at = np.searchsorted(keep, [s.pool_row for s in swaps])
-    rendered = render_rows(pool, donor, [s.donor_row for s in swaps], [s.problem for s in swaps], at)
+    at = np.searchsorted(keep, swapped["pool_row"].cast(pl.Int64).to_numpy())
+    rendered = render_rows(pool, donor, swapped["donor_row"].cast(pl.Int64).to_numpy(), at)
     out = pool.with_rows(SpliceRows(pool.rows, keep, np.sort(at), rendered))
-    index = {s.pool_row for s in swaps}
 
-    added = theirs.filter(pl.col("row").is_in([s.donor_row for s in swaps]))
-    after = pl.concat([mine.filter(~pl.col("row").is_in(list(index))).select("curate_domain", "difficulty"),
+    added = theirs.filter(pl.col("row").is_in(swapped["donor_row"].implode()))
+    after = pl.concat([mine.filter(~pl.col("row").is_in(swapped["pool_row"].implode())).select("curate_domain", "difficulty"),
                        added.select("curate_domain", "difficulty")])
-    before = difficulty_frame(pool, col).select("curate_domain", "difficulty")
     hist = {d: {"before": _hist(before, d), "after": _hist(after, d)} for d in sorted(set(before["curate_domain"]))}
-    excluded = {"overlapping benchmarks": dirty_donor["curate_id"].to_list(),
-                "already in the pool": theirs.filter("in_pool")["curate_id"].to_list(),
-                "repeated in the donor": theirs.filter("repeat")["curate_id"].to_list()}
+    excluded = {"overlapping benchmarks": dirty_donor["curate_id"],
+                "already in the pool": theirs.filter("in_pool")["curate_id"],
+                "repeated in the donor": theirs.filter("repeat")["curate_id"]}
     report = _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, before, after)
     return OpResult(out, manifest, report)
 
@@ -253,7 +255,8 @@ def _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, befor
         + f"; seed {config.seed}; {'reverse (control)' if config.reverse else 'forward'}",
         *(f"- {d}: made {config.direction(d)}" for d in config.domains),
         f"- pool rows dropped as overlapping benchmarks: {len(dirty)}",
-        *(f"- donor rows not used, {why}: {len(ids)}" + (f" ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else "")
+        *(f"- donor rows not used, {why}: {len(ids)}" + (f" ({', '.join(ids.head(10))}{', ...' if len(ids) > 10 else ''})"
+                                                            if len(ids) else "")
           for why, ids in excluded.items()),
         *(f"- note: {n}" for n in notes),
         "", "| domain | rows | asked | swapped | mean difficulty before | after |", "|---|---|---|---|---|---|",

@@ -174,7 +174,7 @@ def strip(pool: Pool, config: StripConfig, progress: Progress | None = None) -> 
                 removed[offset + i] = len(old) - len(text)
                 tokens[offset + i] = count(old) - count(text) if count else round(removed[offset + i] / 4)
             out.add(store.put(new_texts, ids[offset:offset + n], lambda name: name in _STALE or (
-                name.startswith(_STALE_PREFIXES) and name != "curate_behavior_source")))
+                name.startswith(_STALE_PREFIXES) and name != "curate_behavior_source")), bool(new_texts))
             offset += n
     manifest = [ManifestEntry(ids[i], "replaced", f"strip:{config.behavior} -{removed[i]} chars, segments {status[i][1]}",
                               replaced_by=f"{ids[i]}~strip") for i in sorted(removed)]
@@ -183,27 +183,30 @@ def strip(pool: Pool, config: StripConfig, progress: Progress | None = None) -> 
 
 
 class _Spool:
-    """Batches written to a temporary parquet file as they come, then read back as a pool."""
+    """Batches written to a temporary parquet file as they come, then read back as a pool (with
+    the source pool's schema and features); the source itself when no batch changed."""
 
     def __init__(self, pool: Pool) -> None:
         from curate.data.rows import TempFolder
 
-        self.source, self.folder, self.writer, self.schema, self.rows = pool, TempFolder(), None, None, 0
+        self.source, self.folder, self.writer, self.rows = pool, TempFolder(), None, 0
+        self.schema, self.changed = pool.rows.schema, False
 
-    def add(self, table) -> None:
+    def add(self, table, changed: bool) -> None:
         import pyarrow.parquet as pq
 
-        table = table.replace_schema_metadata(None)
         if self.writer is None:
-            self.schema = table.schema
             self.writer = pq.ParquetWriter(self.folder.path / "rows.parquet", self.schema)
         self.writer.write_table(table.cast(self.schema))
         self.rows += table.num_rows
+        self.changed = self.changed or changed
 
     def pool(self) -> Pool:
         from curate.data.rows import FileRows
 
-        if self.writer is None:
+        if not self.changed:
+            if self.writer is not None:
+                self.writer.close()
             return self.source
         self.writer.close()
         return self.source.with_rows(FileRows((self.folder.path / "rows.parquet",), self.schema, self.rows,

@@ -37,6 +37,7 @@ from curate.report.sections import (
     _audit_section,
     _stability_section,
     _top_section,
+    top_rows,
     top_token_positions,
     words,
 )
@@ -92,7 +93,11 @@ def render_report(pool_path: str | Path, out_path: str | Path, fmt: str = "html"
         raise UsageError(f"top must be >= 1, got {top}")
     audit_result = load_audit(audit) if audit is not None else None
     pool = load_pool(pool_path)
-    frame = pl.from_arrow(pool.dataset.data.table)
+    from curate.analysis import GROUPINGS
+
+    # Scores, tags and group labels only: the text stays on disk.
+    groups = {c for names in GROUPINGS.values() for c in names}
+    frame = pl.from_arrow(pool.columns([c for c in pool.column_names if c.startswith("curate_") or c in groups]))
     columns = influence_columns(frame)
     if not columns:
         raise DataError(f"{pool_path}: no curate_influence_<q> columns; score the pool first (`curate score`)")
@@ -113,7 +118,8 @@ def render_report(pool_path: str | Path, out_path: str | Path, fmt: str = "html"
     _stability_section(doc, frame, query_sizes(pool_path))
     if audit_result is not None:
         _audit_section(doc, audit_result)
-    responses = {ex.id: ex.response for ex in pool.examples()}
+    shown = {i for column in columns for i in top_rows(frame, column, top)["curate_id"].to_list()}
+    responses = {ex.id: ex.response for ex in pool.examples() if ex.id in shown}
     for column in columns:
         _top_section(doc, frame, column, top, responses, tokens, sentences, tokenizer)
     doc.write(f"curate report: {pool_path}")

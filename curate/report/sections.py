@@ -129,12 +129,16 @@ def _audit_section(doc: _Doc, result: AuditResult) -> None:
         doc.table(tables["lds"])
 
 
+def top_rows(frame: pl.DataFrame, column: str, top: int) -> pl.DataFrame:
+    """The `top` rows of `frame` with the highest non-null, non-NaN `column`."""
+    return frame.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan()).sort(column, descending=True).head(top)
+
+
 def _top_section(doc: _Doc, frame: pl.DataFrame, column: str, top: int, responses: dict[str, str],
                  tokens: pl.DataFrame | None, sentences: pl.DataFrame | None, tokenizer) -> None:
     """The `top` highest-influence examples on `column`, with their token and segment views."""
     q = query_name(column)
-    best = (frame.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan())
-            .sort(column, descending=True).head(top))
+    best = top_rows(frame, column, top)
     ids = best["curate_id"].to_list()
     doc.heading(f"Top {len(ids)} examples for query set {q}")
     doc.table(pl.DataFrame({

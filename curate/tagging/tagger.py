@@ -284,21 +284,25 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
     started = time.perf_counter()
     total_rows = len(pool)
     pool = shard_pool(pool, config)
-    rows = _Rows.of(pool, config)
     report = TagReport(mode="offline" if config.offline else "llm", rows=len(pool))
     if config.shard:
         shard = config.shard_range(total_rows)
         report.shard, report.shard_rows = config.shard, (shard.start, shard.stop, total_rows)
     if config.offline:
-        _tag_offline(pool, rows, config, progress)
-    else:
-        _tag_llm(rows, config, progress, pool.name, report, cache, plan)
+        frame = _tag_offline(pool, config, progress)
+        report.wall_s = time.perf_counter() - started
+        counts = frame["curate_difficulty_source"].value_counts()
+        found = dict(zip(counts["curate_difficulty_source"].to_list(), counts["count"].to_list(), strict=True))
+        report.sources = {s: found[s] for s in ("native", "llm", "rule") if s in found}
+        return frame, report
+    rows = _Rows.of(pool, config)
+    _tag_llm(rows, config, progress, pool.name, report, cache, plan)
     report.wall_s = time.perf_counter() - started
     report.price_in, report.price_out = config.price_in, config.price_out
     for task_name in report.tasks or {}:  # no reply at all (failed) apart from a reply that did not parse
         report.failed[task_name] = sum(task_name in e and e[task_name]["raw"] is None for e in rows.errors)
         report.unparsed[task_name] = sum(task_name in e and e[task_name]["raw"] is not None for e in rows.errors)
-    if config.cache and not config.offline:
+    if config.cache:
         cache_file = ResponseCache(config.cache)
         try:
             report.wall_total_s, report.runs = cache_file.record_run(report.wall_s, len(pool))
@@ -315,7 +319,7 @@ class _Rows:
     """The annotation columns under construction (`out`: column -> one value per row, in order),
     each row's errors by task, its domain as known so far, and what native labels say."""
 
-    examples: list[Example]  # every row, for the rater (empty offline: the rules read the rows as they stream)
+    examples: list[Example]
     out: dict[str, list[Any]]
     errors: list[dict[str, Any]]
     domains: list[str]
@@ -325,7 +329,7 @@ class _Rows:
 
     @classmethod
     def of(cls, pool: Pool, config: TagConfig) -> _Rows:
-        examples = [] if config.offline else list(pool.examples())
+        examples = list(pool.examples())
         narrow = pool.columns(["curate_id", "curate_domain"])
         ids, known = narrow.column("curate_id").to_pylist(), narrow.column("curate_domain").to_pylist()
         n = len(ids)
@@ -358,30 +362,65 @@ def _traces(pool: Pool, config: TagConfig) -> list[Trace | None]:
     if "exploration_spans" not in config.tasks:
         return []
     store = TraceStore(pool, pool.dataset.with_format("arrow")[:])
-    texts = [store.get(i)[0] for i in range(len(pool))]
-    traces = [find_trace(t, store.whole, config.segments) if t is not None else None for t in texts]
-    return [t if t is not None and t.spans else None for t in traces]
+    return [_span_trace(store, i, config) for i in range(len(pool))]
 
 
-def _tag_offline(pool: Pool, rows: _Rows, config: TagConfig, progress: Progress) -> None:
-    """Native labels, then rule estimates for difficulty; marker phrases for behaviours. The rows
-    are read as they stream; only the tags are kept."""
-    out = rows.out
+OFFLINE_CHUNK = 16_384  # rows whose tags are held as Python values before they become a frame
+
+
+def _tag_offline(pool: Pool, config: TagConfig, progress: Progress) -> pl.DataFrame:
+    """Native labels, then rule estimates for difficulty; marker phrases for behaviours; the
+    rule's exploration spans. The rows stream a batch at a time and the tags are kept as columns
+    (`OFFLINE_CHUNK` rows at a time as Python values): memory holds a batch and the tags."""
+    import polars as pl
+
+    native = offline.native_table(config.native_map)
+    column = pool.shape.columns.get("difficulty")
+    labels = column if column and column in pool.column_names else None
+    spans = "exploration_spans" in config.tasks
+    names = ["curate_id", "curate_domain", "curate_domain_source", "curate_difficulty", "curate_difficulty_raw",
+             "curate_difficulty_source", *(f"curate_behavior_{b}" for b in BEHAVIORS), "curate_behavior_source",
+             "curate_tag_long", *([SPANS_COLUMN] if spans else []), "curate_tag_errors"]
+    frames, out = [], {n: [] for n in names}
     with progress.task(f"tagging {pool.name} (offline)", total=len(pool), unit="rows") as advance:
-        for i, ex in enumerate(pool.examples()):
-            if "difficulty" in config.tasks and rows.domains[i] in ("math", "code") and not rows.set_native(i):
-                level, raw = offline.rule_difficulty(rows.domains[i], _problem(ex), ex.solution or ex.response)
-                out["curate_difficulty"][i], out["curate_difficulty_raw"][i] = level, raw
-                out["curate_difficulty_source"][i] = "rule"
-            if "behaviors" in config.tasks:
-                for b, count in offline.behavior_counts(_trace(ex)).items():
-                    out[f"curate_behavior_{b}"][i] = count
-                out["curate_behavior_source"][i] = "rule"
-                out["curate_tag_long"][i] = "full"
-            if rows.traces and rows.traces[i] is not None:
-                delete, _ = rule_deletions(rows.traces[i])
-                out[SPANS_COLUMN][i] = encode_spans(rows.traces[i], config.segments, delete, "rule")
-            advance(1)
+        for batch, examples in pool.example_batches():
+            raw = batch.column(labels).to_pylist() if labels else [None] * len(examples)
+            store = TraceStore(pool, batch) if spans else None
+            for i, ex in enumerate(examples):
+                row = dict.fromkeys(names)
+                row["curate_id"] = ex.id
+                domain = ex.domain or "unknown"
+                if "difficulty" in config.tasks and domain in ("math", "code"):
+                    level = offline.native_difficulty(raw[i], native)
+                    if level is not None:
+                        row["curate_difficulty"], row["curate_difficulty_raw"] = level, str(raw[i])
+                        row["curate_difficulty_source"] = "native"
+                    else:
+                        level, why = offline.rule_difficulty(domain, _problem(ex), ex.solution or ex.response)
+                        row["curate_difficulty"], row["curate_difficulty_raw"] = level, why
+                        row["curate_difficulty_source"] = "rule"
+                if "behaviors" in config.tasks:
+                    for b, count in offline.behavior_counts(_trace(ex)).items():
+                        row[f"curate_behavior_{b}"] = count
+                    row["curate_behavior_source"], row["curate_tag_long"] = "rule", "full"
+                trace = _span_trace(store, i, config) if spans else None
+                if trace is not None:
+                    row[SPANS_COLUMN] = encode_spans(trace, config.segments, rule_deletions(trace)[0], "rule")
+                for n in names:
+                    out[n].append(row[n])
+                advance(1)
+            if len(out["curate_id"]) >= OFFLINE_CHUNK:
+                frames.append(_frame(out))
+                out = {n: [] for n in names}
+    frames.append(_frame(out))
+    return pl.concat(frames)
+
+
+def _span_trace(store: TraceStore, i: int, config: TagConfig) -> Trace | None:
+    """Row i's thought with segments, as `curate strip` reads it (None without one)."""
+    text = store.get(i)[0]
+    trace = find_trace(text, store.whole, config.segments) if text is not None else None
+    return trace if trace is not None and trace.spans else None
 
 
 def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, report: TagReport,
