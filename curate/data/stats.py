@@ -11,7 +11,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,14 +52,23 @@ class PoolStats:
 
 def pool_stats(pool: Pool, tokenizer: str | Path | None = None) -> PoolStats:
     """Compute `PoolStats`; `tokenizer` is a local folder for `AutoTokenizer.from_pretrained`."""
+    import polars as pl
+
     from curate.data.text import response_chars
 
-    def counts(column: str) -> Counter:
-        return Counter("(missing)" if v is None else str(v) for v in pool.columns([column]).column(column).to_pylist())
+    def tally(names: list[str]) -> list[tuple[tuple, int]]:
+        """(values, rows) per distinct value of `names` in first-seen order, counted by polars (no
+        Python object per row)."""
+        frame = pl.from_arrow(pool.columns(names)).select(names)
+        return [(row[:-1], row[-1]) for row in frame.group_by(names, maintain_order=True).len().iter_rows()]
 
-    narrow = pool.columns(["curate_domain", "curate_domain_source"])
-    pairs = Counter(zip(narrow.column("curate_domain").to_pylist(), narrow.column("curate_domain_source").to_pylist(),
-                        strict=True))
+    def counts(column: str) -> Counter:
+        out: Counter = Counter()
+        for (value,), n in tally([column]):
+            out["(missing)" if value is None else str(value)] += n
+        return out
+
+    pairs = Counter(dict(tally(["curate_domain", "curate_domain_source"])))
     domains = [{"domain": d, "source": s, "rows": n} for (d, s), n in pairs.most_common()]
     difficulty = None
     column = pool.shape.columns.get("difficulty")
@@ -77,19 +86,21 @@ def pool_stats(pool: Pool, tokenizer: str | Path | None = None) -> PoolStats:
     return PoolStats(
         origin=pool.origin, split=pool.split, source=pool.source, shape=pool.shape.as_dict(),
         rows=len(pool), domains=domains, difficulty=difficulty,
-        response_chars=quantiles(response_chars(pool).to_list()), response_tokens=tokens,
+        response_chars=quantiles(response_chars(pool).to_numpy()), response_tokens=tokens,
         tokenizer=None if tokenizer is None else str(tokenizer), tagged_difficulty=tagged,
     )
 
 
-def quantiles(values: list[int]) -> dict[str, int]:
+def quantiles(values: Sequence[int]) -> dict[str, int]:
     """Nearest-rank p10/p50/p90 and the max of `values` (all 0 for no values)."""
-    ordered = sorted(values)
-    if not ordered:
+    import numpy as np
+
+    ordered = np.sort(np.asarray(values, dtype=np.int64))
+    if not len(ordered):
         return {f"p{q}": 0 for q in QUANTILES} | {"max": 0}
     n = len(ordered)
-    out = {f"p{q}": ordered[max(0, math.ceil(q / 100 * n) - 1)] for q in QUANTILES}
-    return out | {"max": ordered[-1]}
+    out = {f"p{q}": int(ordered[max(0, math.ceil(q / 100 * n) - 1)]) for q in QUANTILES}
+    return out | {"max": int(ordered[-1])}
 
 
 def token_lengths(texts: Iterable[str], tokenizer: str | Path, batch_size: int = 256) -> list[int]:
