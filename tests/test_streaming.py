@@ -138,31 +138,49 @@ def test_other_formats_in_batches(tmp_path, kind, small_batches):
     assert [{k: r[k] for k in rows[0]} for r in got] == rows
 
 
+class Counting:
+    """Opens text files (in place of `curate.data.load._open_text`) and counts the characters
+    read from them, by `read` or by lines."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+
+    def open(self, path):
+        outer = self
+
+        class Reader:
+            def __init__(self):
+                self.inner = open(path, encoding="utf-8")
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.inner.close()
+
+            def read(self, n=-1):
+                text = self.inner.read(n)
+                outer.chars += len(text)
+                return text
+
+            def __iter__(self):
+                for line in self.inner:
+                    outer.chars += len(line)
+                    yield line
+
+        return Reader()
+
+
 def test_a_bad_line_far_into_a_file_is_reported_without_reading_the_rest(tmp_path, monkeypatch):
     path = tmp_path / "big.jsonl"
     good = json.dumps({"prompt": "p" * 200, "response": "r" * 200}) + "\n"
     with open(path, "w", encoding="utf-8") as f:
         f.write(good * 3999 + "{not json\n" + good * 20000)
-    read = []
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            read.append(self.inner.buffer.tell())
-            self.inner.close()
-
-        def __iter__(self):
-            return iter(self.inner)
-
-    monkeypatch.setattr("curate.data.load._open_text", lambda p: Counting(open(p, encoding="utf-8")))
+    counting = Counting()
+    monkeypatch.setattr("curate.data.load._open_text", counting.open)
     with pytest.raises(DataError, match=r"big\.jsonl:4000: invalid JSON"):
         load_pool(path)
-    assert read[0] < path.stat().st_size / 4  # stopped near line 4000 of 24000
+    assert counting.chars < path.stat().st_size / 4  # stopped near line 4000 of 24000
 
 
 def test_a_bad_item_in_a_json_list_names_its_line(tmp_path, small_batches):
@@ -328,27 +346,11 @@ def test_a_json_list_broken_early_is_not_read_to_the_end(tmp_path, monkeypatch):
     path = tmp_path / "early.json"
     item = json.dumps({"prompt": "p" * 200, "response": "r" * 200})
     path.write_text("[\n" + item + ",\n{oops},\n" + ",\n".join([item] * 20_000) + "\n]", encoding="utf-8")
-    read = []
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.inner.close()
-
-        def read(self, n=-1):
-            text = self.inner.read(n)
-            read.append(len(text))
-            return text
-
-    monkeypatch.setattr("curate.data.load._open_text", lambda p: Counting(open(p, encoding="utf-8")))
+    counting = Counting()
+    monkeypatch.setattr("curate.data.load._open_text", counting.open)
     with pytest.raises(DataError, match=r"early\.json:3: invalid JSON"):
         load_pool(path)
-    assert sum(read) < path.stat().st_size / 4
+    assert counting.chars < path.stat().st_size / 4
 
 
 def test_outputs_keep_annotations_features_and_row_groups(tmp_path, small_batches):
