@@ -293,6 +293,28 @@ class TempFolder:
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
 
+class ParquetSpool:
+    """Batches written, in order, to a temporary parquet file as they come (`add`), then read back
+    as `FileRows` with `schema` (`close`): an operation's edited rows, off the heap."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.folder, self.schema, self.writer, self.rows = TempFolder(), schema, None, 0
+
+    def add(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.folder.path / "rows.parquet", self.schema)
+        self.writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def close(self) -> FileRows:
+        if self.writer is None:
+            self.add(self.schema.empty_table())
+        self.writer.close()
+        return FileRows((self.folder.path / "rows.parquet",), self.schema, self.rows, keep=self.folder)
+
+
 POSITION = "__position"  # the output position column of a `Spill`'s parts
 
 

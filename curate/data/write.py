@@ -75,12 +75,13 @@ def write_pool(
     joined = aligned_annotations(ids, annotations) if annotations is not None else None
     batches = _out_batches(pool, emit, joined)
     first = next(batches, None)
-    empty = _out_table(pool.rows.schema.empty_table(), [], emit, joined.slice(0, 0) if joined is not None else None)
-    features = _features((first if first is not None else empty).schema, pool.features)
+    if first is None:  # no rows: the schema from an empty batch
+        first = _out_table(pool.rows.schema.empty_table(), [], emit, joined.slice(0, 0) if joined is not None else None)
+    features = _features(first.schema, pool.features)
     schema = features.arrow_schema
 
     def rows() -> Iterator[pa.Table]:
-        for batch in itertools.chain([] if first is None else [first], batches):
+        for batch in itertools.chain([first], batches):
             yield batch.cast(schema)
 
     data_path, manifest_path, card_path = output_paths(out, fmt)

@@ -158,7 +158,9 @@ def strip(pool: Pool, config: StripConfig, progress: Progress | None = None) -> 
     status: dict[int, tuple[str, str]] = {}  # row -> (stripped|unchanged|refused, reason)
     removed: dict[int, int] = {}  # row -> characters removed
     tokens: dict[int, int] = {}  # row -> tokens removed
-    out = _Spool(pool)
+    from curate.data.rows import ParquetSpool
+
+    out, changed = ParquetSpool(pool.rows.schema), False
     offset = 0
     with progress.task("stripping", total=len(ids), unit="rows") as advance:
         for batch in pool.batches():  # one batch of text in memory; the edited rows go to disk
@@ -174,43 +176,15 @@ def strip(pool: Pool, config: StripConfig, progress: Progress | None = None) -> 
                 removed[offset + i] = len(old) - len(text)
                 tokens[offset + i] = count(old) - count(text) if count else round(removed[offset + i] / 4)
             out.add(store.put(new_texts, ids[offset:offset + n], lambda name: name in _STALE or (
-                name.startswith(_STALE_PREFIXES) and name != "curate_behavior_source")), bool(new_texts))
+                name.startswith(_STALE_PREFIXES) and name != "curate_behavior_source")))
+            changed = changed or bool(new_texts)
             offset += n
     manifest = [ManifestEntry(ids[i], "replaced", f"strip:{config.behavior} -{removed[i]} chars, segments {status[i][1]}",
                               replaced_by=f"{ids[i]}~strip") for i in sorted(removed)]
     source = "offline rules" if spans is None else f"`{SPANS_COLUMN}` ({_sources(spans)})"
-    return OpResult(out.pool(), manifest, _report(config, ids, domains, status, removed, tokens, source))
-
-
-class _Spool:
-    """Batches written to a temporary parquet file as they come, then read back as a pool (with
-    the source pool's schema and features); the source itself when no batch changed."""
-
-    def __init__(self, pool: Pool) -> None:
-        from curate.data.rows import TempFolder
-
-        self.source, self.folder, self.writer, self.rows = pool, TempFolder(), None, 0
-        self.schema, self.changed = pool.rows.schema, False
-
-    def add(self, table, changed: bool) -> None:
-        import pyarrow.parquet as pq
-
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.folder.path / "rows.parquet", self.schema)
-        self.writer.write_table(table.cast(self.schema))
-        self.rows += table.num_rows
-        self.changed = self.changed or changed
-
-    def pool(self) -> Pool:
-        from curate.data.rows import FileRows
-
-        if not self.changed:
-            if self.writer is not None:
-                self.writer.close()
-            return self.source
-        self.writer.close()
-        return self.source.with_rows(FileRows((self.folder.path / "rows.parquet",), self.schema, self.rows,
-                                              keep=self.folder))
+    stripped = out.close()  # the pool itself when no row changed
+    report = _report(config, ids, domains, status, removed, tokens, source)
+    return OpResult(pool.with_rows(stripped) if changed else pool, manifest, report)
 
 
 def _strip_row(store: TraceStore, i: int, config: StripConfig, spans: list[str | None] | None,
