@@ -1,4 +1,5 @@
 # Run: .venv/bin/python benchmarks/bench_scale.py [--rows 100000 300000 1200000] [--trace-kb 20] [--dir DIR]
+#      [--only inspect tag prune flip recipe tag-llm]
 """Pools of a million rows in bounded memory: `curate` CLI processes at several pool sizes.
 
 For each size N the pool and a donor of the same size (Bespoke-Stratos shape, ~`trace_kb` KB
@@ -7,7 +8,9 @@ command runs as its own process and is timed; its peak RSS is the process's own 
 (`os.wait4`), file-backed pages included. The data is generated in a separate process, so the
 commands are started from a small one (a child's `ru_maxrss` counts its parent's memory at fork). Commands: `inspect --json`, `tag --offline`,
 `prune --keep 0.9 --per-domain`, `flip` (pool and donor), and a recipe tag -> flip -> prune (its
-tag step rates difficulty only, what the flip reads, for the pool and the donor).
+tag step rates difficulty only, what the flip reads, for the pool and the donor). `tag-llm`
+(only when named in `--only`) runs the LLM tagger against the repo's local test server, killed
+part-way, resumed and rerun from its cache (`tag_llm`).
 Disk use (inputs, outputs, the largest temporary folder seen) is printed; everything is removed
 after each size.
 """
@@ -15,19 +18,23 @@ after each size.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("let us consider the value of x and check whether the sum is even so the answer follows "
          "wait maybe I made a mistake in the previous step let me recompute carefully").split()
 CHUNK = 8192
@@ -85,18 +92,29 @@ def temp_watch(stop: threading.Event, peak: list[int]) -> None:
             pass
 
 
-def run(argv: list[str], cwd: Path) -> tuple[float, float, int]:
-    """(wall s, peak RSS GB, peak temp bytes) of one CLI process."""
+def run(argv: list[str], cwd: Path, kill_when=None) -> tuple[float, float, int]:
+    """(wall s, peak RSS GB, peak temp bytes) of one CLI process; `kill_when()` true (asked every
+    0.5 s) kills it with SIGKILL, as a node failure would."""
     stop, peak = threading.Event(), [0]
     watcher = threading.Thread(target=temp_watch, args=(stop, peak), daemon=True)
     watcher.start()
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "curate", *argv], cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=open(cwd / "stderr.log", "a"))
-    _, status, usage = os.wait4(proc.pid, 0)
+    killed = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if kill_when else 0)
+        if pid:
+            break
+        if not killed and kill_when():
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+        time.sleep(0.5)
     wall = time.perf_counter() - start
     stop.set()
     watcher.join()
+    if killed:
+        return wall, usage.ru_maxrss / 1024**2, peak[0]
     if os.waitstatus_to_exitcode(status) != 0:
         print((cwd / "stderr.log").read_text()[-3000:])
         raise SystemExit(f"curate {' '.join(argv)} failed")
@@ -120,6 +138,48 @@ output: recipe-out.parquet
 """
 
 
+def served(url: str) -> int:
+    """Chat requests the test server has answered (its GET /stats)."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=10) as reply:
+        return json.load(reply)["requests"]
+
+
+def tag_llm(work: Path, rows: int) -> None:
+    """The LLM tagger (difficulty only: one request per row) against the repo's local test server
+    (`tests/openai_server.py`, a zero-latency OpenAI-compatible server): a run killed with SIGKILL
+    after 40% of the rows' requests, the same command again (it resumes from the cache file), and
+    a third run that must send nothing. Prints each run's wall time and peak RSS, the requests the
+    server answered, and whether the resumed and the cached outputs are equal."""
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_server.py")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        url = server.stdout.readline().strip()
+        argv = ["tag", "pool.parquet", "--tasks", "difficulty", "--base-url", url, "--model", "fake",
+                "--cache", "tags.sqlite", "-o"]
+        lines = []
+        wall, rss, temp = run([*argv, "tagged.parquet"], work, kill_when=lambda: served(url) >= 0.4 * rows)
+        at_kill = served(url)
+        lines.append(("tag-llm killed", wall, rss, temp, f"killed after {at_kill} requests"))
+        wall, rss, temp = run([*argv, "tagged.parquet"], work)
+        resumed = served(url)
+        lines.append(("tag-llm resume", wall, rss, temp, f"{resumed - at_kill} requests"))
+        wall, rss, temp = run([*argv, "again.parquet"], work)
+        lines.append(("tag-llm cached", wall, rss, temp, f"{served(url) - resumed} requests"))
+        columns = ["curate_id", "curate_difficulty", "curate_difficulty_raw", "curate_difficulty_source",
+                   "curate_tag_errors"]
+        first, again = (pq.read_table(work / name, columns=columns) for name in ("tagged.parquet", "again.parquet"))
+        tagged = first["curate_difficulty_source"].to_pylist().count("llm")
+        for name, wall, rss, temp, note in lines:
+            print(f"{rows:>9} {name:<15} {wall:>8.1f} {rows / wall:>9.0f} {rss:>12.2f} "
+                  f"{size_of(work / 'tagged.parquet') / 2**20:>10.0f} {temp / 2**20:>8.0f}  {note}", flush=True)
+        print(f"# tag-llm: {served(url)} requests answered for {rows} rows in all; resumed output "
+              f"{'equals' if first.equals(again) else 'DIFFERS FROM'} the cached rerun's; {tagged} rows rated by "
+              f"the server; cache file {size_of(work / 'tags.sqlite') / 2**20:.0f} MB", flush=True)
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--generate"]:
         work, rows, trace_kb, donor = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
@@ -131,7 +191,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000, 1_200_000])
     ap.add_argument("--trace-kb", type=int, default=20)
     ap.add_argument("--dir", type=Path, default=None, help="Work folder (default: a temporary one).")
-    ap.add_argument("--only", nargs="+", default=None, help="Commands to run (inspect tag prune flip recipe).")
+    ap.add_argument("--only", nargs="+", default=None,
+                    help="Commands to run (inspect tag prune flip recipe; tag-llm runs only when named).")
     args = ap.parse_args()
     commands = {
         "inspect": ["inspect", "pool.parquet", "--json"],
@@ -155,13 +216,17 @@ def main() -> None:
             print(f"# {rows} rows: generated in {time.perf_counter() - t:.0f} s; pool.parquet "
                   f"{size_of(work / 'pool.parquet') / 2**20:.0f} MB on disk for ~{raw:.1f} GB of text", flush=True)
             for name in names:
+                if name == "tag-llm":
+                    tag_llm(work, rows)
+                    continue
                 wall, rss, temp = run(commands[name], work)
                 out = work / outputs[name] if name in outputs else None
                 out_mb = size_of(out) / 2**20 if out else 0
                 print(f"{rows:>9} {name:<8} {wall:>8.1f} {rows / wall:>9.0f} {rss:>12.2f} {out_mb:>10.0f} "
                       f"{temp / 2**20:>8.0f}", flush=True)
                 for leftover in [*work.glob("tagged*"), *work.glob("pruned*"), *work.glob("flipped*"),
-                                 *work.glob("recipe-out*"), *work.glob(".curate*")]:
+                                 *work.glob("recipe-out*"), *work.glob(".curate*"),
+                                 *work.glob("again*"), *work.glob("tags.sqlite*")]:
                     shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -80,15 +80,18 @@ class FakeOpenAI:
     """The server, started in a daemon thread on a random free port (context manager)."""
 
     def __init__(self, faults: Faults | None = None, host: str = "127.0.0.1", port: int = 0,
-                 count_tokens=None) -> None:
+                 count_tokens=None, record: bool = True) -> None:
         """`count_tokens(text) -> int` counts a prompt's tokens (usage, context, delays, `/tokenize`);
-        default len(text) // 4."""
+        default len(text) // 4. `record=False` keeps no request (`requests` stays empty, for
+        benchmarks of millions of requests); `served` counts them either way (also GET /stats)."""
         self.faults = faults or Faults()
         self.count_tokens = count_tokens or (lambda text: len(text) // 4)
+        self.record = record
+        self.served = 0
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self.arrivals: dict[str, int] = {}
+        self.arrivals: dict[bytes, int] = {}  # sha1 of a body -> times it arrived
         self.tokenize = False  # serve POST /tokenize
         self.advertise = True  # say the context (max_model_len) in GET /v1/models
         self.structured = "ignore"  # response_format: ignore it, "refuse" it (400), or answer "json"
@@ -111,6 +114,8 @@ class FakeOpenAI:
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/health":  # vLLM's readiness probe
                     return self._send(200, {})
+                if self.path.rstrip("/") == "/stats":  # this server's own: chat requests that arrived
+                    return self._send(200, {"requests": server.served})
                 if self.path.rstrip("/") == "/v1/models":  # vLLM's shape: the context as max_model_len
                     models = [{"id": m, "object": "model", "owned_by": "curate-tests"} for m in server.models]
                     if server.faults.context is not None and server.advertise:
@@ -139,9 +144,11 @@ class FakeOpenAI:
             def _handle(self, raw: bytes) -> None:
                 f = server.faults
                 text = raw.decode("utf-8", "replace")
+                digest = hashlib.sha1(raw).digest()
                 with server.lock:
-                    first = server.arrivals.get(text, 0) == 0
-                    server.arrivals[text] = server.arrivals.get(text, 0) + 1
+                    first = server.arrivals.get(digest, 0) == 0
+                    server.arrivals[digest] = server.arrivals.get(digest, 0) + 1
+                    server.served += 1
                 fault = None
                 if first:
                     u = _unit(text, "fault")
@@ -157,8 +164,9 @@ class FakeOpenAI:
                     body = None
                 record = {"body": body, "raw": text, "t": time.monotonic(), "path": self.path,
                           "authorization": self.headers.get("Authorization"), "fault": fault}
-                with server.lock:
-                    server.requests.append(record)
+                if server.record:
+                    with server.lock:
+                        server.requests.append(record)
                 if body is None:
                     return self._send(400, {"error": {"message": "body is not JSON"}})
                 content = body["messages"][-1]["content"]
@@ -311,7 +319,7 @@ if __name__ == "__main__":
         ids = [args[i + 1] for i, a in enumerate(args) if a == "--model-id"]
         srv = generating_server(*load_model(args[args.index("--generate") + 1]), model_ids=ids or ("tiny",), port=port)
     else:
-        srv = FakeOpenAI(port=port)
+        srv = FakeOpenAI(port=port, record=False)
     with srv:
         print(srv.url, flush=True)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -372,3 +373,60 @@ def test_outputs_keep_annotations_features_and_row_groups(tmp_path, small_batche
     scores = pl.DataFrame({"curate_id": [], "curate_score": []}, schema={"curate_id": pl.String, "curate_score": pl.Float64})
     empty = write_pool(none, tmp_path / "none.parquet", annotations=scores)
     assert pq.read_schema(empty).names[-1] == "curate_score" and pq.read_metadata(empty).num_rows == 0
+
+
+class RowCounter:
+    """A progress sink that sums every `advance`."""
+
+    def __init__(self) -> None:
+        self.advanced = 0
+
+    @contextmanager
+    def task(self, description, total, unit="it"):
+        def advance(n=1):
+            self.advanced += n
+        yield advance
+
+    def note(self, message):
+        pass
+
+
+def test_rater_windows_give_the_same_tags_requests_and_accounting(tmp_path, monkeypatch):
+    """The rater reads `WINDOW_ROWS` rows at a time: windows of 3 rows over batches of 3 give the
+    same annotations, requests and accounting as one window, with unknown domains answered first,
+    unparseable replies, failed requests, split traces and over-long prompts resent shrunk; the
+    progress counts every row once."""
+    from tests.openai_server import FakeOpenAI, Faults
+    from tests.test_tag_server import _small_pool
+
+    path = _small_pool(tmp_path, rows=14)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows += [{**rows[0], "id": f"u{i}", "conversations": [{"from": "user", "value": q}, {"from": "assistant", "value": a}]}
+             for i, (q, a) in enumerate([("Write a program that reverses a list.", "def rev(xs): return xs[::-1]"),
+                                         ("How many apples are left?", "Three apples are left."),
+                                         ("Is the sky blue?", "Yes, it is, mostly.")])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(window: int, batch: int):
+        monkeypatch.setattr("curate.tagging.tagger.WINDOW_ROWS", window)
+        monkeypatch.setattr("curate.data.rows.BATCH_ROWS", batch)
+        pool = load_pool(str(path))
+        progress = RowCounter()
+        with FakeOpenAI(Faults(unparseable=0.15, server_error=0.1, context=400)) as server:
+            server.advertise = False
+            config = TagConfig(base_urls=(server.url,), model="m", max_retries=0, long="split", max_chars=800, max_tokens=64,
+                               concurrency=4)
+            frame, report = tag_pool(pool, config, progress)
+            bodies = sorted(server.bodies())
+        return pool, frame, report, bodies, progress.advanced
+
+    pool, whole, one, bodies, advanced = run(10_000, 1024)
+    _, windowed, many, bodies_w, advanced_w = run(3, 3)
+    assert windowed.equals(whole)
+    assert bodies_w == bodies and advanced == advanced_w == len(pool) == 17
+    assert many.tasks == one.tasks and many.failed == one.failed and many.unparsed == one.unparsed
+    assert (many.sources, many.fitted, many.shrunk) == (one.sources, one.fitted, one.shrunk)
+    # the run exercised what it claims: unknown domains, failures, unparsed replies, split traces, resends
+    assert whole["curate_domain_source"].to_list().count("llm") >= 2
+    assert sum(one.failed.values()) and sum(one.unparsed.values()) and one.shrunk
+    assert whole["curate_tag_long"].str.starts_with("split").any()

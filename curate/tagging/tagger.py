@@ -1,8 +1,12 @@
 """`tag_pool`: domain, difficulty and behaviour tags for every row, from a rater LLM or offline.
 
 Requests are planned per row and task, looked up in the SQLite cache in bulk, and only the misses
-are sent (by `concurrency` workers). Domain requests go first (rows whose `curate_domain` is still
-`unknown`), because a row's difficulty prompt depends on its domain.
+are sent (by `concurrency` workers). The pool is read `WINDOW_ROWS` rows at a time: a window's
+examples, prompts and answers are held while it is tagged, then only its narrow annotations are
+kept, so memory does not grow with the pool's text. Within a window, domain requests go first (rows
+whose `curate_domain` is still `unknown`), because a row's difficulty prompt depends on its domain.
+Every answer is committed to the cache as it arrives: a killed run, started again, sends only what
+is missing.
 
 Long texts (policy recorded per row in `curate_tag_long` and in the card): every field sent is at
 most `max_chars` characters. `truncate` keeps the first and last `max_chars // 2` characters around
@@ -291,78 +295,101 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
     if config.offline:
         frame = _tag_offline(pool, config, progress)
         report.wall_s = time.perf_counter() - started
-        counts = frame["curate_difficulty_source"].value_counts()
-        found = dict(zip(counts["curate_difficulty_source"].to_list(), counts["count"].to_list(), strict=True))
-        report.sources = {s: found[s] for s in ("native", "llm", "rule") if s in found}
+        report.sources = _sources(frame)
         return frame, report
-    rows = _Rows.of(pool, config)
-    _tag_llm(rows, config, progress, pool.name, report, cache, plan)
+    frame = _tag_llm(pool, config, progress, report, cache, plan)
     report.wall_s = time.perf_counter() - started
     report.price_in, report.price_out = config.price_in, config.price_out
-    for task_name in report.tasks or {}:  # no reply at all (failed) apart from a reply that did not parse
-        report.failed[task_name] = sum(task_name in e and e[task_name]["raw"] is None for e in rows.errors)
-        report.unparsed[task_name] = sum(task_name in e and e[task_name]["raw"] is not None for e in rows.errors)
     if config.cache:
         cache_file = ResponseCache(config.cache)
         try:
             report.wall_total_s, report.runs = cache_file.record_run(report.wall_s, len(pool))
         finally:
             cache_file.close()
-    sources = rows.out["curate_difficulty_source"]
-    report.sources = {s: sources.count(s) for s in ("native", "llm", "rule") if s in sources}
-    rows.out["curate_tag_errors"] = [json.dumps(e, sort_keys=True) if e else None for e in rows.errors]
-    return _frame(rows.out), report
+    report.sources = _sources(frame)
+    return frame, report
+
+
+def _sources(frame: pl.DataFrame) -> dict[str, int]:
+    """Rows per difficulty source (native, llm, rule), those present only, in that order."""
+    counts = frame["curate_difficulty_source"].value_counts()
+    found = dict(zip(counts["curate_difficulty_source"].to_list(), counts["count"].to_list(), strict=True))
+    return {s: found[s] for s in ("native", "llm", "rule") if s in found}
+
+
+WINDOW_ROWS = 2048  # rows whose examples, requests and answers the rater path holds at once
 
 
 @dataclass
 class _Rows:
-    """The annotation columns under construction (`out`: column -> one value per row, in order),
-    each row's errors by task, its domain as known so far, and what native labels say."""
+    """One window of rows on the rater path: their examples, raw native labels and (with
+    exploration_spans) thoughts with segments; the annotation columns under construction (`out`:
+    column -> one value per row, in order), each row's errors by task and its domain as known so
+    far. `start` is the pool position of the first row: jobs and results carry pool positions."""
 
+    start: int
     examples: list[Example]
-    out: dict[str, list[Any]]
-    errors: list[dict[str, Any]]
-    domains: list[str]
     native_raw: list[Any]
-    native_table: dict[str, int]
     traces: list[Trace | None]  # each row's thought, with exploration_spans (else empty)
+    spans: bool  # exploration_spans asked for: `out` has its column
+    out: dict[str, list[Any]] = field(init=False)
+    errors: list[dict[str, Any]] = field(init=False)
+    domains: list[str] = field(init=False)
 
-    @classmethod
-    def of(cls, pool: Pool, config: TagConfig) -> _Rows:
-        examples = list(pool.examples())
-        narrow = pool.columns(["curate_id", "curate_domain"])
-        ids, known = narrow.column("curate_id").to_pylist(), narrow.column("curate_domain").to_pylist()
-        n = len(ids)
-        out: dict[str, list[Any]] = {
-            "curate_id": ids, "curate_domain": [None] * n, "curate_domain_source": [None] * n,
-            "curate_difficulty": [None] * n, "curate_difficulty_raw": [None] * n,
+    def __post_init__(self) -> None:
+        n = len(self.examples)
+        self.out = {
+            "curate_id": [ex.id for ex in self.examples], "curate_domain": [None] * n,
+            "curate_domain_source": [None] * n, "curate_difficulty": [None] * n, "curate_difficulty_raw": [None] * n,
             "curate_difficulty_source": [None] * n,
             **{f"curate_behavior_{b}": [None] * n for b in BEHAVIORS},
             "curate_behavior_source": [None] * n, "curate_tag_long": [None] * n,
+            **({SPANS_COLUMN: [None] * n} if self.spans else {}),
         }
-        traces = _traces(pool, config)
-        if traces:
-            out[SPANS_COLUMN] = [None] * n
-        return cls(examples, out, [{} for _ in range(n)], [d or "unknown" for d in known],
-                   offline.native_labels(pool), offline.native_table(config.native_map), traces)
+        self.errors = [{} for _ in range(n)]
+        self.domains = [ex.domain or "unknown" for ex in self.examples]
 
-    def set_native(self, i: int) -> bool:
-        """Row i's difficulty from its native label; False when it has none the table knows."""
-        level = offline.native_difficulty(self.native_raw[i], self.native_table)
+    def set_native(self, i: int, table: dict[str, int]) -> bool:
+        """Row i's (index in the window) difficulty from its native label; False when it has none
+        `table` knows."""
+        level = offline.native_difficulty(self.native_raw[i], table)
         if level is None:
             return False
         self.out["curate_difficulty"][i], self.out["curate_difficulty_raw"][i] = level, str(self.native_raw[i])
         self.out["curate_difficulty_source"][i] = "native"
         return True
 
+    def frame(self, report: TagReport) -> pl.DataFrame:
+        """The window's annotations; its failed (no reply) and unparsed requests are added to `report`."""
+        for errors in self.errors:
+            for task, error in errors.items():
+                tally = report.failed if error["raw"] is None else report.unparsed
+                tally[task] = tally.get(task, 0) + 1
+        self.out["curate_tag_errors"] = [json.dumps(e, sort_keys=True) if e else None for e in self.errors]
+        return _frame(self.out)
 
-def _traces(pool: Pool, config: TagConfig) -> list[Trace | None]:
-    """Each row's thought with segments (None without one) when exploration_spans is asked for,
-    else []: indexed on the stored text, as `curate strip` reads it."""
-    if "exploration_spans" not in config.tasks:
-        return []
-    store = TraceStore(pool, pool.dataset.with_format("arrow")[:])
-    return [_span_trace(store, i, config) for i in range(len(pool))]
+
+def _native_column(pool: Pool) -> str | None:
+    """The pool's native difficulty label column (its `difficulty` role), if it has one."""
+    column = pool.shape.columns.get("difficulty")
+    return column if column and column in pool.column_names else None
+
+
+def _windows(pool: Pool, config: TagConfig) -> Iterator[_Rows]:
+    """The pool's rows, `WINDOW_ROWS` or a batch more at a time, read from disk as they are needed
+    (at least one window, empty for an empty pool)."""
+    labels, spans = _native_column(pool), "exploration_spans" in config.tasks
+    start, parts = 0, []
+    for batch, examples in pool.example_batches():
+        store = TraceStore(pool, batch) if spans else None
+        parts.append((examples, batch.column(labels).to_pylist() if labels else [None] * len(examples),
+                      [_span_trace(store, i, config) for i in range(len(examples))] if spans else []))
+        if sum(len(p[0]) for p in parts) >= WINDOW_ROWS:
+            window = _Rows(start, *(sum((p[k] for p in parts), []) for k in range(3)), spans)
+            start, parts = start + len(window.examples), []
+            yield window
+    if parts or start == 0:
+        yield _Rows(start, *(sum((p[k] for p in parts), []) for k in range(3)), spans)
 
 
 OFFLINE_CHUNK = 16_384  # rows whose tags are held as Python values before they become a frame
@@ -375,8 +402,7 @@ def _tag_offline(pool: Pool, config: TagConfig, progress: Progress) -> pl.DataFr
     import polars as pl
 
     native = offline.native_table(config.native_map)
-    column = pool.shape.columns.get("difficulty")
-    labels = column if column and column in pool.column_names else None
+    labels = _native_column(pool)
     spans = "exploration_spans" in config.tasks
     names = ["curate_id", "curate_domain", "curate_domain_source", "curate_difficulty", "curate_difficulty_raw",
              "curate_difficulty_source", *(f"curate_behavior_{b}" for b in BEHAVIORS), "curate_behavior_source",
@@ -423,11 +449,12 @@ def _span_trace(store: TraceStore, i: int, config: TagConfig) -> Trace | None:
     return trace if trace is not None and trace.spans else None
 
 
-def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, report: TagReport,
-             cache: ResponseCache | None, plan: list[Job] | None) -> None:
-    """The rater: unknown domains first (their difficulty prompt depends on the answer), then
-    difficulty and behaviour requests; every answer parsed into `rows`, every failure recorded."""
-    out, examples, domains, errors = rows.out, rows.examples, rows.domains, rows.errors
+def _tag_llm(pool: Pool, config: TagConfig, progress: Progress, report: TagReport, cache: ResponseCache | None,
+             plan: list[Job] | None) -> pl.DataFrame:
+    """The rater, `WINDOW_ROWS` rows at a time (`_tag_window`); the annotations of every window in
+    pool order. Progress counts rows, each once every request of the row has its answer."""
+    import polars as pl
+
     prompts = load_prompts(config.prompt_names(), config.prompts_dir)
     report.model, report.params = config.model, config.params
     report.base_urls = [public_url(u) for u in config.base_urls]
@@ -437,45 +464,73 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
     report.budget = f"tokens counted by {budget.how}; context: " + (
         f"{budget.context} tokens" if budget.context else "unknown (prompts bounded by max_chars only)")
     planner = _Planner(config, prompts, budget)
-    counters = {t: Counters() for t in (["domain"] if "domain" in config.tasks else [])
-                + (["difficulty"] if "difficulty" in config.tasks else [])
-                + (list(BEHAVIORS) if "behaviors" in config.tasks else [])
-                + (["exploration_spans"] if "exploration_spans" in config.tasks else [])}
-    report.tasks = counters
-    results: dict[tuple[int, str], list[Outcome]] = {}
+    report.tasks = {t: Counters() for t in (["domain"] if "domain" in config.tasks else [])
+                    + (["difficulty"] if "difficulty" in config.tasks else [])
+                    + (list(BEHAVIORS) if "behaviors" in config.tasks else [])
+                    + (["exploration_spans"] if "exploration_spans" in config.tasks else [])}
+    report.failed, report.unparsed = dict.fromkeys(report.tasks, 0), dict.fromkeys(report.tasks, 0)
     own_cache = cache is None
     if cache is None:
         cache = ResponseCache(config.cache or ":memory:")
-    extra = {"plan": plan, "report": report}
+    frames = []
     try:
-        if "domain" in config.tasks:
-            total = sum(d == "unknown" for d in domains)
-            if total:
-                jobs = (planner.domain(i, ex) for i, ex in enumerate(examples) if domains[i] == "unknown")
-                _run_fitting(jobs, total, f"tagging domains of {name}", config, cache, counters, results, progress,
-                             **extra)
-            for i in range(len(examples)):
-                outcome = results.get((i, "domain"))
-                if outcome:
-                    label, reason = _parse("domain", outcome[0])
-                    if label is None:
-                        errors[i]["domain"] = _error(reason, outcome[0])
-                    else:
-                        domains[i] = out["curate_domain"][i] = label
-                        out["curate_domain_source"][i] = "llm"
-        total = (sum(d in ("math", "code") for d in domains) if "difficulty" in config.tasks else 0) + (
-            sum(_n_windows(_trace(ex), config) for ex in examples) * len(BEHAVIORS)
-            if "behaviors" in config.tasks else 0) + sum(t is not None for t in rows.traces)
-        _run_fitting(_main_jobs(rows, config, planner), total, f"tagging {name}", config, cache, counters, results,
-                     progress, **extra)
+        with progress.task(f"tagging {pool.name}", total=len(pool), unit="rows") as advance:
+            for rows in _windows(pool, config):
+                _tag_window(rows, config, planner, cache, report, plan, _RowsDone(advance))
+                frames.append(rows.frame(report))
     finally:
         if own_cache:
             cache.close()
-    report.not_cached = sum(1 for slots in results.values() for slot in slots
-                            if slot[0] is not None and slot[0].error == NOT_CACHED)
+    return pl.concat(frames)
+
+
+class _RowsDone:
+    """Advances a progress bar by one row once every request planned for the row has its outcome."""
+
+    def __init__(self, advance: Callable[[int], None]) -> None:
+        self.advance, self.pending = advance, {}
+
+    def jobs(self, per_row: Iterator[list[Job]]) -> Iterator[Job]:
+        """The jobs of each row in turn; a row without any is done at once."""
+        for jobs in per_row:
+            if not jobs:
+                self.advance(1)
+                continue
+            self.pending[jobs[0].row] = len(jobs)
+            yield from jobs
+
+    def __call__(self, job: Job) -> None:
+        self.pending[job.row] -= 1
+        if not self.pending[job.row]:
+            del self.pending[job.row]
+            self.advance(1)
+
+
+def _tag_window(rows: _Rows, config: TagConfig, planner: _Planner, cache: ResponseCache, report: TagReport,
+                plan: list[Job] | None, done: _RowsDone) -> None:
+    """Tag one window: unknown domains first (their difficulty prompt depends on the answer), then
+    difficulty, behaviour and span requests; every answer parsed into `rows`, every failure recorded."""
+    out, examples, domains, errors, start = rows.out, rows.examples, rows.domains, rows.errors, rows.start
+    results: dict[tuple[int, str], list[Outcome]] = {}
+    if "domain" in config.tasks:
+        jobs = (planner.domain(start + i, ex) for i, ex in enumerate(examples) if domains[i] == "unknown")
+        _run_fitting(jobs, config, cache, report, results, lambda job: None, plan)
+        for i in range(len(examples)):
+            outcome = results.get((start + i, "domain"))
+            if outcome:
+                label, reason = _parse("domain", outcome[0])
+                if label is None:
+                    errors[i]["domain"] = _error(reason, outcome[0])
+                else:
+                    domains[i] = out["curate_domain"][i] = label
+                    out["curate_domain_source"][i] = "llm"
+    _run_fitting(done.jobs(_main_jobs(rows, config, planner)), config, cache, report, results, done, plan)
+    report.not_cached += sum(1 for slots in results.values() for slot in slots
+                             if slot[0] is not None and slot[0].error == NOT_CACHED)
     for i in range(len(examples)):
-        if "difficulty" in config.tasks and (i, "difficulty") in results:
-            outcome = results[i, "difficulty"][0]
+        row = start + i
+        if "difficulty" in config.tasks and (row, "difficulty") in results:
+            outcome = results[row, "difficulty"][0]
             level, reason = _parse("difficulty", outcome)
             if level is None:  # no value, so no source: the error column says why
                 errors[i]["difficulty"] = _error(reason, outcome)
@@ -485,7 +540,7 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
         if "behaviors" in config.tasks:
             for b in BEHAVIORS:
                 total_count: int | None = 0
-                for outcome in results.get((i, b), []):
+                for outcome in results.get((row, b), []):
                     count, reason = _parse(b, outcome)
                     if count is None:
                         errors[i][b] = _error(reason, outcome)
@@ -496,8 +551,8 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
             # The source only where the rater answered: a row with no count parsed has none.
             out["curate_behavior_source"][i] = "llm" if any(
                 out[f"curate_behavior_{b}"][i] is not None for b in BEHAVIORS) else None
-        if (i, "exploration_spans") in results:
-            outcome = results[i, "exploration_spans"][0]
+        if (row, "exploration_spans") in results:
+            outcome = results[row, "exploration_spans"][0]
             reply, reason = _parse("exploration_spans", outcome)
             delete, reason = parse_delete(reply, len(rows.traces[i].spans)) if reply is not None else (None, reason)
             if delete is None:
@@ -506,29 +561,35 @@ def _tag_llm(rows: _Rows, config: TagConfig, progress: Progress, name: str, repo
                 out[SPANS_COLUMN][i] = encode_spans(rows.traces[i], config.segments, delete, "llm", reply)
 
 
-def _run_fitting(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
-                 counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress,
-                 *, plan: list[Job] | None, report: TagReport) -> None:
+def _run_fitting(jobs: Iterator[Job], config: TagConfig, cache: ResponseCache, report: TagReport,
+                 results: dict[tuple[int, str], list[Outcome]], done: Callable[[Job], None],
+                 plan: list[Job] | None) -> None:
     """`run_jobs`, then once more for the requests a server refused as over its context: each is
     re-rendered with its clipped fields shrunk by what the server's message says (`over_context`)
-    and sent again, once. `report.fitted` / `report.shrunk` count the two kinds of fitting."""
-    sent: list[Job] = []
-    run_jobs(jobs, total, title, config, cache, counters, results, progress, plan=sent, report=report)
-    if plan is not None:
-        plan.extend(sent)
-    report.fitted += sum(j.fitted for j in sent)
-    again: list[tuple[Job, Job]] = []
-    for job in sent:
-        slots = results[job.row, job.task]
+    and sent again, once. `report.fitted` / `report.shrunk` count the two kinds of fitting. Of the
+    jobs sent, only the (row, task, refit) of those that can shrink are kept, not their prompts."""
+    refits: list[tuple[int, str, Callable[[int | None, int | None], Job]]] = []
+
+    def sent(job: Job) -> None:
+        if plan is not None:
+            plan.append(job)
+        report.fitted += job.fitted
+        if job.refit is not None:
+            refits.append((job.row, job.task, job.refit))
+
+    run_jobs(jobs, config, cache, report.tasks, results, done, on_send=sent, report=report)
+    again: list[Job] = []
+    for row, task, refit in refits:
+        slots = results[row, task]
         outcome = slots[0][0] if len(slots) == 1 else None
-        if outcome is not None and outcome.error and ": context:" in outcome.error and job.refit is not None:
-            again.append((job, job.refit(*over_context(outcome.error, config.max_tokens))))
+        if outcome is not None and outcome.error and ": context:" in outcome.error:
+            again.append(refit(*over_context(outcome.error, config.max_tokens)))
     if not again:
         return
     retried: dict[tuple[int, str], list[Outcome]] = {}
-    run_jobs(iter(j for _, j in again), len(again), f"{title}: shrunk to fit the context", config, cache, counters,
-             retried, progress, plan=plan, report=report)
-    for job, _ in again:
+    run_jobs(iter(again), config, cache, report.tasks, retried, lambda job: None,
+             on_send=plan.append if plan is not None else None, report=report)
+    for job in again:
         results[job.row, job.task][0][0] = retried[job.row, job.task][0][0]
     report.shrunk += len(again)
 
@@ -544,86 +605,92 @@ def over_context(error: str, max_tokens: int) -> tuple[int | None, int | None]:
     return int(asked.group(1)) - max_tokens, int(context.group(1)) - max_tokens
 
 
-def _main_jobs(rows: _Rows, config: TagConfig, planner: _Planner) -> Iterator[Job]:
-    """Difficulty requests (math and code rows without a native label, unless `native` is off)
-    and behaviour requests (one per window of each trace), in row order."""
+def _main_jobs(rows: _Rows, config: TagConfig, planner: _Planner) -> Iterator[list[Job]]:
+    """Each row's difficulty request (math and code rows without a native label, unless `native`
+    is off), behaviour requests (one per window of each trace) and span request, row by row."""
+    table = offline.native_table(config.native_map)
     for i, ex in enumerate(rows.examples):
+        row, jobs = rows.start + i, []
         if "difficulty" in config.tasks and rows.domains[i] in ("math", "code"):
-            if not (config.native and rows.set_native(i)):
-                yield planner.difficulty(i, ex, rows.domains[i])
+            if not (config.native and rows.set_native(i, table)):
+                jobs.append(planner.difficulty(row, ex, rows.domains[i]))
         if "behaviors" in config.tasks:
-            jobs, label = planner.behaviors(i, ex)
+            behaviors, label = planner.behaviors(row, ex)
             rows.out["curate_tag_long"][i] = label
-            yield from jobs
+            jobs += behaviors
         if rows.traces and rows.traces[i] is not None:
-            job = planner.spans(i, rows.traces[i])
+            job = planner.spans(row, rows.traces[i])
             if job is None:
                 rows.errors[i]["exploration_spans"] = {"reason": "not sent: the numbered thought is over "
                                                                  f"spans_max_chars={config.spans_max_chars} or the "
                                                                  "context", "raw": ""}
             else:
-                yield job
+                jobs.append(job)
+        yield jobs
 
 
 def estimate(pool: Pool, config: TagConfig) -> Estimate:
     """What `tag_pool` would send, without sending anything. Rows of unknown domain count as one
     math difficulty request each (their real prompt depends on the domain answer). With
-    `config.shard`, only that shard's rows."""
-    examples = list(shard_pool(pool, config).examples())
+    `config.shard`, only that shard's rows. Reads the pool a window at a time; holds the distinct
+    requests' keys and token counts."""
     budget = make_budget(config)
     planner = _Planner(config, load_prompts(config.prompt_names(), config.prompts_dir), budget)
-    jobs: list[Job] = []
-    for i, ex in enumerate(examples):
-        domain = ex.domain or "unknown"
-        if "domain" in config.tasks and domain == "unknown":
-            jobs.append(planner.domain(i, ex))
-        if "difficulty" in config.tasks and domain != "other":
-            jobs.append(planner.difficulty(i, ex, domain if domain in ("math", "code") else "math"))
-        if "behaviors" in config.tasks:
-            jobs += planner.behaviors(i, ex)[0]
-    if "exploration_spans" in config.tasks:
-        traces = _traces(shard_pool(pool, config), config)
-        jobs += [j for i, t in enumerate(traces) if t is not None and (j := planner.spans(i, t)) is not None]
-    unique = {j.key: j for j in jobs}
+    tokens: dict[str, int] = {}
+    for rows in _windows(shard_pool(pool, config), config):
+        for i, ex in enumerate(rows.examples):
+            row, domain, jobs = rows.start + i, rows.domains[i], []
+            if "domain" in config.tasks and domain == "unknown":
+                jobs.append(planner.domain(row, ex))
+            if "difficulty" in config.tasks and domain != "other":
+                jobs.append(planner.difficulty(row, ex, domain if domain in ("math", "code") else "math"))
+            if "behaviors" in config.tasks:
+                jobs += planner.behaviors(row, ex)[0]
+            if rows.traces and rows.traces[i] is not None and (job := planner.spans(row, rows.traces[i])):
+                jobs.append(job)
+            for job in jobs:
+                if job.key not in tokens:
+                    tokens[job.key] = budget.tokens(job.rendered)
     cached = 0
     if config.cache and os.path.exists(config.cache):
         cache = ResponseCache(config.cache)
         try:
-            cached = len(cache.lookup(unique))
+            cached = len(cache.lookup(tokens))
         finally:
             cache.close()
-    return Estimate(requests=len(unique), cached=cached, tokens=sum(budget.tokens(j.rendered) for j in unique.values()),
-                    how=budget.how)
+    return Estimate(requests=len(tokens), cached=cached, tokens=sum(tokens.values()), how=budget.how)
 
 
-def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cache: ResponseCache,
-             counters: dict[str, Counters], results: dict[tuple[int, str], list[Outcome]], progress: Progress,
-             *, plan: list[Job] | None = None, report: TagReport | None = None) -> None:
-    """Resolve `jobs` from the cache or the server; outcomes land in `results[(row, task)]` in job order.
+def run_jobs(jobs: Iterator[Job], config: TagConfig, cache: ResponseCache, counters: dict[str, Counters],
+             results: dict[tuple[int, str], list[Outcome]], done: Callable[[Job], None], *,
+             on_send: Callable[[Job], None] | None = None, report: TagReport | None = None) -> None:
+    """Resolve `jobs` from the cache or the server; outcomes land in `results[(row, task)]` in job
+    order, and `done(job)` is called as each one does.
 
-    `plan` receives every job; `report.servers` accumulates {url: {"requests", "failures"}} and
-    `report.unconstrained` the first refusal of the answer constraint (structured "auto"). With
-    `config.cache_only` nothing is sent: a miss gets an outcome with the error `NOT_CACHED`.
+    `on_send` sees every job as it is taken from `jobs`; `report.servers` accumulates
+    {url: {"requests", "failures"}} and `report.unconstrained` the first refusal of the answer
+    constraint (structured "auto"). With `config.cache_only` nothing is sent: a miss gets an
+    outcome with the error `NOT_CACHED`. Jobs are taken `_CHUNK_ROWS * 6` at a time (one cache
+    query), and at most `4 * concurrency` wait for a worker.
     """
     if config.cache_only:
-        with progress.task(title, total=total, unit="req") as advance:
-            chunk: list[Job] = []
-            for job in [*jobs, None]:
-                if job is not None:
-                    chunk.append(job)
-                if chunk and (job is None or len(chunk) >= _CHUNK_ROWS * 6):
-                    hits = cache.lookup({j.key for j in chunk})
-                    for j in chunk:
-                        hit = hits.get(j.key)
-                        if hit is not None:
-                            counters[j.task].cache_hits += 1
-                        outcome = (Outcome(hit.content, hit.tokens_in, hit.tokens_out, cached=True) if hit
-                                   else Outcome(None, error=NOT_CACHED))
-                        results.setdefault((j.row, j.task), []).append([outcome])  # type: ignore[arg-type]
-                        advance(1)
-                    if plan is not None:
-                        plan.extend(chunk)
-                    chunk = []
+        chunk: list[Job] = []
+        for job in [*jobs, None]:
+            if job is not None:
+                chunk.append(job)
+                if on_send is not None:
+                    on_send(job)
+            if chunk and (job is None or len(chunk) >= _CHUNK_ROWS * 6):
+                hits = cache.lookup({j.key for j in chunk})
+                for j in chunk:
+                    hit = hits.get(j.key)
+                    if hit is not None:
+                        counters[j.task].cache_hits += 1
+                    outcome = (Outcome(hit.content, hit.tokens_in, hit.tokens_out, cached=True) if hit
+                               else Outcome(None, error=NOT_CACHED))
+                    results.setdefault((j.row, j.task), []).append([outcome])  # type: ignore[arg-type]
+                    done(j)
+                chunk = []
         return
 
     async def main() -> None:
@@ -641,26 +708,25 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
                 item = await queue.get()
                 if item is None:
                     return
-                job, slot, advance = item
+                job, slot = item
                 slot[0] = await rater.complete(job.key, job.rendered, job.prompt, counters[job.task], job.timeout,
                                                job.params)
-                advance(1)
+                done(job)
 
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
         try:
-            with progress.task(title, total=total, unit="req") as advance:
-                chunk: list[Job] = []
-                for job in jobs:
-                    if plan is not None:
-                        plan.append(job)
-                    chunk.append(job)
-                    if len(chunk) >= _CHUNK_ROWS * 6:
-                        await _dispatch(chunk, cache, counters, results, queue, advance, workers)
-                        chunk = []
-                await _dispatch(chunk, cache, counters, results, queue, advance, workers)
-                for _ in workers:
-                    await queue.put(None)
-                await asyncio.gather(*workers)
+            chunk: list[Job] = []
+            for job in jobs:
+                if on_send is not None:
+                    on_send(job)
+                chunk.append(job)
+                if len(chunk) >= _CHUNK_ROWS * 6:
+                    await _dispatch(chunk, cache, counters, results, queue, done, workers)
+                    chunk = []
+            await _dispatch(chunk, cache, counters, results, queue, done, workers)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
         finally:
             for w in workers:
                 w.cancel()
@@ -676,7 +742,8 @@ def run_jobs(jobs: Iterator[Job], total: int, title: str, config: TagConfig, cac
 
 
 async def _dispatch(chunk: list[Job], cache: ResponseCache, counters: dict[str, Counters],
-                    results: dict[tuple[int, str], list[Outcome]], queue: asyncio.Queue, advance, workers) -> None:
+                    results: dict[tuple[int, str], list[Outcome]], queue: asyncio.Queue,
+                    done: Callable[[Job], None], workers) -> None:
     hits = cache.lookup({j.key for j in chunk})
     for job in chunk:
         slot: list[Outcome | None] = [None]
@@ -685,12 +752,12 @@ async def _dispatch(chunk: list[Job], cache: ResponseCache, counters: dict[str, 
         if hit is not None:
             counters[job.task].cache_hits += 1
             slot[0] = Outcome(hit.content, hit.tokens_in, hit.tokens_out, cached=True)
-            advance(1)
+            done(job)
             continue
         for w in workers:
             if w.done() and w.exception():
                 raise w.exception()
-        await queue.put((job, slot, advance))
+        await queue.put((job, slot))
 
 
 def _n_windows(trace: str, config: TagConfig) -> int:
