@@ -52,9 +52,10 @@ class OpResult:
         if self.annotations is None:
             return self.pool
         from curate.data.rows import ColumnRows
-        from curate.data.write import aligned_annotations, set_columns
+        from curate.data.write import aligned_annotations, annotation_table, set_columns
 
-        joined = aligned_annotations(self.pool.columns(["curate_id"]).column("curate_id"), self.annotations)
+        joined = annotation_table(aligned_annotations(self.pool.columns(["curate_id"]).column("curate_id"),
+                                                      self.annotations))
         existing = [c for c in joined.column_names if c in self.pool.column_names]
         table = set_columns(self.pool.columns(existing), joined) if existing else joined
         return self.pool.with_rows(ColumnRows(self.pool.rows, table))

@@ -90,3 +90,19 @@ def test_outputs_of_separate_commands_join_on_curate_id(tmp_path):
     joined = pl.read_parquet(tmp_path / "pruned.parquet").join(
         pl.read_parquet(tmp_path / "tagged.parquet").select("curate_id", "curate_difficulty"), on="curate_id")
     assert joined.height == 40 and joined["curate_difficulty"].null_count() == 0
+
+
+def test_all_distinct_compares_strings_where_hashes_meet(monkeypatch):
+    """`all_distinct` sorts 64-bit hashes and compares strings only where two hashes are equal:
+    a true repeat is found, and a hash collision between different strings is not one."""
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+
+    from curate.data.pool import all_distinct
+
+    values = pa.chunked_array([["a", "b"], ["c", "d"]])
+    assert all_distinct(values) and not all_distinct(pa.chunked_array([["a", "b"], ["c", "a"]]))
+    monkeypatch.setattr(pl.Series, "hash", lambda self, *a, **k: pl.Series(np.zeros(len(self), np.uint64)))
+    assert all_distinct(values)  # every hash collides; the strings still differ
+    assert not all_distinct(pa.chunked_array([["a", "b"], ["b"]]))

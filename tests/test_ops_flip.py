@@ -138,3 +138,14 @@ def test_bad_flip_options(tmp_path, capsys):
     msg = cli_error(["flip", str(SAMPLE / "pool.jsonl"), "--donor", str(SAMPLE / "donor.jsonl"), "-o", str(tmp_path / "o"),
                      "--swap-frac", "0", "--easy-max", "8"], capsys)
     assert "--swap-frac 0.0: must be in (0, 1]" in msg and "--easy-max 8.0, --hard-min 5.0: need --easy-max < --hard-min" in msg
+
+
+def test_a_donor_id_already_in_the_pool_is_refused(pool, donor):
+    """An id on both sides (the same own id, or the same content loaded without a qualifier) is a
+    one-line error naming it, found by hashing the ids (no set of id strings is built)."""
+    ids = donor.dataset["curate_id"]
+    shared = pool.dataset["curate_id"][7]
+    clashing = donor.with_dataset(donor.dataset.remove_columns("curate_id").add_column(
+        "curate_id", [shared if i == 3 else x for i, x in enumerate(ids)]))
+    with pytest.raises(DataError, match=f"donor ids clash with pool ids \\(e.g. '{shared}'\\)"):
+        flip(pool, clashing, FlipConfig(easy_max=4, hard_min=7))

@@ -206,9 +206,25 @@ def _written_by_curate(rows: Rows) -> bool:
     ids, domains, sources = (read_columns(rows, CURATE_COLUMNS).column(c) for c in CURATE_COLUMNS)
     known = pa.array([d for d in DOMAINS if d != "unknown"])
     return not (ids.null_count or pc.any(pc.equal(ids, "")).as_py()
-                or pc.count_distinct(ids).as_py() != len(ids)
                 or not pc.all(pc.fill_null(pc.is_in(domains, value_set=known), False)).as_py()
-                or not pc.all(pc.fill_null(pc.is_in(sources, value_set=pa.array(list(DOMAIN_SOURCES))), False)).as_py())
+                or not pc.all(pc.fill_null(pc.is_in(sources, value_set=pa.array(list(DOMAIN_SOURCES))), False)).as_py()
+                or not all_distinct(ids))
+
+
+def all_distinct(values: pa.ChunkedArray) -> bool:
+    """Whether no string of `values` occurs twice. Sorts 64-bit hashes (8 bytes a row, where a
+    hash table of the strings takes ~150) and compares the strings only where two hashes are equal."""
+    import numpy as np
+    import polars as pl
+
+    series = pl.Series(values)
+    hashes = series.hash().to_numpy()
+    ordered = np.sort(hashes)
+    same = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(same):
+        return True
+    twins = series.filter(pl.Series(np.isin(hashes, same)))
+    return twins.n_unique() == len(twins)
 
 
 def _derive(rows: Rows, shape: Shape, source: str | None, origin: str) -> tuple[list[str], list[str], list[str]]:

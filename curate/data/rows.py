@@ -321,53 +321,92 @@ POSITION = "__position"  # the output position column of a `Spill`'s parts
 @dataclass(frozen=True)
 class Spill:
     """Rows written in any order, each with its output position, read back in position order:
-    `files[k]` holds the rows whose positions fall in `[k * span, (k + 1) * span)` (None: none),
-    sorted when read, so a read holds one part."""
+    `files[k]` holds the rows whose positions fall in `[k * span, (k + 1) * span)` (no file: none),
+    sorted when read, so a read holds one bucket."""
 
-    files: tuple[Path | None, ...]
+    files: tuple[tuple[Path, ...], ...]
     schema: pa.Schema
     num_rows: int
     span: int
     keep: Any = field(default=None, compare=False, repr=False)
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         names = _names(self, columns)
-        for path in self.files:
-            if path is None:
+        for paths in self.files:
+            if not paths:
                 continue
-            part = pq.read_table(path, columns=[*names, POSITION])
+            part = pa.concat_tables(pq.read_table(path, columns=[*names, POSITION]) for path in paths)
             part = part.sort_by(POSITION).drop_columns([POSITION])
             for start in range(0, part.num_rows, BATCH_ROWS):
                 yield part.slice(start, BATCH_ROWS)
 
 
 class SpillWriter:
-    """Writes a `Spill`: `add(table, positions)` any number of times, then `close()`."""
+    """Writes a `Spill`: `add(table, positions)` any number of times, then `close()`.
+
+    Added rows are held until they reach `BUFFER_BYTES`, then sorted by position and written, one
+    row group per bucket. Each open bucket file takes at most `GROUPS_PER_FILE` row groups before
+    the next file of that bucket starts: a parquet writer keeps every row group's metadata until it
+    closes (~8 KB each for a pool's columns), so neither tiny writes nor long-open files accumulate
+    memory with the pool's size."""
+
+    BUFFER_BYTES = 32 << 20
+    GROUPS_PER_FILE = 16
 
     def __init__(self, schema: pa.Schema, span: int = 8 * BATCH_ROWS) -> None:
         self.folder = TempFolder()
         self.schema, self.span = schema, span
-        self.writers: dict[int, Any] = {}
+        self.pending: list[pa.Table] = []
+        self.held = 0
+        self.files: dict[int, list[Path]] = {}
+        self.writers: dict[int, tuple[Any, int]] = {}  # bucket -> (open writer, row groups in it)
         self.rows = 0
 
     def add(self, table: pa.Table, positions: np.ndarray) -> None:
-        import numpy as np
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         table = conform(table, self.schema, table.num_rows).append_column(POSITION, pa.array(positions, pa.int64()))
-        buckets = positions // self.span
-        for bucket in np.unique(buckets):
-            if bucket not in self.writers:
-                self.writers[bucket] = pq.ParquetWriter(self.folder.path / f"part-{bucket:06d}.parquet", table.schema)
-            self.writers[bucket].write_table(table.filter(pa.array(buckets == bucket)))
+        self.pending.append(table)
+        self.held += table.nbytes
         self.rows += table.num_rows
+        if self.held >= self.BUFFER_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        self.pending, self.held = [], 0
+        positions = table.column(POSITION).to_numpy()
+        order = np.argsort(positions, kind="stable")
+        table, buckets = table.take(order), positions[order] // self.span
+        starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+        for lo, hi in zip(starts, [*starts[1:], len(buckets)], strict=True):
+            self._write(int(buckets[lo]), table.slice(lo, hi - lo))
+
+    def _write(self, bucket: int, part: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        writer, groups = self.writers.get(bucket, (None, 0))
+        if writer is None or groups >= self.GROUPS_PER_FILE:
+            if writer is not None:
+                writer.close()
+            paths = self.files.setdefault(bucket, [])
+            paths.append(self.folder.path / f"part-{bucket:06d}-{len(paths):04d}.parquet")
+            writer, groups = pq.ParquetWriter(paths[-1], part.schema, write_statistics=False), 0
+        writer.write_table(part, row_group_size=part.num_rows or 1)
+        self.writers[bucket] = (writer, groups + 1)
 
     def close(self) -> Spill:
-        for writer in self.writers.values():
+        self._flush()
+        for writer, _ in self.writers.values():
             writer.close()
-        count = 1 + max(self.writers, default=-1)
-        files = tuple(self.folder.path / f"part-{k:06d}.parquet" if k in self.writers else None for k in range(count))
+        count = 1 + max(self.files, default=-1)
+        files = tuple(tuple(self.files.get(k, ())) for k in range(count))
         return Spill(files, self.schema, self.rows, self.span, keep=self.folder)

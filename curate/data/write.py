@@ -76,7 +76,8 @@ def write_pool(
     batches = _out_batches(pool, emit, joined)
     first = next(batches, None)
     if first is None:  # no rows: the schema from an empty batch
-        first = _out_table(pool.rows.schema.empty_table(), [], emit, joined.slice(0, 0) if joined is not None else None)
+        first = _out_table(pool.rows.schema.empty_table(), [], emit,
+                           annotation_table(joined.slice(0, 0)) if joined is not None else None)
     features = _features(first.schema, pool.features)
     schema = features.arrow_schema
 
@@ -112,13 +113,13 @@ def write_pool(
     return data_path
 
 
-def _out_batches(pool: Pool, emit: str, joined: pa.Table | None) -> Iterator[pa.Table]:
+def _out_batches(pool: Pool, emit: str, joined: pl.DataFrame | None) -> Iterator[pa.Table]:
     """The output's batches: the pool's (or its `messages`), annotations joined."""
     offset = 0
     batches = ((b, []) for b in pool.batches()) if emit == "input" else pool.example_batches()
     for batch, examples in batches:
         n = batch.num_rows
-        yield _out_table(batch, examples, emit, joined.slice(offset, n) if joined is not None else None)
+        yield _out_table(batch, examples, emit, annotation_table(joined.slice(offset, n)) if joined is not None else None)
         offset += n
 
 
@@ -248,11 +249,11 @@ def output_paths(out: Path, fmt: str) -> tuple[Path, Path, Path]:
     return out, out.with_name(f"{stem}.manifest.jsonl"), out.with_name(f"{stem}.README.md")
 
 
-def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pa.Table:
+def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pl.DataFrame:
     """The annotation columns (all but `curate_id`) in the order of `ids`, null where an id has
-    none. Raises `DataError` for a repeated or unknown id, or a column not named curate_*."""
+    none, still a polars frame (`annotation_table` makes Arrow of a slice, a batch at a time).
+    Raises `DataError` for a repeated or unknown id, or a column not named curate_*."""
     import polars as pl
-    import pyarrow as pa
 
     if not isinstance(annotations, pl.DataFrame):
         raise UsageError(f"annotations must be a polars DataFrame, not {type(annotations).__name__}")
@@ -262,24 +263,34 @@ def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pa.T
     if bad:
         raise DataError(f"annotation columns must be named curate_*: {', '.join(bad)}")
     keys = annotations["curate_id"].cast(pl.String)
+    pool_ids = pl.Series("curate_id", ids).cast(pl.String)
+    if pool_ids.equals(keys):  # a tagger's rows, in pool order (ids are unique): no join to build
+        return annotations.drop("curate_id")
     if keys.is_duplicated().any():
         raise DataError(f"annotations repeat curate_id {keys.filter(keys.is_duplicated())[0]!r}")
-    left = pl.from_arrow(ids).cast(pl.String).rename("curate_id").to_frame().with_row_index("__row")
+    left = pool_ids.to_frame().with_row_index("__row")
     unknown = keys.filter(~keys.is_in(left["curate_id"].implode()))
     if len(unknown):
         raise DataError(
             f"annotations have {len(unknown)} curate_id(s) not in the pool, e.g. {unknown.sort()[0]!r}"
         )
     joined = left.join(annotations.with_columns(keys), on="curate_id", how="left").sort("__row")
+    return joined.drop("__row", "curate_id")
+
+
+def annotation_table(frame: pl.DataFrame) -> pa.Table:
+    """Rows of an `aligned_annotations` frame as an Arrow table, strings as `string` (as a pool's
+    own columns are)."""
+    import polars as pl
+    import pyarrow as pa
+
     columns = {}
-    for name in annotations.columns:
-        if name == "curate_id":
-            continue
-        column = joined[name].to_arrow(compat_level=pl.CompatLevel.oldest())
+    for name in frame.columns:
+        column = frame[name].to_arrow(compat_level=pl.CompatLevel.oldest())
         if pa.types.is_large_string(column.type):
             column = column.cast(pa.string())
         columns[name] = column
-    return pa.table(columns) if columns else pa.table({"_": pa.nulls(len(joined))}).drop_columns(["_"])
+    return pa.table(columns) if columns else pa.table({"_": pa.nulls(len(frame))}).drop_columns(["_"])
 
 
 def set_columns(table: pa.Table, joined: pa.Table) -> pa.Table:

@@ -44,6 +44,7 @@ from curate.settings import Problem, check_settings, raise_problems, setting
 
 if TYPE_CHECKING:
     import polars as pl
+    import pyarrow as pa
 
 FLIP_DOMAINS = ("math", "code")
 BINS = tuple(range(1, 11))
@@ -96,14 +97,19 @@ def _problem_keys(pool: Pool) -> list[pl.Series]:
     return [pl.concat(keys).alias("key"), pl.concat(blanks).alias("blank")]
 
 
-def difficulty_frame(pool: Pool, column: str) -> pl.DataFrame:
-    """`row`, `curate_id`, `curate_domain`, `difficulty` (float, 1-10 or null), `source`."""
+def difficulty_frame(pool: Pool, column: str) -> tuple[pl.DataFrame, pa.ChunkedArray]:
+    """(`row`, `rank` (of the row's curate_id among the pool's, 0-based: ties are broken by it),
+    `curate_domain`, `difficulty` (float, 1-10 or null), `source`; the curate_id column itself).
+    The frame holds no id string: ids stay in the compact Arrow column, read where a report or the
+    manifest names a row."""
     import polars as pl
 
     names = pool.column_names
     wanted = [c for c in ("curate_id", "curate_domain", column, "curate_difficulty_source", "level") if c in names]
     table = pool.columns(list(dict.fromkeys(wanted)))
-    frame = pl.from_arrow(table.select(["curate_id", "curate_domain"])).with_row_index("row")
+    ids = table.column("curate_id")
+    rank = pl.Series(ids).rank("ordinal").cast(pl.UInt32) - 1
+    frame = pl.DataFrame({"rank": rank, "curate_domain": pl.Series(table.column("curate_domain"))}).with_row_index("row")
     if column in names:
         values = pl.from_arrow(table.column(column)).cast(pl.Float64, strict=False)
         sources = (pl.from_arrow(table.column("curate_difficulty_source")).cast(pl.String)
@@ -118,7 +124,7 @@ def difficulty_frame(pool: Pool, column: str) -> pl.DataFrame:
     else:
         values = pl.Series([None] * len(frame), dtype=pl.Float64)
         sources = pl.Series(["none"] * len(frame), dtype=pl.String)
-    return frame.with_columns(values.alias("difficulty"), sources.alias("source"))
+    return frame.with_columns(values.alias("difficulty"), sources.alias("source")), ids
 
 
 def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Benchmark] | None = None) -> OpResult:
@@ -138,13 +144,12 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     col = config.difficulty_col
     # A problem is compared by a 64-bit hash of its normalised text (`key`; `blank`: no text), so
     # a million rows' problems are not held as text.
-    mine = difficulty_frame(pool, col).with_columns(_problem_keys(pool))
+    mine, pool_ids = difficulty_frame(pool, col)
+    mine = mine.with_columns(_problem_keys(pool))
     before = mine.select("curate_domain", "difficulty")
-    theirs = difficulty_frame(donor, col).with_columns(_problem_keys(donor))
-    clash = mine.filter(pl.col("curate_id").is_in(theirs["curate_id"].implode()))["curate_id"]
-    if len(clash):
-        raise DataError(f"donor ids clash with pool ids (e.g. {clash.sort()[0]!r}): the same own id or the same "
-                        "content in both; remove the duplicates, or load the donor with an explicit source qualifier")
+    theirs, donor_ids = difficulty_frame(donor, col)
+    theirs = theirs.with_columns(_problem_keys(donor))
+    _no_clash(pool_ids, donor_ids)
 
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
     dirty_donor = contaminated_rows(donor, benchmarks, config.ngram)
@@ -154,12 +159,13 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     repeat = theirs["key"].is_duplicated() & ~theirs.select(pl.col("key").is_first_distinct()).to_series()
     theirs = theirs.with_columns(
         dirty=pl.col("row").is_in(dirty_donor["row"].cast(pl.UInt32).implode()), in_pool=in_pool, repeat=repeat)
-    usable = theirs.filter(~pl.col("dirty") & ~pl.col("in_pool") & ~pl.col("repeat"))
+    usable = theirs.filter(~pl.col("dirty") & ~pl.col("in_pool") & ~pl.col("repeat")).select(
+        "row", "rank", "curate_domain", "difficulty")
     rng = np.random.default_rng(config.seed)
-    usable = usable.sort("curate_id").with_columns(pl.Series("draw", rng.random(len(usable)))).sort("draw")
+    usable = usable.sort("rank").with_columns(pl.Series("draw", rng.random(len(usable)))).sort("draw")
 
     notes: list[str] = []
-    swaps: list[pl.DataFrame] = []  # per domain: pool_row, donor_row, curate_id, donor_id, difficulty, donor_difficulty
+    swaps: list[pl.DataFrame] = []  # per domain: pool_row, donor_row, difficulty, donor_difficulty
     per_domain: dict[str, dict[str, int]] = {}
     for domain in config.domains:
         p = mine.filter(pl.col("curate_domain") == domain)
@@ -184,10 +190,10 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
         target = config.swap_n if config.swap_n is not None else round_half_up(config.swap_frac * len(p))
         target = min(target, len(p))
         if harder:
-            out_rows = p.filter(pl.col("difficulty") <= config.easy_max).sort(["difficulty", "curate_id"])
+            out_rows = p.filter(pl.col("difficulty") <= config.easy_max).sort(["difficulty", "rank"])
             in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") >= config.hard_min))
         else:
-            out_rows = p.filter(pl.col("difficulty") >= config.hard_min).sort(["difficulty", "curate_id"], descending=[True, False])
+            out_rows = p.filter(pl.col("difficulty") >= config.hard_min).sort(["difficulty", "rank"], descending=[True, False])
             in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") <= config.easy_max))
         n = min(target, len(out_rows), len(in_rows))
         way = "harder" if harder else "easier"
@@ -203,12 +209,14 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
                            f"({int(excluded['in_pool'].sum())} already in the pool, {int(excluded['repeat'].sum())} repeated, "
                            f"{int(excluded['dirty'].sum())} overlapping benchmarks, {d_all['difficulty'].null_count()} without difficulty)")
             notes.append(f"{domain}: swapped {n} of the {target} asked: " + "; ".join(why))
-        pairs = pl.concat([out_rows.head(n).select(pool_row="row", curate_id="curate_id", difficulty="difficulty"),
-                           in_rows.head(n).select(donor_row="row", donor_id="curate_id", donor_difficulty="difficulty")],
-                          how="horizontal")
+        pairs = pl.concat([out_rows.head(n).select(pool_row="row", difficulty="difficulty"),
+                           in_rows.head(n).select(donor_row="row", donor_difficulty="difficulty")], how="horizontal")
         swaps.append(pairs)
         per_domain[domain] = {"rows": len(p), "asked": target, "swapped": n}
-        for pool_id, donor_id, old, new in pairs.select("curate_id", "donor_id", "difficulty", "donor_difficulty").iter_rows():
+        named = zip(pool_ids.take(pairs["pool_row"].to_arrow()).to_pylist(),
+                    donor_ids.take(pairs["donor_row"].to_arrow()).to_pylist(),
+                    pairs["difficulty"].to_list(), pairs["donor_difficulty"].to_list(), strict=True)
+        for pool_id, donor_id, old, new in named:
             manifest.append(ManifestEntry(pool_id, "replaced", f"flip:{domain} {way}: difficulty {old:g} -> {new:g}",
                                           replaced_by=donor_id))
 
@@ -223,19 +231,36 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     after = pl.concat([mine.filter(~pl.col("row").is_in(swapped["pool_row"].implode())).select("curate_domain", "difficulty"),
                        added.select("curate_domain", "difficulty")])
     hist = {d: {"before": _hist(before, d), "after": _hist(after, d)} for d in sorted(set(before["curate_domain"]))}
-    excluded = {"overlapping benchmarks": dirty_donor["curate_id"],
-                "already in the pool": theirs.filter("in_pool")["curate_id"],
-                "repeated in the donor": theirs.filter("repeat")["curate_id"]}
+
+    def ids_of(flag: str) -> pl.Series:
+        return pl.Series(donor_ids.take(theirs.filter(flag)["row"].to_arrow()))
+
+    excluded = {"overlapping benchmarks": dirty_donor["curate_id"], "already in the pool": ids_of("in_pool"),
+                "repeated in the donor": ids_of("repeat")}
     report = _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, before, after)
     return OpResult(out, manifest, report)
+
+
+def _no_clash(pool_ids: pa.ChunkedArray, donor_ids: pa.ChunkedArray) -> None:
+    """Raise `DataError` when an id is both in the pool and in the donor (each side's ids are unique)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from curate.data.pool import all_distinct
+
+    if all_distinct(pa.chunked_array([*pool_ids.chunks, *donor_ids.chunks], pool_ids.type)):
+        return
+    clash = pc.filter(pool_ids, pc.is_in(pool_ids, value_set=donor_ids.combine_chunks()))
+    raise DataError(f"donor ids clash with pool ids (e.g. {min(clash.to_pylist())!r}): the same own id or the same "
+                    "content in both; remove the duplicates, or load the donor with an explicit source qualifier")
 
 
 def _hist(frame: pl.DataFrame, domain: str) -> dict[str, int]:
     import polars as pl
 
     values = frame.filter(pl.col("curate_domain") == domain)["difficulty"]
-    binned = values.drop_nulls().round().cast(pl.Int64).clip(1, 10).to_list()
-    out = {str(b): binned.count(b) for b in BINS}
+    binned = dict(values.drop_nulls().round().cast(pl.Int64).clip(1, 10).value_counts().iter_rows())
+    out = {str(b): binned.get(b, 0) for b in BINS}
     out["none"] = values.null_count()
     return out
 
