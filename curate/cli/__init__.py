@@ -88,15 +88,14 @@ def quiet_third_party_progress() -> None:
 
 
 def _release_freed_memory() -> None:
-    """Allocators that hand freed memory back to the system at once, before pyarrow and polars
-    load (a user's own setting wins). By default pyarrow's mimalloc and polars' jemalloc each keep
-    what a step freed, so a command's peak RSS is the sum of their separate high-water marks: at
-    1.2M rows that made `curate flip` 0.91 GB instead of 0.76 and `curate prune` 0.47 instead of
-    0.42, at the same speed (`benchmarks/bench_scale.py`)."""
+    """polars' jemalloc hands freed memory back to the system at once (a user's own
+    `_RJEM_MALLOC_CONF` wins), set before polars loads. With its default 10 s decay, what one step
+    of a command freed is still held when the next allocates through pyarrow, so the peak RSS adds
+    the two allocators' high-water marks: `curate prune` on 1.2M rows of 20 KB peaked at 0.76 GB
+    instead of 0.50, at the same speed (`benchmarks/bench_scale.py`). pyarrow keeps its mimalloc:
+    its jemalloc pool returned memory too but ran that prune 2.5x slower."""
     import os
 
-    if sys.platform == "linux":  # pyarrow's Linux wheels carry jemalloc
-        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 
