@@ -99,9 +99,9 @@ def _problem_keys(pool: Pool) -> list[pl.Series]:
 
 def difficulty_frame(pool: Pool, column: str) -> tuple[pl.DataFrame, pa.ChunkedArray]:
     """(`row`, `rank` (of the row's curate_id among the pool's, 0-based: ties are broken by it),
-    `curate_domain`, `difficulty` (float, 1-10 or null), `source`; the curate_id column itself).
-    The frame holds no id string: ids stay in the compact Arrow column, read where a report or the
-    manifest names a row."""
+    `curate_domain` (categorical), `difficulty` (float, 1-10 or null), `source` (categorical); the
+    curate_id column itself). The frame holds no id string: ids stay in the compact Arrow column,
+    read where a report or the manifest names a row."""
     import polars as pl
 
     names = pool.column_names
@@ -109,7 +109,8 @@ def difficulty_frame(pool: Pool, column: str) -> tuple[pl.DataFrame, pa.ChunkedA
     table = pool.columns(list(dict.fromkeys(wanted)))
     ids = table.column("curate_id")
     rank = pl.Series(ids).rank("ordinal").cast(pl.UInt32) - 1
-    frame = pl.DataFrame({"rank": rank, "curate_domain": pl.Series(table.column("curate_domain"))}).with_row_index("row")
+    frame = pl.DataFrame({"rank": rank, "curate_domain": pl.Series(table.column("curate_domain")).cast(pl.Categorical)}
+                         ).with_row_index("row")
     if column in names:
         values = pl.from_arrow(table.column(column)).cast(pl.Float64, strict=False)
         sources = (pl.from_arrow(table.column("curate_difficulty_source")).cast(pl.String)
@@ -124,7 +125,7 @@ def difficulty_frame(pool: Pool, column: str) -> tuple[pl.DataFrame, pa.ChunkedA
     else:
         values = pl.Series([None] * len(frame), dtype=pl.Float64)
         sources = pl.Series(["none"] * len(frame), dtype=pl.String)
-    return frame.with_columns(values.alias("difficulty"), sources.alias("source")), ids
+    return frame.with_columns(values.alias("difficulty"), sources.cast(pl.Categorical).alias("source")), ids
 
 
 def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Benchmark] | None = None) -> OpResult:
@@ -146,7 +147,7 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     # a million rows' problems are not held as text.
     mine, pool_ids = difficulty_frame(pool, col)
     mine = mine.with_columns(_problem_keys(pool))
-    before = mine.select("curate_domain", "difficulty")
+    before = _summary(mine)
     theirs, donor_ids = difficulty_frame(donor, col)
     theirs = theirs.with_columns(_problem_keys(donor))
     _no_clash(pool_ids, donor_ids)
@@ -168,77 +169,90 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     swaps: list[pl.DataFrame] = []  # per domain: pool_row, donor_row, difficulty, donor_difficulty
     per_domain: dict[str, dict[str, int]] = {}
     for domain in config.domains:
-        p = mine.filter(pl.col("curate_domain") == domain)
-        d_all = theirs.filter(pl.col("curate_domain") == domain)
-        if len(d_all) == 0:
-            raise DataError(f"the donor has no {domain} rows (curate_domain); a flip needs donor rows of every "
-                            f"flipped domain (or flip only {', '.join(x for x in config.domains if x != domain) or 'another domain'} with --domains)")
-        if len(p) == 0:
-            notes.append(f"{domain}: the pool has no {domain} rows; nothing to swap")
+        pairs = _domain_pairs(domain, mine, theirs, usable, config, notes)
+        if pairs is None:
             continue
-        if p["difficulty"].null_count() == len(p) or d_all["difficulty"].null_count() == len(d_all):
-            side = "pool" if p["difficulty"].null_count() == len(p) else "donor"
-            raise DataError(f"{domain}: the {side} has no {col} values (and no MATH `level` to fall back on); "
-                            "tag difficulty first (`curate tag`) or pass --difficulty-col")
-        p_src = set(p.drop_nulls("difficulty")["source"])
-        d_src = set(d_all.drop_nulls("difficulty")["source"])
-        if p_src != d_src and not config.allow_mixed_sources:
-            raise DataError(f"{domain}: pool difficulty source {sorted(p_src)} differs from the donor's {sorted(d_src)} "
-                            "(curate_difficulty_source); scores from different raters are not comparable. "
-                            "Pass --allow-mixed-sources to flip anyway")
-        harder = config.direction(domain) == "harder"
-        target = config.swap_n if config.swap_n is not None else round_half_up(config.swap_frac * len(p))
-        target = min(target, len(p))
-        if harder:
-            out_rows = p.filter(pl.col("difficulty") <= config.easy_max).sort(["difficulty", "rank"])
-            in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") >= config.hard_min))
-        else:
-            out_rows = p.filter(pl.col("difficulty") >= config.hard_min).sort(["difficulty", "rank"], descending=[True, False])
-            in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") <= config.easy_max))
-        n = min(target, len(out_rows), len(in_rows))
-        way = "harder" if harder else "easier"
-        if n < target:
-            why = []
-            if len(out_rows) < target:
-                why.append(f"the pool has only {len(out_rows)} {domain} rows at difficulty "
-                           f"{'<= ' + format(config.easy_max, 'g') if harder else '>= ' + format(config.hard_min, 'g')}")
-            if len(in_rows) < target:
-                excluded = d_all.filter(pl.col("dirty") | pl.col("in_pool") | pl.col("repeat"))
-                why.append(f"the donor has only {len(in_rows)} usable {domain} rows at difficulty "
-                           f"{'>= ' + format(config.hard_min, 'g') if harder else '<= ' + format(config.easy_max, 'g')} "
-                           f"({int(excluded['in_pool'].sum())} already in the pool, {int(excluded['repeat'].sum())} repeated, "
-                           f"{int(excluded['dirty'].sum())} overlapping benchmarks, {d_all['difficulty'].null_count()} without difficulty)")
-            notes.append(f"{domain}: swapped {n} of the {target} asked: " + "; ".join(why))
-        pairs = pl.concat([out_rows.head(n).select(pool_row="row", difficulty="difficulty"),
-                           in_rows.head(n).select(donor_row="row", donor_difficulty="difficulty")], how="horizontal")
+        pairs, per_domain[domain] = pairs
         swaps.append(pairs)
-        per_domain[domain] = {"rows": len(p), "asked": target, "swapped": n}
+        way = config.direction(domain)
         named = zip(pool_ids.take(pairs["pool_row"].to_arrow()).to_pylist(),
                     donor_ids.take(pairs["donor_row"].to_arrow()).to_pylist(),
                     pairs["difficulty"].to_list(), pairs["donor_difficulty"].to_list(), strict=True)
         for pool_id, donor_id, old, new in named:
             manifest.append(ManifestEntry(pool_id, "replaced", f"flip:{domain} {way}: difficulty {old:g} -> {new:g}",
                                           replaced_by=donor_id))
-
-    # In-place replacement: row i of the output is pool row i, or the donor row that replaced it.
+    # The frames are summarised and freed before the donor rows are rendered: at a million rows
+    # each holds tens of MB, and the rendering's batches come on top of what is still alive.
+    del usable
     swapped = pl.concat(swaps) if swaps else pl.DataFrame(schema={"pool_row": pl.UInt32, "donor_row": pl.UInt32})
+    after = _summary(pl.concat([
+        mine.filter(~pl.col("row").is_in(swapped["pool_row"].implode())).select("curate_domain", "difficulty"),
+        theirs.filter(pl.col("row").is_in(swapped["donor_row"].implode())).select("curate_domain", "difficulty")]))
+
+    excluded = {"overlapping benchmarks": dirty_donor["curate_id"],
+                **{why: pl.Series(donor_ids.take(theirs.filter(flag)["row"].to_arrow()))
+                   for why, flag in (("already in the pool", "in_pool"), ("repeated in the donor", "repeat"))}}
+    # In-place replacement: row i of the output is pool row i, or the donor row that replaced it.
     keep = mine["row"].cast(pl.Int64).to_numpy()
+    del mine, theirs
     at = np.searchsorted(keep, swapped["pool_row"].cast(pl.Int64).to_numpy())
     rendered = render_rows(pool, donor, swapped["donor_row"].cast(pl.Int64).to_numpy(), at)
     out = pool.with_rows(SpliceRows(pool.rows, keep, np.sort(at), rendered))
-
-    added = theirs.filter(pl.col("row").is_in(swapped["donor_row"].implode()))
-    after = pl.concat([mine.filter(~pl.col("row").is_in(swapped["pool_row"].implode())).select("curate_domain", "difficulty"),
-                       added.select("curate_domain", "difficulty")])
-    hist = {d: {"before": _hist(before, d), "after": _hist(after, d)} for d in sorted(set(before["curate_domain"]))}
-
-    def ids_of(flag: str) -> pl.Series:
-        return pl.Series(donor_ids.take(theirs.filter(flag)["row"].to_arrow()))
-
-    excluded = {"overlapping benchmarks": dirty_donor["curate_id"], "already in the pool": ids_of("in_pool"),
-                "repeated in the donor": ids_of("repeat")}
-    report = _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, before, after)
+    report = _report(config, pool, donor, per_domain, before, after, dirty, excluded, notes)
     return OpResult(out, manifest, report)
+
+
+def _domain_pairs(domain: str, mine: pl.DataFrame, theirs: pl.DataFrame, usable: pl.DataFrame,
+                  config: FlipConfig, notes: list[str]) -> tuple[pl.DataFrame, dict[str, int]] | None:
+    """One flipped domain's swaps: (`pool_row`, `difficulty`, `donor_row`, `donor_difficulty`) in
+    swap order, and {rows, asked, swapped}; None when the pool has no row of the domain. Notes
+    why fewer than asked were swapped; raises `DataError` where the domain cannot be flipped."""
+    import polars as pl
+
+    col = config.difficulty_col
+    p = mine.filter(pl.col("curate_domain") == domain)
+    d_all = theirs.filter(pl.col("curate_domain") == domain)
+    if len(d_all) == 0:
+        raise DataError(f"the donor has no {domain} rows (curate_domain); a flip needs donor rows of every "
+                        f"flipped domain (or flip only {', '.join(x for x in config.domains if x != domain) or 'another domain'} with --domains)")
+    if len(p) == 0:
+        notes.append(f"{domain}: the pool has no {domain} rows; nothing to swap")
+        return None
+    if p["difficulty"].null_count() == len(p) or d_all["difficulty"].null_count() == len(d_all):
+        side = "pool" if p["difficulty"].null_count() == len(p) else "donor"
+        raise DataError(f"{domain}: the {side} has no {col} values (and no MATH `level` to fall back on); "
+                        "tag difficulty first (`curate tag`) or pass --difficulty-col")
+    p_src = set(p.drop_nulls("difficulty")["source"])
+    d_src = set(d_all.drop_nulls("difficulty")["source"])
+    if p_src != d_src and not config.allow_mixed_sources:
+        raise DataError(f"{domain}: pool difficulty source {sorted(p_src)} differs from the donor's {sorted(d_src)} "
+                        "(curate_difficulty_source); scores from different raters are not comparable. "
+                        "Pass --allow-mixed-sources to flip anyway")
+    harder = config.direction(domain) == "harder"
+    target = config.swap_n if config.swap_n is not None else round_half_up(config.swap_frac * len(p))
+    target = min(target, len(p))
+    if harder:
+        out_rows = p.filter(pl.col("difficulty") <= config.easy_max).sort(["difficulty", "rank"])
+        in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") >= config.hard_min))
+    else:
+        out_rows = p.filter(pl.col("difficulty") >= config.hard_min).sort(["difficulty", "rank"], descending=[True, False])
+        in_rows = usable.filter((pl.col("curate_domain") == domain) & (pl.col("difficulty") <= config.easy_max))
+    n = min(target, len(out_rows), len(in_rows))
+    if n < target:
+        why = []
+        if len(out_rows) < target:
+            why.append(f"the pool has only {len(out_rows)} {domain} rows at difficulty "
+                       f"{'<= ' + format(config.easy_max, 'g') if harder else '>= ' + format(config.hard_min, 'g')}")
+        if len(in_rows) < target:
+            excluded = d_all.filter(pl.col("dirty") | pl.col("in_pool") | pl.col("repeat"))
+            why.append(f"the donor has only {len(in_rows)} usable {domain} rows at difficulty "
+                       f"{'>= ' + format(config.hard_min, 'g') if harder else '<= ' + format(config.easy_max, 'g')} "
+                       f"({int(excluded['in_pool'].sum())} already in the pool, {int(excluded['repeat'].sum())} repeated, "
+                       f"{int(excluded['dirty'].sum())} overlapping benchmarks, {d_all['difficulty'].null_count()} without difficulty)")
+        notes.append(f"{domain}: swapped {n} of the {target} asked: " + "; ".join(why))
+    pairs = pl.concat([out_rows.head(n).select(pool_row="row", difficulty="difficulty"),
+                       in_rows.head(n).select(donor_row="row", donor_difficulty="difficulty")], how="horizontal")
+    return pairs, {"rows": len(p), "asked": target, "swapped": n}
 
 
 def _no_clash(pool_ids: pa.ChunkedArray, donor_ids: pa.ChunkedArray) -> None:
@@ -255,21 +269,27 @@ def _no_clash(pool_ids: pa.ChunkedArray, donor_ids: pa.ChunkedArray) -> None:
                     "content in both; remove the duplicates, or load the donor with an explicit source qualifier")
 
 
-def _hist(frame: pl.DataFrame, domain: str) -> dict[str, int]:
+def _summary(frame: pl.DataFrame) -> dict[str, dict]:
+    """{domain: {"mean": mean difficulty or None, "hist": {rounded difficulty "1".."10" and "none": rows}}}
+    of a frame with `curate_domain` and `difficulty`."""
     import polars as pl
 
-    values = frame.filter(pl.col("curate_domain") == domain)["difficulty"]
-    binned = dict(values.drop_nulls().round().cast(pl.Int64).clip(1, 10).value_counts().iter_rows())
-    out = {str(b): binned.get(b, 0) for b in BINS}
-    out["none"] = values.null_count()
+    out = {}
+    for domain in sorted(frame["curate_domain"].unique().cast(pl.String).to_list()):
+        values = frame.filter(pl.col("curate_domain") == domain)["difficulty"]
+        binned = dict(values.drop_nulls().round().cast(pl.Int64).clip(1, 10).value_counts().iter_rows())
+        hist = {str(b): binned.get(b, 0) for b in BINS}
+        hist["none"] = values.null_count()
+        out[domain] = {"mean": values.mean(), "hist": hist}
     return out
 
 
-def _report(config, pool, donor, per_domain, hist, dirty, excluded, notes, before, after) -> OpReport:
-    import polars as pl
+def _report(config, pool, donor, per_domain, before, after, dirty, excluded, notes) -> OpReport:
+    empty = {"mean": None, "hist": {**{str(b): 0 for b in BINS}, "none": 0}}
+    hist = {d: {"before": s["hist"], "after": after.get(d, empty)["hist"]} for d, s in before.items()}
 
-    def mean(frame, d):
-        m = frame.filter(pl.col("curate_domain") == d)["difficulty"].mean()
+    def mean(summary, d):
+        m = summary.get(d, empty)["mean"]
         return "" if m is None else f"{m:.2f}"
 
     lines = [
