@@ -15,7 +15,7 @@ instead, `f"{source}:{key}"` with key the own id or the hash, to keep sets apart
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from curate.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
+    import numpy as np
     import pyarrow as pa
 
 CURATE_COLUMNS = ("curate_id", "curate_domain", "curate_domain_source")
@@ -195,7 +196,9 @@ def build_pool(
 
 def _written_by_curate(rows: Rows) -> bool:
     """Whether every row already has a unique id and a known domain (a pool curate wrote): then
-    the three columns stay as they are. Reads those columns only, without Python objects per row."""
+    the three columns stay as they are. Reads those columns a batch at a time and keeps only a
+    64-bit hash of each id, without Python objects per row."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -203,27 +206,45 @@ def _written_by_curate(rows: Rows) -> bool:
         return False
     if any(not pa.types.is_string(rows.schema.field(c).type) for c in CURATE_COLUMNS):
         return False
-    ids, domains, sources = (read_columns(rows, CURATE_COLUMNS).column(c) for c in CURATE_COLUMNS)
     known = pa.array([d for d in DOMAINS if d != "unknown"])
-    return not (ids.null_count or pc.any(pc.equal(ids, "")).as_py()
+    origins = pa.array(list(DOMAIN_SOURCES))
+    hashes = []
+    for batch in rows.batches(CURATE_COLUMNS):
+        ids, domains, sources = (batch.column(c) for c in CURATE_COLUMNS)
+        if (ids.null_count or pc.any(pc.equal(ids, "")).as_py()
                 or not pc.all(pc.fill_null(pc.is_in(domains, value_set=known), False)).as_py()
-                or not pc.all(pc.fill_null(pc.is_in(sources, value_set=pa.array(list(DOMAIN_SOURCES))), False)).as_py()
-                or not all_distinct(ids))
+                or not pc.all(pc.fill_null(pc.is_in(sources, value_set=origins), False)).as_py()):
+            return False
+        hashes.append(string_hashes(ids))
+    return _distinct_by_hash(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+                             lambda: (b.column("curate_id") for b in rows.batches(["curate_id"])))
+
+
+def string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each string of `values` (polars' hash, seed 0), as a uint64 array."""
+    import polars as pl
+
+    return pl.Series(values).hash(seed=0).to_numpy()
 
 
 def all_distinct(values: pa.ChunkedArray) -> bool:
     """Whether no string of `values` occurs twice. Sorts 64-bit hashes (8 bytes a row, where a
     hash table of the strings takes ~150) and compares the strings only where two hashes are equal."""
+    return _distinct_by_hash(string_hashes(values), lambda: [values])
+
+
+def _distinct_by_hash(hashes: np.ndarray, chunks: Callable[[], Iterable[pa.Array | pa.ChunkedArray]]) -> bool:
+    """Whether the strings whose `hashes` (`string_hashes`, in order) these are are all distinct.
+    `chunks` gives the strings again, in the same order, and is called only when two hashes are
+    equal: then the strings of those hashes are compared."""
     import numpy as np
     import polars as pl
 
-    series = pl.Series(values)
-    hashes = series.hash().to_numpy()
     ordered = np.sort(hashes)
     same = ordered[1:][ordered[1:] == ordered[:-1]]
     if not len(same):
         return True
-    twins = series.filter(pl.Series(np.isin(hashes, same)))
+    twins = pl.concat([pl.Series(c).filter(pl.Series(np.isin(string_hashes(c), same))) for c in chunks()])
     return twins.n_unique() == len(twins)
 
 
