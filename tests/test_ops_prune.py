@@ -171,6 +171,30 @@ def test_cosine_to_mean_direction_ranks_like_mean_cosine():
     assert (ratio > 0).all() and torch.allclose(ratio, ratio[0].expand_as(ratio))
     torch.testing.assert_close(cosine_scores(queries[:1], queries[:1]), torch.ones(1, dtype=torch.float64))
 
+def test_embedding_table_reads_the_pool_in_windows(tiny_model_dir, embed_files, monkeypatch):
+    """Windows of 3 rows (so the 8-row pool takes three, the last short) give each row the score of
+    its own embedding against the query direction, in pool order, as one window does."""
+    import torch
+
+    import curate.influence.embedding as embedding
+    from curate.influence.config import ScoreConfig
+    from curate.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    pool, query = load_pool(embed_files[0]), load_pool(embed_files[1])
+    config = ScoreConfig(model=str(tiny_model_dir), method="embedding", max_length=600)
+    whole = embedding.embedding_table(pool, {"q": query}, config, model=model, tokenizer=tok)
+    monkeypatch.setattr(embedding, "WINDOW_ROWS", 3)
+    windows = embedding.embedding_table(pool, {"q": query}, config, model=model, tokenizer=tok)
+    assert windows["curate_id"].to_list() == whole["curate_id"].to_list() == pool.columns(["curate_id"])["curate_id"].to_pylist()
+    rows = embedding.embed_examples(model, tok, list(pool.examples()), 600, batch_tokens=1)
+    direction = embedding.embed_examples(model, tok, list(query.examples()), 600, batch_tokens=1)
+    expected = embedding.cosine_scores(rows, direction)
+    for table in (whole, windows):
+        torch.testing.assert_close(torch.tensor(table["curate_embedding_q"].to_list(), dtype=torch.float64), expected, rtol=1e-5, atol=1e-5)
+    assert windows["curate_embedding_q"].arg_max() == 2  # the row the query copies
+
+
 
 @pytest.mark.parametrize("keep, n", [("0.1", 1), ("0.3", 2), ("0.5", 4)])
 def test_cli_embedding_keeps_query_copies(tiny_model_dir, embed_files, tmp_path, keep, n):

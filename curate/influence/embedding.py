@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from curate.data.columns import EMBEDDING_PREFIX
 from curate.data.example import Example
 
+WINDOW_ROWS = 4096  # pool rows tokenised and embedded together; only their scores are kept
+
 if TYPE_CHECKING:
     import polars as pl
     import torch
@@ -79,7 +81,12 @@ def embedding_table(pool: Pool, queries: dict[str, Pool], config: ScoreConfig, *
     """`curate_id` and `curate_embedding_<q>` (float64 cosine in [-1, 1], higher = more like query
     set q) for every row of `pool`, in order, under `config.model` (loaded in `config.dtype` on
     `config.resolved_device` unless `model`/`tokenizer` are given), with `config.max_length`
-    tokens per example and `config.batch_tokens` per batch. Each row is embedded once."""
+    tokens per example and `config.batch_tokens` per batch. Each row is embedded once.
+
+    The query sets are embedded first; the pool is then read and embedded `WINDOW_ROWS` rows at a
+    time, and only each row's scores are kept (not its text or its embedding)."""
+    import itertools
+
     import polars as pl
     import torch
 
@@ -91,11 +98,16 @@ def embedding_table(pool: Pool, queries: dict[str, Pool], config: ScoreConfig, *
         model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype), device=config.resolved_device,
                                       trust_remote_code=config.trust_remote_code)
     total = len(pool) + sum(len(q) for q in queries.values())
-    columns = {"curate_id": pool.columns(["curate_id"]).column("curate_id").to_pylist()}
-    with progress.task("embedding rows and queries", total=total, unit="rows") as advance:
-        rows = embed_examples(model, tokenizer, list(pool.examples()), config.max_length, config.batch_tokens, advance)
-        for name, query in queries.items():
-            direction = embed_examples(model, tokenizer, list(query.examples()), config.max_length,
-                                       config.batch_tokens, advance)
-            columns[f"{EMBEDDING_PREFIX}{name}"] = cosine_scores(rows, direction).tolist()
-    return pl.DataFrame(columns, schema_overrides={c: pl.Float64 for c in columns if c != "curate_id"})
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in queries}
+    with progress.task("embedding queries and rows", total=total, unit="rows") as advance:
+        directions = {name: embed_examples(model, tokenizer, list(query.examples()), config.max_length,
+                                           config.batch_tokens, advance) for name, query in queries.items()}
+        examples = pool.examples()
+        while window := list(itertools.islice(examples, WINDOW_ROWS)):
+            rows = embed_examples(model, tokenizer, window, config.max_length, config.batch_tokens, advance)
+            for name, direction in directions.items():
+                scores[name].append(cosine_scores(rows, direction))
+    columns = {f"{EMBEDDING_PREFIX}{name}": (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)).numpy()
+               for name, parts in scores.items()}
+    return pl.DataFrame({"curate_id": pl.Series(pool.columns(["curate_id"]).column("curate_id")), **columns},
+                        schema_overrides={c: pl.Float64 for c in columns})
