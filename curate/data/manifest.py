@@ -43,15 +43,23 @@ class ManifestEntry:
 
 def check_manifest(entries: Iterable[ManifestEntry], output_ids: Sequence[str]) -> list[ManifestEntry]:
     """Entries as a list; added rows and replacements must be in the output, removed ones not.
-    `output_ids`: the output's `curate_id`s (any sequence polars reads, e.g. an arrow column)."""
-    import polars as pl
+    `output_ids`: the output's `curate_id`s (an Arrow array or column, or a sequence of strings),
+    looked up in a table of the entries' ids (not the other way round: the output may be millions)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     entries = list(entries)
     for entry in entries:
         if not isinstance(entry, ManifestEntry):
             raise DataError(f"manifest: expected ManifestEntry, got {type(entry).__name__}")
+    if not entries:
+        return entries
     present = [e.replaced_by if e.action == "replaced" else e.curate_id for e in entries]
-    found = pl.Series(present, dtype=pl.String).is_in(pl.Series(output_ids, dtype=pl.String).implode()).to_list()
+    if not isinstance(output_ids, (pa.Array, pa.ChunkedArray)):
+        output_ids = pa.array(list(output_ids), pa.string())
+    mask = pc.is_in(output_ids, value_set=pa.array(present, output_ids.type))  # one lookup table, every chunk
+    inside_output = set(pc.filter(output_ids, mask).to_pylist())
+    found = [name in inside_output for name in present]
     for entry, name, inside in zip(entries, present, found, strict=True):
         if entry.action == "removed" and inside:
             raise DataError(f"manifest: {entry.curate_id} is listed as removed but is in the output")

@@ -263,9 +263,9 @@ def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pl.D
     if bad:
         raise DataError(f"annotation columns must be named curate_*: {', '.join(bad)}")
     keys = annotations["curate_id"].cast(pl.String)
-    pool_ids = pl.Series("curate_id", ids).cast(pl.String)
-    if pool_ids.equals(keys):  # a tagger's rows, in pool order (ids are unique): no join to build
+    if _same_ids(ids, keys):  # a tagger's rows, in pool order (ids are unique): no join to build
         return annotations.drop("curate_id")
+    pool_ids = pl.Series("curate_id", ids).cast(pl.String)
     if keys.is_duplicated().any():
         raise DataError(f"annotations repeat curate_id {keys.filter(keys.is_duplicated())[0]!r}")
     left = pool_ids.to_frame().with_row_index("__row")
@@ -278,15 +278,27 @@ def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pl.D
     return joined.drop("__row", "curate_id")
 
 
+def _same_ids(ids: pa.ChunkedArray, keys: pl.Series, step: int = 1 << 16) -> bool:
+    """Whether `keys` are `ids`, in order; compared `step` rows at a time (no whole copy of either)."""
+    import polars as pl
+
+    if len(ids) != len(keys):
+        return False
+    return all(pl.Series(ids.slice(i, step)).cast(pl.String).equals(keys.slice(i, step), check_names=False)
+               for i in range(0, len(ids), step))
+
+
 def annotation_table(frame: pl.DataFrame) -> pa.Table:
-    """Rows of an `aligned_annotations` frame as an Arrow table, strings as `string` (as a pool's
-    own columns are)."""
+    """Rows of an `aligned_annotations` frame as an Arrow table, strings (categoricals included) as
+    `string` (as a pool's own columns are)."""
     import polars as pl
     import pyarrow as pa
 
     columns = {}
     for name in frame.columns:
         column = frame[name].to_arrow(compat_level=pl.CompatLevel.oldest())
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
         if pa.types.is_large_string(column.type):
             column = column.cast(pa.string())
         columns[name] = column

@@ -279,7 +279,8 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
     `curate_behavior_<name>` (Int64 counts; null when unparsed), `curate_behavior_source`,
     `curate_domain`/`curate_domain_source` (only rows whose domain was unknown and got a label;
     null elsewhere, so `write_pool` keeps the pool's own), `curate_tag_long` and `curate_tag_errors`
-    (JSON `{task: {"reason", "raw"}}` or null); and a `TagReport`.
+    (JSON `{task: {"reason", "raw"}}` or null); and a `TagReport`. The domain and source columns
+    are `pl.Categorical` (`CATEGORICAL`; strings when written), the other text columns strings.
 
     `cache`: an open cache to use instead of `config.cache` (left open); `plan`: every request
     planned is appended to it (a batch export or import reads the plan).
@@ -810,10 +811,15 @@ def public_url(url: str) -> str:
     return urlunsplit(parts)
 
 
+# Columns of a few distinct values: categoricals, 4 bytes a row where a string takes 16,
+# written out as strings (`curate.data.write.annotation_table`).
+CATEGORICAL = ("curate_domain", "curate_domain_source", "curate_difficulty_source", "curate_behavior_source")
+
+
 def _frame(out: dict[str, list[Any]]) -> pl.DataFrame:
     import polars as pl
 
-    schema = {name: pl.String for name in out}
+    schema = {name: pl.Categorical if name in CATEGORICAL else pl.String for name in out}
     for name in out:
         if name == "curate_difficulty" or (name.startswith("curate_behavior_") and name != "curate_behavior_source"):
             schema[name] = pl.Int64
