@@ -171,6 +171,7 @@ def test_cosine_to_mean_direction_ranks_like_mean_cosine():
     assert (ratio > 0).all() and torch.allclose(ratio, ratio[0].expand_as(ratio))
     torch.testing.assert_close(cosine_scores(queries[:1], queries[:1]), torch.ones(1, dtype=torch.float64))
 
+
 def test_embedding_table_reads_the_pool_in_windows(tiny_model_dir, embed_files, monkeypatch):
     """Windows of 3 rows (so the 8-row pool takes three, the last short) give each row the score of
     its own embedding against the query direction, in pool order, as one window does."""
@@ -193,7 +194,6 @@ def test_embedding_table_reads_the_pool_in_windows(tiny_model_dir, embed_files, 
     for table in (whole, windows):
         torch.testing.assert_close(torch.tensor(table["curate_embedding_q"].to_list(), dtype=torch.float64), expected, rtol=1e-5, atol=1e-5)
     assert windows["curate_embedding_q"].arg_max() == 2  # the row the query copies
-
 
 
 @pytest.mark.parametrize("keep, n", [("0.1", 1), ("0.3", 2), ("0.5", 4)])
