@@ -15,6 +15,7 @@ trainer / plain per pair.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trl-loss", action="store_true", help="keep TRL's fused LM head on CPU (the old path)")
     args = parser.parse_args()
+    os.environ["CURATE_THREADS"] = "1"  # curate's model loader would otherwise take every free core
 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -166,7 +166,7 @@ def test_proxy_mode_resume_and_a_supported_verdict_with_a_fake_trainer(tiny_mode
     by_id = dict(zip(pool.dataset["curate_id"], scores, strict=True))
     calls = []
 
-    def fake_run(scored, removed, config, seed, queries, run_dir, progress):
+    def fake_run(scored, removed, config, seed, queries, run_dir, progress, start):
         calls.append(config.trained)
         f = sum(v for i, v in by_id.items() if i not in removed) + 0.5 * seed
         return {"f": {"math": f}, "steps": 1, "tokens_seen": 10, "final_loss": 1.0, "runtime_s": 0.0}

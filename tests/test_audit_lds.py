@@ -71,7 +71,7 @@ def test_audit_lds_on_a_planted_trainer_ranks_the_truth_first(tiny_model_dir, tm
     by_id = dict(zip(pool.dataset["curate_id"], effects, strict=True))
     calls = []
 
-    def fake_run(scored, removed, config, seed, queries, run_dir, progress):
+    def fake_run(scored, removed, config, seed, queries, run_dir, progress, start):
         calls.append(sorted(removed))
         return {"f": {"math": float(sum(v for i, v in by_id.items() if i not in removed))}, "steps": 1,
                 "tokens_seen": 10, "final_loss": 1.0, "runtime_s": 0.0}
@@ -171,7 +171,7 @@ def test_non_finite_subset_objectives_are_left_out_with_a_note(tiny_model_dir, t
     by_id = dict(zip(pool.dataset["curate_id"], range(12), strict=True))
     runs = []
 
-    def fake_run(scored, removed, config, seed, queries, run_dir, progress):
+    def fake_run(scored, removed, config, seed, queries, run_dir, progress, start):
         runs.append(1)
         diverged = len(removed) == 6 and len(runs) % 3 == 0  # every third subset fine-tune "diverges"
         f = float("nan") if diverged else float(sum(v for i, v in by_id.items() if i not in removed))

@@ -120,3 +120,26 @@ def test_cpu_loss_is_trls_fused_loss_on_the_same_batch(tiny_model_dir, pool, tmp
     fused = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
     assert plain.item() == pytest.approx(fused.item(), rel=1e-5)
     assert trainer._metrics["train"]["num_tokens"] == [2 * int(batch["attention_mask"].sum())]
+
+
+def test_a_shared_start_trains_exactly_as_a_fresh_load(tiny_model_dir, pool, tmp_path):
+    """The audit loads the base and tokenises the pool once (`prepare_start`); a run on a subset
+    from that start is the run `train_variant` makes from disk: same rows, losses and weights."""
+    import torch
+
+    from curate.training import fine_tune, prepare_start
+
+    start = prepare_start(str(tiny_model_dir), pool, config())
+    before = {k: v.clone() for k, v in start.model.state_dict().items()}
+    subset = pool.with_dataset(pool.dataset.select([1]))
+    fresh, fresh_model = fine_tune(str(tiny_model_dir), subset, config(), tmp_path / "fresh")
+    shared, shared_model = fine_tune(str(tiny_model_dir), subset, config(), tmp_path / "shared", start=start,
+                                     save_model=False)
+    assert shared.rows == fresh.rows == 1 and shared.tokens_seen == fresh.tokens_seen > 0
+    assert shared.loss_curve == fresh.loss_curve
+    assert shared.model_dir is None and not (tmp_path / "shared" / "model").exists()
+    for name, value in fresh_model.state_dict().items():
+        assert torch.equal(shared_model.state_dict()[name], value), name
+    assert all(torch.equal(v, start.model.state_dict()[k]) for k, v in before.items())  # the start is untouched
+    with pytest.raises(ValueError, match="max_length"):
+        fine_tune(str(tiny_model_dir), subset, config(max_length=128), tmp_path / "other", start=start)

@@ -32,13 +32,14 @@ the linear datamodeling score of the score column and of every baseline side by 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.audit.lds import LDSResult, lds_score, random_null, subset_rows
 from curate.data import Example, Pool
@@ -47,6 +48,9 @@ from curate.errors import DataError, UsageError
 from curate.progress import Progress, Silent
 from curate.stages import atomic_write_bytes, fingerprint
 from curate.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from curate.training import Start
 
 BASELINES = ("random", "length", "perplexity", "embedding")
 
@@ -69,8 +73,9 @@ class AuditConfig:
         subset trains with seed train.seed); subset_frac: fraction of the rows in each, in (0, 1).
     train: the SFT settings of every fine-tune (seed s runs with train.seed + s).
     eval_max_length: token bound for the query objective (None = none); eval_batch_tokens:
-        padded tokens per evaluation batch. keep_models: keep every arm's weights (default:
-        delete them once evaluated; the record in audit.jsonl is what counts).
+        padded tokens per evaluation batch. keep_models: save every arm's final weights to
+        runs/<key>/model (default: none written, and each arm's checkpoints deleted once it is
+        evaluated; the record in audit.jsonl is what counts).
     """
 
     base: str
@@ -345,10 +350,11 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
     progress.note(cost.render())
 
     by_key = {key: (arm, s, removed) for arm, s, removed, key in keyed}
+    start = functools.cache(lambda: _prepare_start(scored, config))  # on the first run, shared by all
     with progress.task("audit fine-tunes", len(pending), unit="run") as advance:
         for key in pending:
             arm, s, removed = by_key[key]
-            done[key] = _run_arm(scored, set(removed), config, s, queries, out_dir / "runs" / key, progress)
+            done[key] = _run_arm(scored, set(removed), config, s, queries, out_dir / "runs" / key, progress, start)
             done[key].update(key=key, arm=arm, seed=s, removed=len(removed))
             with log.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(done[key]) + "\n")
@@ -486,23 +492,32 @@ def _read_log(path: Path) -> dict[str, dict]:
 
 
 def _run_arm(scored: Pool, removed: set[str], config: AuditConfig, seed: int, queries, run_dir: Path,
-             progress: Progress) -> dict[str, Any]:
-    """Fine-tune on the pool minus `removed`, evaluate f_q, free the weights; the record to log."""
-    from curate.training import load_trained, train_variant
+             progress: Progress, start: Callable[[], Start]) -> dict[str, Any]:
+    """Fine-tune a copy of `start()`'s model on its rows of the pool minus `removed`, evaluate f_q
+    on the trained model in memory, free it; the record to log."""
+    from curate.training import fine_tune
 
     keep = [i for i, cid in enumerate(scored.dataset["curate_id"]) if cid not in removed]
     pool = scored.with_dataset(scored.dataset.select(keep))
     train = replace(config.train, seed=config.train.seed + seed)
-    result = train_variant(config.trained, pool, train, run_dir, progress)
-    model, tokenizer = load_trained(Path(result.model_dir), config.trained, device=_device(train))
-    f = query_objective(model, tokenizer, queries, max_length=config.eval_max_length,
+    result, model = fine_tune(config.trained, pool, train, run_dir, progress, start=start(),
+                              save_model=config.keep_models)
+    model.eval()
+    f = query_objective(model, start().tokenizer, queries, max_length=config.eval_max_length,
                         batch_tokens=config.eval_batch_tokens)
     del model
     if not config.keep_models:
-        for path in [run_dir / "model", *run_dir.glob("checkpoint-*")]:
+        for path in run_dir.glob("checkpoint-*"):
             shutil.rmtree(path, ignore_errors=True)
     return {"f": f, "steps": result.steps, "tokens_seen": result.tokens_seen, "final_loss": result.final_loss,
             "runtime_s": result.runtime_s}
+
+
+def _prepare_start(scored: Pool, config: AuditConfig) -> Start:
+    """The trained model loaded and the pool tokenised once, for every arm's fine-tune."""
+    from curate.training import prepare_start
+
+    return prepare_start(config.trained, scored, config.train)
 
 
 def _reference(kind: str, name: str, queries, config: AuditConfig, done: dict, log: Path, queries_fp: str):

@@ -47,7 +47,8 @@ WHAT = (
               help="Recompute activations in the backward pass (less memory, slower).")
 @click.option("--seed", type=int, default=0, show_default=True, help="First training seed; also draws the random arm.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
-@click.option("--keep-models", is_flag=True, help="Keep every arm's weights (default: deleted once evaluated).")
+@click.option("--keep-models", is_flag=True, help="Save every arm's final weights under OUT/runs/ (default: each arm is evaluated "
+                   "in memory and its checkpoints deleted).")
 @click.option("--split", help="Split of the scored pool (folder or Hub dataset).")
 def audit(scored, base, model, queries, out_dir, score_column, objective, k, seeds, baselines, lds, subset_frac, proxy,
           max_steps,

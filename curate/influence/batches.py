@@ -79,21 +79,27 @@ def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) ->
 
     Returns `(logp, targets)`, both [B, T-1]; `logp` is zero outside `loss_mask`. Targets are the
     data tokens, or, when `sample_seed` is given, tokens sampled from the model's own predictive
-    distribution (the true Fisher of Grosse et al.), seeded per example so reruns agree.
+    distribution (the true Fisher of Grosse et al.), seeded per example so reruns agree. The
+    output head runs at the response positions only (`curate.logits`).
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    from curate.logits import logits_at
+
+    keep = batch.loss_mask.bool()  # [B, T-1]: position t predicts token t+1
+    logits = logits_at(model, torch.nn.functional.pad(keep, (0, 1)), input_ids=batch.input_ids,
+                       attention_mask=batch.attention_mask)  # [N, V]
     targets = batch.input_ids[:, 1:]
     if sample_seed is not None:
         with torch.no_grad():
-            sampled = torch.empty_like(targets)
-            for b, example_id in enumerate(batch.ids):
-                # Inverse-CDF sampling, one uniform per position (torch.multinomial is ~50x slower
-                # over a 50k vocabulary); float64 cumulative sums keep the tail exact enough.
-                gen = torch.Generator().manual_seed(example_seed(sample_seed, example_id))
-                cdf = torch.softmax(logits[b].detach(), dim=-1).to(torch.float64).cumsum_(dim=-1)
-                u = torch.rand(cdf.shape[0], 1, generator=gen, dtype=torch.float64).to(cdf.device) * cdf[:, -1:]
-                sampled[b] = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
-        targets = torch.where(batch.loss_mask.bool(), sampled, targets)
-    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    logp = -nll.view_as(targets) * batch.loss_mask.to(logits.dtype)
+            sampled = targets.clone()
+            for b, rows in enumerate(logits.detach().split(keep.sum(dim=1).tolist())):
+                # Inverse-CDF sampling, one uniform per position of the row (drawn for every
+                # position so the draws do not depend on the mask; torch.multinomial is ~50x
+                # slower over a 50k vocabulary); float64 cumulative sums keep the tail exact enough.
+                gen = torch.Generator().manual_seed(example_seed(sample_seed, batch.ids[b]))
+                u = torch.rand(keep.shape[1], 1, generator=gen, dtype=torch.float64).to(rows.device)[keep[b]]
+                cdf = torch.softmax(rows, dim=-1).to(torch.float64).cumsum_(dim=-1)
+                sampled[b, keep[b]] = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
+        targets = torch.where(keep, sampled, targets)
+    nll = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    logp = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device).masked_scatter(keep, -nll)
     return logp, targets

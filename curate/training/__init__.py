@@ -7,6 +7,16 @@ Importing this package is cheap: torch, transformers and trl load on first use.
 """
 
 from curate.training.config import TrainConfig
-from curate.training.sft import TrainResult, build_trainer, load_trained, sft_dataset, train_variant
+from curate.training.sft import (
+    Start,
+    TrainResult,
+    build_trainer,
+    fine_tune,
+    load_trained,
+    prepare_start,
+    sft_dataset,
+    train_variant,
+)
 
-__all__ = ["TrainConfig", "TrainResult", "build_trainer", "load_trained", "sft_dataset", "train_variant"]
+__all__ = ["Start", "TrainConfig", "TrainResult", "build_trainer", "fine_tune", "load_trained", "prepare_start",
+           "sft_dataset", "train_variant"]

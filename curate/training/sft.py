@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from curate.errors import DataError, MissingDependencyError
 from curate.progress import Progress, Silent
 from curate.stages import atomic_write_bytes
 from curate.training.config import TrainConfig
+from curate.training.loss import completion_loss
 
 if TYPE_CHECKING:
     import datasets
@@ -63,7 +64,7 @@ class TrainResult:
     """
 
     out_dir: str
-    model_dir: str
+    model_dir: str | None
     steps: int
     examples_per_step: int
     examples_seen: int
@@ -99,55 +100,126 @@ def sft_dataset(pool: Pool) -> datasets.Dataset:
     return datasets.Dataset.from_dict(rows)
 
 
-def train_variant(
-    base_model: str, pool: Pool, config: TrainConfig, out_dir: Path, progress: Progress | None = None
-) -> TrainResult:
+@dataclass
+class Start:
+    """What fine-tunes of one base model on subsets of one pool share, prepared once (`prepare_start`).
+
+    model: the base as loaded (on the CPU, never trained: each run trains a copy). tokenizer: its
+    tokenizer. dataset: the whole pool as TRL prepares it (chat template, prompt labels -100, cut
+    to `max_length`, rows left without a completion token dropped), with `curate_id`; positions:
+    curate_id -> its row. base, dtype, max_length: what it was prepared for (a run with other
+    settings is refused).
+    """
+
+    base: str
+    dtype: str
+    max_length: int
+    model: Any
+    tokenizer: Any
+    dataset: Any
+    positions: dict[str, int]
+
+    def subset(self, ids):
+        """The prepared rows of the pool rows `ids`, in prepared order (rows TRL dropped stay dropped)."""
+        return self.dataset.select(sorted(self.positions[i] for i in ids if i in self.positions))
+
+
+def prepare_start(base_model: str, pool: Pool, config: TrainConfig) -> Start:
+    """Load `base_model` and prepare `pool` once, for many `fine_tune(..., start=...)` calls on
+    subsets of `pool` (the audit's arms). Of `config`, only device, dtype and max_length matter."""
+    import tempfile
+
+    from curate.models import load_model
+
+    _, dtype = _placement(config)
+    model, tokenizer = load_model(base_model, dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="curate-start-") as tmp:  # TRL's preparation, on a throwaway trainer
+        dataset = _trainer(model, tokenizer, sft_dataset(pool), replace(config, lora_r=0, gradient_checkpointing=False),
+                           Path(tmp), use_cpu=True, bf16=False, peft_config=None).train_dataset
+    # TRL patched the model's forward (its fused LM head) with a closure over this instance: a
+    # copy would keep calling it and run this model, not itself. Each run's trainer patches its copy.
+    vars(model).pop("forward", None)
+    return Start(base_model, dtype, config.max_length, model, tokenizer, dataset,
+                 {cid: i for i, cid in enumerate(dataset["curate_id"])})
+
+
+def fine_tune(
+    base_model: str, pool: Pool, config: TrainConfig, out_dir: Path, progress: Progress | None = None, *,
+    start: Start | None = None, save_model: bool = True,
+):
     """Fine-tune `base_model` on `pool` for `config.max_steps` optimizer steps; see the module doc.
 
-    Resumes from the last `checkpoint-*` in `out_dir` when there is one. Returns the run's
-    `TrainResult` (also written to `out_dir/train.json`).
+    Resumes from the last `checkpoint-*` in `out_dir` when there is one. `start` (`prepare_start`
+    on a pool containing this one) skips loading the model and tokenising the rows. With
+    `save_model` False the final weights are not written to `out_dir/model` (checkpoints still
+    are). Returns `(TrainResult, the trained model)`; the result is also `out_dir/train.json`.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
     progress = progress or Silent()
     out_dir = Path(out_dir)
-    trainer = build_trainer(base_model, pool, config, out_dir)
+    trainer = build_trainer(base_model, pool, config, out_dir, start=start)
     last = get_last_checkpoint(str(out_dir)) if any(out_dir.glob("checkpoint-*")) else None
-    start = _seed_counters(trainer, last)
+    first = _seed_counters(trainer, last)
     logger = _log_callback(out_dir / "log.jsonl")
     trainer.add_callback(logger)
 
     t0 = time.perf_counter()
-    with progress.task(f"train {out_dir.name}", total=max(config.max_steps - start, 0), unit="step") as advance:
+    with progress.task(f"train {out_dir.name}", total=max(config.max_steps - first, 0), unit="step") as advance:
         logger.advance = advance
         trainer.train(resume_from_checkpoint=last)
     runtime = time.perf_counter() - t0
 
-    model_dir = out_dir / "model"
-    trainer.save_model(str(model_dir))
+    model_dir = out_dir / "model" if save_model else None
+    if model_dir is not None:
+        trainer.save_model(str(model_dir))
     result = _result(trainer, config, out_dir, model_dir, len(pool), runtime, last, logger.steps)
     if trainer.is_world_process_zero():
         atomic_write_bytes(out_dir / "train.json", json.dumps(result.to_dict(), indent=2).encode())
-    return result
+    return result, trainer.model
 
 
-def build_trainer(base_model: str, pool: Pool, config: TrainConfig, out_dir: Path):
-    """The TRL `SFTTrainer` `train_variant` runs (its dataset already tokenized and masked: prompt
-    labels are -100), with the base model loaded by `curate.models.load_model`."""
-    import torch
+def train_variant(
+    base_model: str, pool: Pool, config: TrainConfig, out_dir: Path, progress: Progress | None = None
+) -> TrainResult:
+    """`fine_tune` with the final weights saved to `out_dir/model`; its `TrainResult`."""
+    return fine_tune(base_model, pool, config, out_dir, progress)[0]
+
+
+def build_trainer(base_model: str, pool: Pool, config: TrainConfig, out_dir: Path, *, start: Start | None = None):
+    """The TRL `SFTTrainer` `fine_tune` runs (its dataset already tokenized and masked: prompt
+    labels are -100), with the base model loaded by `curate.models.load_model`, or copied from
+    `start` with `start`'s prepared rows of `pool`."""
+    import copy
+
     from transformers import set_seed
 
     from curate.models import load_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    dtype = config.dtype if config.dtype != "auto" else ("float32" if use_cpu else "bfloat16")
+    use_cpu, dtype = _placement(config)
     peft_config = _lora_config(config) if config.lora else None  # fails early without peft
-    set_seed(config.seed)  # before the model exists: LoRA's initialisation draws from it
-    model, tokenizer = load_model(base_model, dtype=dtype)
-    return _trainer(model, tokenizer, sft_dataset(pool), config, out_dir, use_cpu=use_cpu,
-                    bf16=dtype == "bfloat16" and not use_cpu, peft_config=peft_config)
+    if start is None:
+        model, tokenizer = load_model(base_model, dtype=dtype)
+        dataset = sft_dataset(pool)
+    elif (start.base, start.dtype, start.max_length) != (base_model, dtype, config.max_length):
+        raise ValueError(f"start prepared for (base, dtype, max_length) = {(start.base, start.dtype, start.max_length)},"
+                         f" not {(base_model, dtype, config.max_length)}")
+    else:
+        model, tokenizer = copy.deepcopy(start.model), start.tokenizer
+        dataset = start.subset(pool.dataset["curate_id"])
+    set_seed(config.seed)  # after loading, before the trainer: LoRA's initialisation draws from it
+    return _trainer(model, tokenizer, dataset, config, out_dir, use_cpu=use_cpu,
+                    bf16=dtype == "bfloat16" and not use_cpu, peft_config=peft_config, prepared=start is not None)
+
+
+def _placement(config: TrainConfig) -> tuple[bool, str]:
+    """(train on the CPU, weight dtype) of `config`: dtype "auto" is float32 on CPU, bfloat16 on a GPU."""
+    import torch
+
+    use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    return use_cpu, config.dtype if config.dtype != "auto" else ("float32" if use_cpu else "bfloat16")
 
 
 def load_trained(model_dir: Path, base_model: str, *, device: str = "cpu", dtype: str | None = None):
@@ -182,7 +254,7 @@ def _lora_config(config: TrainConfig):
 
 
 def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, use_cpu: bool, bf16: bool,
-             peft_config):
+             peft_config, prepared: bool = False):
     from transformers import PrinterCallback, Trainer
     from trl import SFTConfig, SFTTrainer
 
@@ -199,14 +271,22 @@ def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, u
             if not use_cpu:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # On CPU, TRL's fused LM head (tiled log-probs with entropy and accuracy metrics: a GPU
-            # memory saver) costs ~4x a plain step; the model's own loss is the same mean NLL over
-            # completion tokens (labels -100 elsewhere), so only TRL's token counter is kept.
+            # memory saver) costs ~4x a plain step; the same mean NLL over completion tokens (labels
+            # -100 elsewhere) is computed with the head at the labelled positions only, and only
+            # TRL's token counter is kept.
             inputs["use_cache"] = False  # as TRL's path: no KV cache in a training forward
             if self.model.training and "attention_mask" in inputs:
                 self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum())
                                                 .sum().item())
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            if return_outputs or "labels" not in inputs:
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            per_token = num_items_in_batch if self.model_accepts_loss_kwargs else None  # as Trainer.compute_loss
+            loss = completion_loss(model, inputs, per_token,
+                                   head=self.accelerator.unwrap_model(model).get_output_embeddings())
+            if self.args.average_tokens_across_devices and per_token is not None:
+                loss = loss * self.accelerator.num_processes  # each process divided by the global count
+            return loss
 
     args = SFTConfig(
         output_dir=str(out_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
@@ -217,6 +297,7 @@ def _trainer(model, tokenizer, dataset, config: TrainConfig, out_dir: Path, *, u
         logging_steps=1, logging_first_step=True,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, log_level="warning",
+        dataset_kwargs={"skip_prepare_dataset": True} if prepared else None,
         # transformers 5 renamed gradient_checkpointing (which TRL defaults to True) to activation_checkpointing
         **{"activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
            else "gradient_checkpointing": config.gradient_checkpointing},
@@ -264,7 +345,7 @@ def _log_callback(path: Path):
     return LogCallback()
 
 
-def _result(trainer, config: TrainConfig, out_dir: Path, model_dir: Path, rows: int, runtime: float,
+def _result(trainer, config: TrainConfig, out_dir: Path, model_dir: Path | None, rows: int, runtime: float,
             resumed_from: str | None, steps_run: list[int]) -> TrainResult:
     history = trainer.state.log_history
     curve = [[h["step"], float(h["loss"])] for h in history if "loss" in h and "step" in h]
@@ -274,7 +355,7 @@ def _result(trainer, config: TrainConfig, out_dir: Path, model_dir: Path, rows: 
     per_step = config.batch_size * config.grad_accum * trainer.args.world_size
     steps = int(trainer.state.global_step)
     return TrainResult(
-        out_dir=str(out_dir), model_dir=str(model_dir), steps=steps, examples_per_step=per_step,
+        out_dir=str(out_dir), model_dir=str(model_dir) if model_dir else None, steps=steps, examples_per_step=per_step,
         examples_seen=steps * per_step,
         tokens_seen=int(counted[-1]["num_tokens"]) if counted else 0,
         completion_tokens_seen=int(counted[-1].get("completion_tokens", 0)) if counted else 0,
