@@ -19,11 +19,14 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 POOL = ROOT / "benchmarks" / "data" / "gsm8k_train_240.jsonl"
 MATH = ROOT / "curate" / "resources" / "sample" / "queries" / "math.jsonl"
 TOKENIZER = ROOT / "curate" / "resources" / "smollm2_tokenizer"
