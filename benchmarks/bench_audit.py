@@ -29,14 +29,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 POOL = ROOT / "benchmarks" / "data" / "gsm8k_train_240.jsonl"
 MATH = ROOT / "curate" / "resources" / "sample" / "queries" / "math.jsonl"
-TOKENIZER = ROOT / "curate" / "resources" / "smollm2_tokenizer"
 
 
 def main() -> None:
+    from benchmarks.bench_finetune import add_setup_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_setup_arguments(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--plain", type=int, default=1, help="plain-loop fine-tunes timed (median taken)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both (the machine's cores)")
@@ -45,9 +44,8 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from benchmarks.bench_finetune import _plain
+    from benchmarks.bench_finetune import _plain, save_tiny_base
     from curate.audit.counterfactual import AuditConfig, audit
     from curate.cli import quiet_third_party_progress
     from curate.data import load_pool
@@ -56,12 +54,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     quiet_third_party_progress()
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=2048)).save_pretrained(work / "base")
-    tok.save_pretrained(work / "base")
+    save_tiny_base(work / "base", args.hidden)
     pool = load_pool(POOL, source="gsm8k")
     rng = np.random.default_rng(0)
     dataset = pool.dataset.add_column("curate_influence_math", rng.normal(size=len(pool)).tolist())

@@ -29,16 +29,13 @@ TOKENIZER = ROOT / "curate" / "resources" / "smollm2_tokenizer"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_setup_arguments(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trl-loss", action="store_true", help="keep TRL's fused LM head on CPU (the old path)")
     args = parser.parse_args()
     os.environ["CURATE_THREADS"] = "1"  # curate's model loader would otherwise take every free core
 
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from curate.cli import quiet_third_party_progress
     from curate.data import load_pool
@@ -47,12 +44,7 @@ def main() -> None:
     torch.set_num_threads(1)
     quiet_third_party_progress()
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=2048)).save_pretrained(work / "base")
-    tok.save_pretrained(work / "base")
+    save_tiny_base(work / "base", args.hidden)
     pool = load_pool(MATH, source="gsm8k")
     config = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, learning_rate=1e-3, max_length=512,
                          device="cpu", gradient_checkpointing=False, save_steps=args.steps)
@@ -71,6 +63,26 @@ def main() -> None:
     print(f"\n{args.steps} steps x {args.batch_size} GSM8K rows, hidden {args.hidden}, "
           f"{'TRL fused LM head' if args.trl_loss else 'curate CPU loss'}: train_variant / plain loop = "
           f"{statistics.median(ratios):.2f} (median of {len(ratios)}; {min(ratios):.2f}-{max(ratios):.2f})")
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fine-tune's shape: --hidden (model width), --steps (optimizer steps), --batch-size (rows per step)."""
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def save_tiny_base(path: Path, hidden: int) -> None:
+    """The audit's base model at `path`: a 2-layer Llama of width `hidden` (seed 0) with SmolLM2's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=2048)).save_pretrained(path)
+    tok.save_pretrained(path)
 
 
 def _plain(base: str, pool, config) -> float:
