@@ -131,14 +131,17 @@ def prepare_start(base_model: str, pool: Pool, config: TrainConfig) -> Start:
 
     from curate.models import load_model
 
-    _, dtype = _placement(config)
+    use_cpu, dtype = _placement(config)
     model, tokenizer = load_model(base_model, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="curate-start-") as tmp:  # TRL's preparation, on a throwaway trainer
+        # placed as the runs will be: accelerate's process state is set once per process
         dataset = _trainer(model, tokenizer, sft_dataset(pool), replace(config, lora_r=0, gradient_checkpointing=False),
-                           Path(tmp), use_cpu=True, bf16=False, peft_config=None).train_dataset
+                           Path(tmp), use_cpu=use_cpu, bf16=dtype == "bfloat16" and not use_cpu,
+                           peft_config=None).train_dataset
     # TRL patched the model's forward (its fused LM head) with a closure over this instance: a
     # copy would keep calling it and run this model, not itself. Each run's trainer patches its copy.
     vars(model).pop("forward", None)
+    model.to("cpu")  # the trainer may have moved it to the GPU; each run copies it there itself
     return Start(base_model, dtype, config.max_length, model, tokenizer, dataset,
                  {cid: i for i, cid in enumerate(dataset["curate_id"])})
 
