@@ -350,7 +350,10 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
     progress.note(cost.render())
 
     by_key = {key: (arm, s, removed) for arm, s, removed, key in keyed}
-    start = functools.cache(lambda: _prepare_start(scored, config))  # on the first run, shared by all
+    from curate.training import prepare_start
+
+    # the model loaded and the pool tokenised on the first run, then shared by every arm
+    start = functools.cache(lambda: prepare_start(config.trained, scored, config.train))
     with progress.task("audit fine-tunes", len(pending), unit="run") as advance:
         for key in pending:
             arm, s, removed = by_key[key]
@@ -511,13 +514,6 @@ def _run_arm(scored: Pool, removed: set[str], config: AuditConfig, seed: int, qu
             shutil.rmtree(path, ignore_errors=True)
     return {"f": f, "steps": result.steps, "tokens_seen": result.tokens_seen, "final_loss": result.final_loss,
             "runtime_s": result.runtime_s}
-
-
-def _prepare_start(scored: Pool, config: AuditConfig) -> Start:
-    """The trained model loaded and the pool tokenised once, for every arm's fine-tune."""
-    from curate.training import prepare_start
-
-    return prepare_start(config.trained, scored, config.train)
 
 
 def _reference(kind: str, name: str, queries, config: AuditConfig, done: dict, log: Path, queries_fp: str):

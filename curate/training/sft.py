@@ -117,7 +117,10 @@ class Start:
     model: Any
     tokenizer: Any
     dataset: Any
-    positions: dict[str, int]
+    positions: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.positions = {cid: i for i, cid in enumerate(self.dataset["curate_id"])}
 
     def subset(self, ids):
         """The prepared rows of the pool rows `ids`, in prepared order (rows TRL dropped stay dropped)."""
@@ -142,8 +145,7 @@ def prepare_start(base_model: str, pool: Pool, config: TrainConfig) -> Start:
     # copy would keep calling it and run this model, not itself. Each run's trainer patches its copy.
     vars(model).pop("forward", None)
     model.to("cpu")  # the trainer may have moved it to the GPU; each run copies it there itself
-    return Start(base_model, dtype, config.max_length, model, tokenizer, dataset,
-                 {cid: i for i, cid in enumerate(dataset["curate_id"])})
+    return Start(base_model, dtype, config.max_length, model, tokenizer, dataset)
 
 
 def fine_tune(
