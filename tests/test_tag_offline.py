@@ -55,3 +55,31 @@ def test_help_imports_neither_openai_nor_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "--base-url" in done.stdout
+
+
+def test_spilled_tags_write_what_the_frame_writes(tmp_path, monkeypatch):
+    """`tag_pool(spill=True)` (what `curate tag` runs) keeps its annotations on disk; written, they
+    give the same rows as the in-memory frame, in pool order or not."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from curate.data import load_pool, write_pool
+    from curate.data.rows import FileRows
+    from curate.data.write import annotation_table
+    from curate.tagging import tagger
+    from curate.tagging.config import TagConfig
+
+    monkeypatch.setattr(tagger, "OFFLINE_CHUNK", 7)  # many chunks, none aligned with the pool's batches
+    pool = load_pool(SAMPLE)
+    frame, report = tagger.tag_pool(pool, TagConfig(offline=True))
+    spilled, again = tagger.tag_pool(pool, TagConfig(offline=True), spill=True)
+    assert isinstance(spilled, FileRows) and spilled.num_rows == len(frame) == 80
+    assert again.sources == report.sources == {"native": 48, "rule": 32}
+    assert tagger.failed_requests(spilled) == tagger.failed_requests(frame) == (0, {})
+    shuffled = tmp_path / "shuffled.parquet"
+    pq.write_table(annotation_table(frame.sample(fraction=1.0, shuffle=True, seed=1)), shuffled)
+    shuffled = FileRows((shuffled,), pq.read_schema(shuffled), 80)
+    written = [pq.read_table(write_pool(pool, tmp_path / f"{name}.parquet", annotations=annotations))
+               for name, annotations in (("frame", frame), ("spilled", spilled), ("shuffled", shuffled))]
+    assert written[0].equals(written[1]) and written[0].equals(written[2])
+    assert pl.from_arrow(written[0])["curate_difficulty"].null_count() == 0

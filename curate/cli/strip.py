@@ -4,7 +4,6 @@ exploration_spans`), then strip, in one command."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from curate.settings import setting, settings_of
@@ -72,9 +71,7 @@ def strip(call) -> None:
     pool, removed = call.load()
     progress = RichProgress()
     tagged = OPERATIONS["tag"](pool, {}, tag_config, OpContext(progress))
-    spans = dataclasses.replace(tagged, annotations=tagged.annotations.select(
-        "curate_id", SPANS_COLUMN, "curate_tag_errors"))
-    result = call.op(spans.annotated(), {}, config, OpContext(progress))
+    result = call.op(tagged.annotated([SPANS_COLUMN, "curate_tag_errors"]), {}, config, OpContext(progress))
     result.report.card.update(tagged.report.card)
     written = call.write(result, removed)
     render(result.report)

@@ -102,12 +102,12 @@ def tag(call) -> None:
             click.echo(f"stopped after calibration: the output holds the {calibration.rows} sampled rows; "
                        "add --then-all to tag every row", err=True)
     click.echo(str(written.path))
-    _fail_on_failed_requests(result.annotations, run.allow_failures)
+    _fail_on_failed_requests(result.annotations, len(result.pool), run.allow_failures)
 
 
-def _fail_on_failed_requests(annotations, allowed: float) -> None:
-    """One stderr line per cause, then `RequestFailures` when more than `allowed` of the rows lack
-    a value because their requests failed."""
+def _fail_on_failed_requests(annotations, total: int, allowed: float) -> None:
+    """One stderr line per cause, then `RequestFailures` when more than `allowed` of the `total`
+    rows tagged lack a value because their requests failed."""
     from curate.errors import RequestFailures
     from curate.tagging.tagger import failed_requests
 
@@ -116,9 +116,9 @@ def _fail_on_failed_requests(annotations, allowed: float) -> None:
         return
     for cause, count in causes.items():
         click.echo(f"failed requests: {count} x {cause}", err=True)
-    share = rows / len(annotations)
+    share = rows / total
     if share > allowed:
-        raise RequestFailures(f"{rows} of {len(annotations)} rows lack a value because requests failed "
+        raise RequestFailures(f"{rows} of {total} rows lack a value because requests failed "
                               f"({', '.join(causes)}); the output is written and a rerun retries them; "
                               f"--allow-failures {share:.2g} accepts this run")
 

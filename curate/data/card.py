@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from curate.data.manifest import ManifestEntry, count_actions, count_reasons
+from curate.data.manifest import ManifestLike, count_actions, count_reasons
 
 if TYPE_CHECKING:
     from curate.data.pool import Pool
@@ -27,7 +27,7 @@ _SECRET_VALUE = re.compile(r"\b(sk-[\w-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Z
 def render_card(
     pool: Pool,
     *,
-    entries: Sequence[ManifestEntry],
+    entries: ManifestLike,
     fmt: str,
     emit: str,
     manifest_name: str = "manifest.jsonl",

@@ -199,7 +199,7 @@ class SpliceRows(TakeRows):
         import pyarrow as pa
 
         names = _names(self, columns)
-        incoming = _Rechunk(self.replacements.batches(names))
+        incoming = Rechunk(self.replacements.batches(names))
         offset = 0
         for batch in super().batches(names):
             n = batch.num_rows
@@ -213,7 +213,7 @@ class SpliceRows(TakeRows):
             yield batch
 
 
-class _Rechunk:
+class Rechunk:
     """The rows of a stream of batches, handed out k at a time (`take(k)`)."""
 
     def __init__(self, batches: Iterator[pa.Table]) -> None:
@@ -230,7 +230,7 @@ class _Rechunk:
         while have < k:
             batch = next(self.batches, None)
             if batch is None:
-                raise ValueError(f"replacement rows ran out: {k} asked for, {have} left")
+                raise ValueError(f"rows ran out: {k} asked for, {have} left")
             parts.append(batch)
             have += batch.num_rows
         table = pa.concat_tables(parts)

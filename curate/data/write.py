@@ -13,18 +13,19 @@ is built whole under a temporary name, then swapped in. An existing output is re
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from curate.data.card import render_card
 from curate.data.example import Example
-from curate.data.manifest import ManifestEntry, check_manifest, manifest_lines
+from curate.data.manifest import Manifest, ManifestLike, check_manifest
 from curate.data.pool import Pool
 from curate.errors import DataError, UsageError
 from curate.stages import atomic_write
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     import datasets
     import polars as pl
     import pyarrow as pa
+
+    from curate.data.rows import FileRows
 
 FORMATS = ("disk", "parquet", "jsonl")
 EMITS = ("input", "messages")
@@ -44,10 +47,10 @@ def write_pool(
     pool: Pool,
     out: str | Path,
     *,
-    annotations: pl.DataFrame | None = None,
+    annotations: pl.DataFrame | FileRows | None = None,
     fmt: str | None = None,
     emit: str = "input",
-    manifest: Iterable[ManifestEntry] = (),
+    manifest: ManifestLike = (),
     command: str | Sequence[str] | None = None,
     extra_card: str | Mapping[str, str] | None = None,
     push_to_hub: str | None = None,
@@ -58,7 +61,8 @@ def write_pool(
     shards of at most `SHARD_BYTES`, JSON lines), so memory holds one batch and the narrow columns.
     `annotations`: a polars frame with `curate_id` and `curate_*` columns, joined by id (rows it
     lacks get null; for a column the pool already has, such as `curate_domain`, they keep their
-    value). An id not in the pool is a `DataError`.
+    value), or such columns on disk (`FileRows`, e.g. a tagger's spill), read a batch at a time
+    when their ids are the pool's in order. An id not in the pool is a `DataError`.
     `emit`: "input" keeps every input column and row in order; "messages" writes a TRL-ready
     `messages` column (system prompt folded in) instead of the input columns.
     `manifest`: the rows removed, added or replaced on the way to this pool, with reasons.
@@ -66,6 +70,8 @@ def write_pool(
     `push_to_hub`: a Hub repo id; after the local write, the dataset, its card and manifest are
     uploaded there (private), with the token from the environment (`HF_TOKEN`), never logged.
     """
+    import polars as pl
+
     out = Path(out)
     fmt = output_format(out, fmt)
     if emit not in EMITS:
@@ -77,7 +83,8 @@ def write_pool(
     first = next(batches, None)
     if first is None:  # no rows: the schema from an empty batch
         first = _out_table(pool.rows.schema.empty_table(), [], emit,
-                           annotation_table(joined.slice(0, 0)) if joined is not None else None)
+                           None if joined is None else annotation_table(joined.slice(0, 0))
+                           if isinstance(joined, pl.DataFrame) else joined.schema.empty_table())
     features = _features(first.schema, pool.features)
     schema = features.arrow_schema
 
@@ -88,7 +95,6 @@ def write_pool(
     data_path, manifest_path, card_path = output_paths(out, fmt)
     card = render_card(pool, entries=entries, fmt=fmt, emit=emit, manifest_name=manifest_path.name,
                        command=command, extra=extra_card)
-    lines = manifest_lines(entries)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "disk":
         if data_path.exists() and not data_path.is_dir():
@@ -96,30 +102,37 @@ def write_pool(
 
         def build(tmp: Path) -> None:
             _write_disk(rows(), features, tmp)
-            (tmp / manifest_path.name).write_text(lines, encoding="utf-8")
+            _write_lines(entries, tmp / manifest_path.name)
             (tmp / card_path.name).write_text(card, encoding="utf-8")
 
         _atomic_folder(data_path, build)
     else:
         # Sidecars first: the data file appearing last marks the output complete.
-        atomic_write(manifest_path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+        atomic_write(manifest_path, lambda tmp: _write_lines(entries, tmp))
         atomic_write(card_path, lambda tmp: tmp.write_text(card, encoding="utf-8"))
         if fmt == "parquet":
             # The schema's metadata carries the datasets features, as Dataset.to_parquet does.
             atomic_write(data_path, lambda tmp: _write_parquet(rows(), schema, tmp))
         else:
             atomic_write(data_path, lambda tmp: _write_jsonl(rows(), tmp))
-    _push(data_path, fmt, features, push_to_hub, {card_path.name: card, manifest_path.name: lines})
+    _push(data_path, fmt, features, push_to_hub, (card_path, manifest_path))
     return data_path
 
 
-def _out_batches(pool: Pool, emit: str, joined: pl.DataFrame | None) -> Iterator[pa.Table]:
-    """The output's batches: the pool's (or its `messages`), annotations joined."""
+def _out_batches(pool: Pool, emit: str, joined: pl.DataFrame | FileRows | None) -> Iterator[pa.Table]:
+    """The output's batches: the pool's (or its `messages`), annotations (`aligned_annotations`) joined."""
+    import polars as pl
+
+    from curate.data.rows import Rechunk
+
     offset = 0
     batches = ((b, []) for b in pool.batches()) if emit == "input" else pool.example_batches()
+    on_disk = None if joined is None or isinstance(joined, pl.DataFrame) else Rechunk(joined.batches())
     for batch, examples in batches:
         n = batch.num_rows
-        yield _out_table(batch, examples, emit, annotation_table(joined.slice(offset, n)) if joined is not None else None)
+        part = (None if joined is None else on_disk.take(n) if on_disk is not None
+                else annotation_table(joined.slice(offset, n)))
+        yield _out_table(batch, examples, emit, part)
         offset += n
 
 
@@ -200,7 +213,7 @@ def _write_disk(batches: Iterator[pa.Table], features: datasets.Features, folder
 
 
 def _push(data_path: Path, fmt: str, features: datasets.Features, repo_id: str | None,
-          sidecars: Mapping[str, str]) -> None:
+          sidecars: Sequence[Path]) -> None:
     """Upload the written dataset and its sidecar files (card as README.md, manifest) to a Hub repo."""
     if not repo_id:
         return
@@ -215,10 +228,9 @@ def _push(data_path: Path, fmt: str, features: datasets.Features, repo_id: str |
             dataset = reader(str(data_path), features=features)
         dataset.push_to_hub(repo_id, private=True)
         api = HfApi()
-        for name, text in sidecars.items():
-            target = "README.md" if name.endswith("README.md") else "manifest.jsonl"
-            api.upload_file(path_or_fileobj=text.encode(), path_in_repo=target, repo_id=repo_id,
-                            repo_type="dataset")
+        for path in sidecars:
+            target = "README.md" if path.name.endswith("README.md") else "manifest.jsonl"
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=target, repo_id=repo_id, repo_type="dataset")
     except Exception as e:  # network, auth, bad repo id: one line, the local output is kept
         raise DataError(f"--push-to-hub {repo_id}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                         "(the local output was written)") from e
@@ -249,22 +261,36 @@ def output_paths(out: Path, fmt: str) -> tuple[Path, Path, Path]:
     return out, out.with_name(f"{stem}.manifest.jsonl"), out.with_name(f"{stem}.README.md")
 
 
-def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pl.DataFrame:
+def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame | FileRows) -> pl.DataFrame | FileRows:
     """The annotation columns (all but `curate_id`) in the order of `ids`, null where an id has
-    none, still a polars frame (`annotation_table` makes Arrow of a slice, a batch at a time).
+    none: a polars frame (`annotation_table` makes Arrow of a slice, a batch at a time), or, for
+    annotations on disk whose ids are `ids` in order, the same `FileRows` without `curate_id`
+    (read a batch at a time; other ones are read whole, narrow as they are, and joined).
     Raises `DataError` for a repeated or unknown id, or a column not named curate_*."""
     import polars as pl
+    import pyarrow as pa
 
-    if not isinstance(annotations, pl.DataFrame):
-        raise UsageError(f"annotations must be a polars DataFrame, not {type(annotations).__name__}")
-    if "curate_id" not in annotations.columns:
+    from curate.data.rows import FileRows, read_columns
+
+    if isinstance(annotations, FileRows):
+        names = annotations.schema.names
+    elif isinstance(annotations, pl.DataFrame):
+        names = annotations.columns
+    else:
+        raise UsageError(f"annotations must be a polars DataFrame or FileRows, not {type(annotations).__name__}")
+    if "curate_id" not in names:
         raise DataError("annotations have no curate_id column")
-    bad = [c for c in annotations.columns if not c.startswith("curate_")]
+    bad = [c for c in names if not c.startswith("curate_")]
     if bad:
         raise DataError(f"annotation columns must be named curate_*: {', '.join(bad)}")
+    if isinstance(annotations, FileRows):
+        if _same_ids(ids, (b.column("curate_id") for b in annotations.batches(["curate_id"]))):
+            schema = pa.schema([f for f in annotations.schema if f.name != "curate_id"])
+            return dataclasses.replace(annotations, schema=schema)
+        annotations = pl.from_arrow(read_columns(annotations, names))
     keys = annotations["curate_id"].cast(pl.String)
-    if _same_ids(ids, keys):  # a tagger's rows, in pool order (ids are unique): no join to build
-        return annotations.drop("curate_id")
+    if _same_ids(ids, (keys.slice(i, 1 << 16).to_arrow() for i in range(0, len(keys), 1 << 16))):
+        return annotations.drop("curate_id")  # a tagger's rows, in pool order (ids are unique): no join
     pool_ids = pl.Series("curate_id", ids).cast(pl.String)
     if keys.is_duplicated().any():
         raise DataError(f"annotations repeat curate_id {keys.filter(keys.is_duplicated())[0]!r}")
@@ -278,14 +304,18 @@ def aligned_annotations(ids: pa.ChunkedArray, annotations: pl.DataFrame) -> pl.D
     return joined.drop("__row", "curate_id")
 
 
-def _same_ids(ids: pa.ChunkedArray, keys: pl.Series, step: int = 1 << 16) -> bool:
-    """Whether `keys` are `ids`, in order; compared `step` rows at a time (no whole copy of either)."""
-    import polars as pl
+def _same_ids(ids: pa.ChunkedArray, keys: Iterator[pa.Array | pa.ChunkedArray]) -> bool:
+    """Whether the chunks `keys`, in turn, are `ids` in order (no whole copy of either)."""
+    import pyarrow as pa
 
-    if len(ids) != len(keys):
-        return False
-    return all(pl.Series(ids.slice(i, step)).cast(pl.String).equals(keys.slice(i, step), check_names=False)
-               for i in range(0, len(ids), step))
+    offset = 0
+    for chunk in keys:
+        n = len(chunk)
+        if offset + n > len(ids) or not ids.slice(offset, n).cast(pa.string()).equals(
+                pa.chunked_array([chunk.cast(pa.string())])):
+            return False
+        offset += n
+    return offset == len(ids)
 
 
 def annotation_table(frame: pl.DataFrame) -> pa.Table:
@@ -325,11 +355,6 @@ def set_columns(table: pa.Table, joined: pa.Table) -> pa.Table:
     return table
 
 
-def join_annotations(table: pa.Table, annotations: pl.DataFrame) -> pa.Table:
-    """Join a `curate_id`-keyed polars frame onto `table` by id, in `table`'s row order."""
-    return set_columns(table, aligned_annotations(table.column("curate_id"), annotations))
-
-
 def _features(schema: pa.Schema, own: datasets.Features) -> datasets.Features:
     """Features for `schema`, keeping the pool's own (class labels, ...) where a column's arrow type
     is unchanged; other columns get features inferred from their arrow type."""
@@ -341,6 +366,13 @@ def _features(schema: pa.Schema, own: datasets.Features) -> datasets.Features:
         if feature is not None and datasets.Features({name: feature}).type.field(name).type == schema.field(name).type:
             merged[name] = feature
     return merged
+
+
+def _write_lines(manifest: Manifest, path: Path) -> None:
+    """The manifest's JSON lines, written a batch of entries at a time."""
+    with open(path, "w", encoding="utf-8") as f:
+        for text in manifest.lines():
+            f.write(text)
 
 
 def _write_jsonl(batches: Iterator[pa.Table], path: Path) -> None:

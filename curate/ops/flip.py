@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from curate.analysis import EASY_MAX, HARD_MIN
-from curate.data import ManifestEntry, Pool
+from curate.data import Pool
+from curate.data.manifest import Manifest
 from curate.data.text import problem_batches
 from curate.errors import DataError
 from curate.ops.decontam import (
@@ -154,12 +155,15 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
 
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
     dirty_donor = contaminated_rows(donor, benchmarks, config.ngram)
-    manifest = [ManifestEntry(i, "removed", r) for i, r in dirty.select("curate_id", "reason").iter_rows()]
+    manifest = [Manifest.rows(dirty["curate_id"].to_arrow(), "removed", dirty["reason"].to_arrow())]
     mine = mine.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32).implode()))
     in_pool = theirs["key"].is_in(mine["key"].implode()) & ~theirs["blank"]
     repeat = theirs["key"].is_duplicated() & ~theirs.select(pl.col("key").is_first_distinct()).to_series()
     theirs = theirs.with_columns(
-        dirty=pl.col("row").is_in(dirty_donor["row"].cast(pl.UInt32).implode()), in_pool=in_pool, repeat=repeat)
+        dirty=pl.col("row").is_in(dirty_donor["row"].cast(pl.UInt32).implode()), in_pool=in_pool, repeat=repeat
+    ).drop("key", "blank")
+    mine = mine.drop("key", "blank")
+    del in_pool, repeat
     usable = theirs.filter(~pl.col("dirty") & ~pl.col("in_pool") & ~pl.col("repeat")).select(
         "row", "rank", "curate_domain", "difficulty")
     rng = np.random.default_rng(config.seed)
@@ -174,13 +178,13 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
             continue
         pairs, per_domain[domain] = pairs
         swaps.append(pairs)
-        way = config.direction(domain)
-        named = zip(pool_ids.take(pairs["pool_row"].to_arrow()).to_pylist(),
-                    donor_ids.take(pairs["donor_row"].to_arrow()).to_pylist(),
-                    pairs["difficulty"].to_list(), pairs["donor_difficulty"].to_list(), strict=True)
-        for pool_id, donor_id, old, new in named:
-            manifest.append(ManifestEntry(pool_id, "replaced", f"flip:{domain} {way}: difficulty {old:g} -> {new:g}",
-                                          replaced_by=donor_id))
+        number = {"function": lambda v: f"{v:g}", "return_dtype": pl.String}
+        reasons = pl.concat_str(pl.lit(f"flip:{domain} {config.direction(domain)}: difficulty "),
+                                pl.col("difficulty").map_elements(**number), pl.lit(" -> "),
+                                pl.col("donor_difficulty").map_elements(**number))
+        manifest.append(Manifest.rows(pool_ids.take(pairs["pool_row"].to_arrow()), "replaced",
+                                      pairs.select(reasons).to_series().to_arrow(),
+                                      donor_ids.take(pairs["donor_row"].to_arrow())))
     # The frames are summarised and freed before the donor rows are rendered: at a million rows
     # each holds tens of MB, and the rendering's batches come on top of what is still alive.
     del usable
@@ -199,7 +203,7 @@ def flip(pool: Pool, donor: Pool, config: FlipConfig, benchmarks: Sequence[Bench
     rendered = render_rows(pool, donor, swapped["donor_row"].cast(pl.Int64).to_numpy(), at)
     out = pool.with_rows(SpliceRows(pool.rows, keep, np.sort(at), rendered))
     report = _report(config, pool, donor, per_domain, before, after, dirty, excluded, notes)
-    return OpResult(out, manifest, report)
+    return OpResult(out, Manifest.of(*manifest), report)
 
 
 def _domain_pairs(domain: str, mine: pl.DataFrame, theirs: pl.DataFrame, usable: pl.DataFrame,

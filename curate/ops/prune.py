@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from curate.data import ManifestEntry, Pool
+from curate.data import Pool
 from curate.data.columns import EMBEDDING_PREFIX, INFLUENCE_PREFIX, main_score_columns
+from curate.data.manifest import Manifest
 from curate.errors import DataError
 from curate.ops.decontam import DEFAULT_NGRAM, Benchmark, contaminated_rows, load_benchmarks
 from curate.ops.select import apportion, order_rows, percentile, round_half_up, zscore
@@ -103,7 +104,7 @@ def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | Non
     if benchmarks is None:
         benchmarks = load_benchmarks(config.decontaminate)
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
-    manifest = [ManifestEntry(i, "removed", r) for i, r in dirty.select("curate_id", "reason").iter_rows()]
+    manifest = Manifest.rows(dirty["curate_id"].to_arrow(), "removed", dirty["reason"].to_arrow())
 
     frame = pl.from_arrow(pool.columns(["curate_id", "curate_domain"])).with_row_index("row")
     frame = frame.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32).implode()))
@@ -126,10 +127,12 @@ def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | Non
     kept = ordered.filter(pl.col("rank") <= pl.col("quota"))
     dropped = ordered.filter(pl.col("rank") > pl.col("quota")).sort("rank", "curate_domain")
     sign = -1.0 if config.lowest else 1.0
-    where = " in " if config.per_domain else ""
-    for cid, domain, score, rank, of in dropped.select("curate_id", "curate_domain", "score", "rank", "of").iter_rows():
-        value = "null score" if score is None else f"score {sign * score:.6g}"
-        manifest.append(ManifestEntry(cid, "removed", f"prune:{config.strategy} {value}, rank {rank} of {of}{where}{domain if where else ''}"))
+    value = (pl.col("score") * sign).map_elements(lambda v: f"score {v:.6g}", return_dtype=pl.String)
+    reason = pl.concat_str(pl.lit(f"prune:{config.strategy} "), value.fill_null("null score"), pl.lit(", rank "),
+                           pl.col("rank"), pl.lit(" of "), pl.col("of"),
+                           *([pl.lit(" in "), pl.col("curate_domain")] if config.per_domain else []))
+    reasons = dropped.select(reason).to_series().to_arrow()
+    manifest = Manifest.of(manifest, Manifest.rows(dropped["curate_id"].to_arrow(), "removed", reasons))
 
     out = pool.take(kept["row"].sort().to_numpy())
     nulls = ordered.filter(pl.col("score").is_null())

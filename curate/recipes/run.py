@@ -10,14 +10,18 @@ step after it. The final output's manifest is the net effect of all steps on the
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.progress import Progress
 from curate.recipes.check import Recipe, Step
 from curate.registry import OPERATIONS
 from curate.stages import atomic_write_bytes, fingerprint
+
+if TYPE_CHECKING:
+    from curate.data.manifest import Manifest
 
 
 @dataclass
@@ -56,7 +60,7 @@ class _Runner:
             if step.op in OPERATIONS:
                 self.donors |= {step.refs[i.name] for i in OPERATIONS[step.op].inputs if i.donor}
         self.loaded: dict[str, Any] = {}  # input name -> Pool (tagged versions replace the raw ones)
-        self.manifests: list[list] = []
+        self.manifests: list[Manifest] = []
 
     def input_pool(self, name: str):
         from curate.data import load_pool
@@ -165,39 +169,58 @@ def _ref_names(step: Step) -> list[str]:
     return sorted(set(names))
 
 
-def _read_manifest(data: Path) -> list:
-    from curate.data.manifest import read_manifest
+def _read_manifest(data: Path) -> Manifest:
+    from curate.data.manifest import Manifest
     from curate.data.write import output_paths
 
-    return read_manifest(output_paths(data, "parquet")[1])
+    return Manifest.read(output_paths(data, "parquet")[1])
 
 
-def net_manifest(manifests: list[list], pool) -> list:
+def net_manifest(manifests: Sequence[Manifest], pool) -> Manifest:
     """The net effect of the steps' manifests, in order, on the input pool: a row removed after it
     was added is dropped from the record; a replacement that was later replaced names the last
-    row; a row replaced and then removed is removed (with the last reason)."""
-    from curate.data import ManifestEntry
+    row; a row replaced and then removed is removed (with the last reason). Entries name input
+    rows first (in the order they were first changed), then the rows steps added that are still
+    there (in the order they were added). Worked out as columns, a step at a time (a step lists
+    each row once): memory holds the ids of the rows changed, not an object per entry."""
+    import polars as pl
 
-    origin: dict[str, str | None] = {}  # current id -> original id (None: added by a step)
-    fate: dict[str, ManifestEntry] = {}  # original id -> its latest entry
-    added: dict[str, ManifestEntry] = {}
-    for entries in manifests:
-        for e in entries:
-            was = origin.pop(e.curate_id, e.curate_id)
-            if e.action == "added":
-                origin[e.curate_id] = None
-                added[e.curate_id] = e
-            elif e.action == "replaced":
-                origin[e.replaced_by] = was
-                if was is None:
-                    added.pop(e.curate_id, None)
-                    added[e.replaced_by] = ManifestEntry(e.replaced_by, "added", e.reason)
-                else:
-                    fate[was] = ManifestEntry(was, "replaced", e.reason, e.replaced_by)
-            elif was is None:  # removed: an added row gone again leaves no trace
-                added.pop(e.curate_id, None)
-            else:
-                fate[was] = ManifestEntry(was, "removed", e.reason)
-    present = set(pool.columns(["curate_id"]).column("curate_id").to_pylist())
-    out = list(fate.values()) + [e for k, e in added.items() if k in present]
-    return [e for e in out if e.action != "replaced" or e.replaced_by in present]
+    from curate.data.manifest import Manifest
+
+    text = pl.String
+    # cur: the rows steps put in the pool (replacements, additions) -> the input row they stand for
+    # (null: added). fate: each changed input row's latest entry, `order` where it was first changed.
+    cur = pl.DataFrame(schema={"curate_id": text, "origin": text})
+    fate = pl.DataFrame(schema={"origin": text, "action": text, "reason": text, "replaced_by": text,
+                                "order": pl.Int64})
+    added = pl.DataFrame(schema={"id": text, "reason": text, "order": pl.Int64})
+    offset = 0
+    for manifest in manifests:
+        step = pl.from_arrow(manifest.table).with_row_index("order", offset=offset).cast({"order": pl.Int64})
+        offset += len(step)
+        step = step.join(cur.with_columns(known=pl.lit(True)), on="curate_id", how="left", maintain_order="left")
+        step = step.with_columns(was=pl.when(pl.col("known")).then(pl.col("origin")).otherwise(pl.col("curate_id")))
+        action = pl.col("action")
+        cur = pl.concat([
+            cur.filter(~pl.col("curate_id").is_in(step["curate_id"].implode())),
+            step.filter(action == "added").select("curate_id", origin=pl.lit(None, text)),
+            step.filter(action == "replaced").select(curate_id="replaced_by", origin="was")])
+        from_added = pl.col("was").is_null()
+        gone = step.filter(from_added & (action != "added"))["curate_id"]
+        fresh = pl.concat([step.filter(action == "added").select(id="curate_id", reason="reason", order="order"),
+                           step.filter(from_added & (action == "replaced")).select(id="replaced_by", reason="reason",
+                                                                                    order="order")])
+        added = pl.concat([added.filter(~pl.col("id").is_in(pl.concat([gone, fresh["id"]]).implode())), fresh])
+        latest = step.filter(~from_added & (action != "added")).select(origin="was", action="action", reason="reason",
+                                                                       replaced_by="replaced_by", order="order")
+        fate = pl.concat([fate, latest]).group_by("origin", maintain_order=True).agg(
+            pl.col("action", "reason", "replaced_by").last(), pl.col("order").first())
+    wanted = pl.concat([added["id"], fate["replaced_by"].drop_nulls()])
+    ids = pl.Series(pool.columns(["curate_id"]).column("curate_id")).cast(text)
+    present = ids.filter(ids.is_in(wanted.unique().implode())).implode()
+    fate = fate.sort("order").filter((pl.col("action") != "replaced") | pl.col("replaced_by").is_in(present))
+    added = added.sort("order").filter(pl.col("id").is_in(present))
+    table = pl.concat([fate.select(curate_id="origin", action="action", reason="reason", replaced_by="replaced_by"),
+                       added.select(curate_id="id", action=pl.lit("added"), reason="reason",
+                                    replaced_by=pl.lit(None, text))])
+    return Manifest(table.to_arrow())

@@ -12,7 +12,8 @@ from curate.tagging.tagger import shard_pool, tag_pool
 
 
 def run(pool: Pool, inputs: dict, config: TagConfig, context: OpContext) -> OpResult:
-    """The registry's call shape: the rows (of the shard) unchanged, the tags as `annotations`,
+    """The registry's call shape: the rows (of the shard) unchanged, the tags as `annotations`
+    (spilled to disk as they are made: `FileRows`; the calibration sample's, a frame),
     the `TagReport` as `report.data["tag"]`. With `config.calibrate`, the calibration runs first
     (`report.data["calibration"]`, a "Calibration" card section); without `then_all` the result
     holds the calibration sample only, every other row listed as removed in the manifest."""
@@ -28,7 +29,7 @@ def run(pool: Pool, inputs: dict, config: TagConfig, context: OpContext) -> OpRe
             pool = sample
     if not config.calibrate or config.then_all:
         annotations, report = tag_pool(pool, dataclasses.replace(config, calibrate=None, then_all=False),
-                                       progress=context.progress)
+                                       progress=context.progress, spill=True)
     counts = {"rows": report.rows, "difficulty sources": report.sources, "unparsed": report.unparsed,
               "failed": report.failed}
     return OpResult(shard_pool(pool, config), manifest, OpReport(counts, [], {**report.card(), **card},

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from curate.data import Example, Pool
+    from curate.data.rows import FileRows
 
 _CHUNK_ROWS = 512
 _FIT_TRIES = 6  # renders per request at most while shrinking its clipped fields to fit the context
@@ -271,7 +272,8 @@ def shard_pool(pool: Pool, config: TagConfig) -> Pool:
 
 
 def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
-             cache: ResponseCache | None = None, plan: list[Job] | None = None) -> tuple[pl.DataFrame, TagReport]:
+             cache: ResponseCache | None = None, plan: list[Job] | None = None,
+             spill: bool = False) -> tuple[pl.DataFrame | FileRows, TagReport]:
     """Tag every row of `pool` (of its shard, with `config.shard`: the frame then holds those rows).
 
     Returns `(annotations, report)`: a polars frame keyed by `curate_id` with `curate_difficulty`
@@ -283,7 +285,9 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
     are `pl.Categorical` (`CATEGORICAL`; strings when written), the other text columns strings.
 
     `cache`: an open cache to use instead of `config.cache` (left open); `plan`: every request
-    planned is appended to it (a batch export or import reads the plan).
+    planned is appended to it (a batch export or import reads the plan). `spill`: the annotations
+    are written to a temporary parquet file as they are made and returned as `FileRows` (same
+    columns, categoricals as strings), so memory does not grow with the pool.
     """
     progress = progress or Silent()
     started = time.perf_counter()
@@ -294,11 +298,10 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
         shard = config.shard_range(total_rows)
         report.shard, report.shard_rows = config.shard, (shard.start, shard.stop, total_rows)
     if config.offline:
-        frame = _tag_offline(pool, config, progress)
+        annotations, report.sources = _gather(_tag_offline(pool, config, progress), spill)
         report.wall_s = time.perf_counter() - started
-        report.sources = _sources(frame)
-        return frame, report
-    frame = _tag_llm(pool, config, progress, report, cache, plan)
+        return annotations, report
+    annotations, report.sources = _gather(_tag_llm(pool, config, progress, report, cache, plan), spill)
     report.wall_s = time.perf_counter() - started
     report.price_in, report.price_out = config.price_in, config.price_out
     if config.cache:
@@ -307,15 +310,31 @@ def tag_pool(pool: Pool, config: TagConfig, progress: Progress | None = None, *,
             report.wall_total_s, report.runs = cache_file.record_run(report.wall_s, len(pool))
         finally:
             cache_file.close()
-    report.sources = _sources(frame)
-    return frame, report
+    return annotations, report
 
 
-def _sources(frame: pl.DataFrame) -> dict[str, int]:
-    """Rows per difficulty source (native, llm, rule), those present only, in that order."""
-    counts = frame["curate_difficulty_source"].value_counts()
-    found = dict(zip(counts["curate_difficulty_source"].to_list(), counts["count"].to_list(), strict=True))
-    return {s: found[s] for s in ("native", "llm", "rule") if s in found}
+def _gather(chunks: Iterator[pl.DataFrame], spill: bool) -> tuple[pl.DataFrame | FileRows, dict[str, int]]:
+    """The annotation chunks, in order, as one frame or (`spill`) one temporary parquet file read
+    back as `FileRows`; and the rows per difficulty source (native, llm, rule), those present only,
+    in that order."""
+    import polars as pl
+
+    from curate.data.rows import ParquetSpool
+    from curate.data.write import annotation_table
+
+    found: Counter = Counter()
+    frames: list[pl.DataFrame] = []
+    spool = None
+    for frame in chunks:
+        found.update(dict(frame["curate_difficulty_source"].value_counts().iter_rows()))
+        if spill:
+            table = annotation_table(frame)
+            spool = spool or ParquetSpool(table.schema)
+            spool.add(table)
+        else:
+            frames.append(frame)
+    sources = {s: found[s] for s in ("native", "llm", "rule") if s in found}
+    return (spool.close() if spill else pl.concat(frames)), sources
 
 
 WINDOW_ROWS = 2048  # rows whose examples, requests and answers the rater path holds at once
@@ -396,19 +415,17 @@ def _windows(pool: Pool, config: TagConfig) -> Iterator[_Rows]:
 OFFLINE_CHUNK = 16_384  # rows whose tags are held as Python values before they become a frame
 
 
-def _tag_offline(pool: Pool, config: TagConfig, progress: Progress) -> pl.DataFrame:
+def _tag_offline(pool: Pool, config: TagConfig, progress: Progress) -> Iterator[pl.DataFrame]:
     """Native labels, then rule estimates for difficulty; marker phrases for behaviours; the
-    rule's exploration spans. The rows stream a batch at a time and the tags are kept as columns
-    (`OFFLINE_CHUNK` rows at a time as Python values): memory holds a batch and the tags."""
-    import polars as pl
-
+    rule's exploration spans. The rows stream a batch at a time; the tags come as frames of
+    `OFFLINE_CHUNK` rows or so (at least one frame, empty for an empty pool)."""
     native = offline.native_table(config.native_map)
     labels = _native_column(pool)
     spans = "exploration_spans" in config.tasks
     names = ["curate_id", "curate_domain", "curate_domain_source", "curate_difficulty", "curate_difficulty_raw",
              "curate_difficulty_source", *(f"curate_behavior_{b}" for b in BEHAVIORS), "curate_behavior_source",
              "curate_tag_long", *([SPANS_COLUMN] if spans else []), "curate_tag_errors"]
-    frames, out = [], {n: [] for n in names}
+    out = {n: [] for n in names}
     with progress.task(f"tagging {pool.name} (offline)", total=len(pool), unit="rows") as advance:
         for batch, examples in pool.example_batches():
             raw = batch.column(labels).to_pylist() if labels else [None] * len(examples)
@@ -437,10 +454,10 @@ def _tag_offline(pool: Pool, config: TagConfig, progress: Progress) -> pl.DataFr
                     out[n].append(row[n])
                 advance(1)
             if len(out["curate_id"]) >= OFFLINE_CHUNK:
-                frames.append(_frame(out))
+                yield _frame(out)
                 out = {n: [] for n in names}
-    frames.append(_frame(out))
-    return pl.concat(frames)
+    if out["curate_id"] or not len(pool):
+        yield _frame(out)
 
 
 def _span_trace(store: TraceStore, i: int, config: TagConfig) -> Trace | None:
@@ -451,11 +468,9 @@ def _span_trace(store: TraceStore, i: int, config: TagConfig) -> Trace | None:
 
 
 def _tag_llm(pool: Pool, config: TagConfig, progress: Progress, report: TagReport, cache: ResponseCache | None,
-             plan: list[Job] | None) -> pl.DataFrame:
-    """The rater, `WINDOW_ROWS` rows at a time (`_tag_window`); the annotations of every window in
-    pool order. Progress counts rows, each once every request of the row has its answer."""
-    import polars as pl
-
+             plan: list[Job] | None) -> Iterator[pl.DataFrame]:
+    """The rater, `WINDOW_ROWS` rows at a time (`_tag_window`); each window's annotations, in pool
+    order. Progress counts rows, each once every request of the row has its answer."""
     prompts = load_prompts(config.prompt_names(), config.prompts_dir)
     report.model, report.params = config.model, config.params
     report.base_urls = [public_url(u) for u in config.base_urls]
@@ -473,16 +488,14 @@ def _tag_llm(pool: Pool, config: TagConfig, progress: Progress, report: TagRepor
     own_cache = cache is None
     if cache is None:
         cache = ResponseCache(config.cache or ":memory:")
-    frames = []
     try:
         with progress.task(f"tagging {pool.name}", total=len(pool), unit="rows") as advance:
             for rows in _windows(pool, config):
                 _tag_window(rows, config, planner, cache, report, plan, _RowsDone(advance))
-                frames.append(rows.frame(report))
+                yield rows.frame(report)
     finally:
         if own_cache:
             cache.close()
-    return pl.concat(frames)
 
 
 class _RowsDone:
@@ -768,12 +781,17 @@ def _n_windows(trace: str, config: TagConfig) -> int:
 _FAILED_AFTER = re.compile(r"^request failed after \d+ attempt\(s\): ")
 
 
-def failed_requests(annotations: pl.DataFrame) -> tuple[int, dict[str, int]]:
-    """Rows of a `tag_pool` frame that lack a value because a request failed (no reply at all, as
-    opposed to a reply that did not parse), and the count of failed tasks per cause (the error's
-    first part, e.g. "timeout", "400"), most frequent first."""
+def failed_requests(annotations: pl.DataFrame | FileRows) -> tuple[int, dict[str, int]]:
+    """Rows of `tag_pool`'s annotations (a frame, or spilled) that lack a value because a request
+    failed (no reply at all, as opposed to a reply that did not parse), and the count of failed
+    tasks per cause (the error's first part, e.g. "timeout", "400"), most frequent first."""
+    import polars as pl
+
+    cells = (annotations["curate_tag_errors"] if isinstance(annotations, pl.DataFrame) else
+             (cell for batch in annotations.batches(["curate_tag_errors"])
+              for cell in batch.column("curate_tag_errors").to_pylist()))
     rows, causes = 0, Counter()
-    for cell in annotations["curate_tag_errors"]:
+    for cell in cells:
         failed = [e["reason"] for e in (json.loads(cell) if cell else {}).values() if e["raw"] is None]
         rows += bool(failed)
         causes.update(_FAILED_AFTER.sub("", reason or "no reason").split(":", 1)[0].strip() for reason in failed)
