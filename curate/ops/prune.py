@@ -100,13 +100,22 @@ def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | Non
     Raises `DataError` for a missing score column or a count larger than the pool.
     """
     import polars as pl
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     if benchmarks is None:
         benchmarks = load_benchmarks(config.decontaminate)
     dirty = contaminated_rows(pool, benchmarks, config.ngram)
     manifest = Manifest.rows(dirty["curate_id"].to_arrow(), "removed", dirty["reason"].to_arrow())
 
-    frame = pl.from_arrow(pool.columns(["curate_id", "curate_domain"])).with_row_index("row")
+    # Rows are ranked by (score, the rank of their curate_id): id strings stay in their Arrow column,
+    # named only for the rows the manifest and the report list.
+    table = pool.columns(["curate_id", "curate_domain"])
+    ids = table.column("curate_id")
+    frame = pl.DataFrame({"id_rank": pc.rank(ids, tiebreaker="first").cast(pa.uint32()),
+                          "curate_domain": pl.from_arrow(table.column("curate_domain")).cast(pl.Categorical)})
+    frame = frame.with_row_index("row")
+    del table
     frame = frame.filter(~pl.col("row").is_in(dirty["row"].cast(pl.UInt32).implode()))
     frame = frame.with_columns(_scores(pool, config, frame["row"]).alias("score"))
     if config.lowest:
@@ -121,21 +130,22 @@ def prune(pool: Pool, config: PruneConfig, benchmarks: Sequence[Benchmark] | Non
     quota = apportion(total, sizes)
     parts = frame.partition_by("curate_domain", as_dict=True).items() if groups else [(("all",), frame)]
     ordered = pl.concat([
-        order_rows(part, "score").with_columns(pl.lit(quota[key]).alias("quota"), pl.lit(len(part)).alias("of"))
+        order_rows(part, "score", tie="id_rank").with_columns(pl.lit(quota[key]).alias("quota"), pl.lit(len(part)).alias("of"))
         for (key,), part in parts
     ])
     kept = ordered.filter(pl.col("rank") <= pl.col("quota"))
-    dropped = ordered.filter(pl.col("rank") > pl.col("quota")).sort("rank", "curate_domain")
+    dropped = ordered.filter(pl.col("rank") > pl.col("quota")).sort(pl.col("rank"),
+                                                                     pl.col("curate_domain").cast(pl.String))
     sign = -1.0 if config.lowest else 1.0
     value = (pl.col("score") * sign).map_elements(lambda v: f"score {v:.6g}", return_dtype=pl.String)
     reason = pl.concat_str(pl.lit(f"prune:{config.strategy} "), value.fill_null("null score"), pl.lit(", rank "),
                            pl.col("rank"), pl.lit(" of "), pl.col("of"),
-                           *([pl.lit(" in "), pl.col("curate_domain")] if config.per_domain else []))
+                           *([pl.lit(" in "), pl.col("curate_domain").cast(pl.String)] if config.per_domain else []))
     reasons = dropped.select(reason).to_series().to_arrow()
-    manifest = Manifest.of(manifest, Manifest.rows(dropped["curate_id"].to_arrow(), "removed", reasons))
+    manifest = Manifest.of(manifest, Manifest.rows(ids.take(dropped["row"].to_arrow()), "removed", reasons))
 
     out = pool.take(kept["row"].sort().to_numpy())
-    nulls = ordered.filter(pl.col("score").is_null())
+    nulls = ids.take(ordered.filter(pl.col("score").is_null())["row"].to_arrow())
     return OpResult(out, manifest, _report(config, pool, ordered, kept, nulls, dirty, sign))
 
 
@@ -213,13 +223,13 @@ def _report(config, pool, ordered, kept, nulls, dirty, sign) -> OpReport:
               "pruned": len(ordered) - len(kept), "null scores": len(nulls)}
     notes = []
     if len(nulls):
-        ids = nulls["curate_id"].sort().to_list()
+        ids = sorted(nulls.to_pylist())
         notes.append(f"{len(ids)} row(s) have a null score and rank last: {', '.join(ids[:5])}"
                      + (", ..." if len(ids) > 5 else ""))
     per = ordered.group_by("curate_domain").agg(
         pl.len().alias("rows"), (pl.col("rank") <= pl.col("quota")).sum().alias("kept"),
         pl.col("score").filter(pl.col("rank") <= pl.col("quota")).min().alias("lowest kept"),
-    ).sort("curate_domain")
+    ).with_columns(pl.col("curate_domain").cast(pl.String)).sort("curate_domain")
     what = {"correct-incorrect": f"correct `{config.correct}`, incorrect `{config.incorrect}`"}.get(
         config.strategy, ", ".join(f"`{c}`" for c in config.by) or "default columns")
     if config.strategy in ("score", "embedding") and len(config.by) > 1:

@@ -39,12 +39,12 @@ def zscore(column: str) -> pl.Expr:
     return pl.when(std > 0).then((c - c.mean()) / std).otherwise(c * 0.0).alias(column)
 
 
-def order_rows(frame: pl.DataFrame, score: str) -> pl.DataFrame:
-    """`frame` sorted best first: score descending, nulls last, ties by curate_id; adds `rank`
-    (1 = best)."""
+def order_rows(frame: pl.DataFrame, score: str, tie: str) -> pl.DataFrame:
+    """`frame` sorted best first: score descending, nulls last, ties by `tie` ascending (curate_id,
+    or a column ranking the ids); adds `rank` (1 = best)."""
     import polars as pl
 
-    ordered = frame.sort([score, "curate_id"], descending=[True, False], nulls_last=True)
+    ordered = frame.sort([score, tie], descending=[True, False], nulls_last=True)
     return ordered.with_columns(pl.int_range(1, pl.len() + 1).alias("rank"))
 
 
