@@ -6,8 +6,9 @@ A `Rows` is a small tree, every node with the same three members (`num_rows`, `s
 
 - `DatasetRows`: a `datasets.Dataset` (in memory, or memory-mapped Arrow: `save_to_disk` folders,
   the Hub cache);
-- `FileRows`: parquet files read with column projection (a pool file, or the parts a JSON or CSV
-  file was converted to), each batch conformed to one schema;
+- `FileRows`: parquet files read with column projection (a pool file, the parts a JSON or CSV
+  file was converted to, or a `ParquetSpool` such as a tagger's annotations), each batch
+  conformed to one schema;
 - `ColumnRows`: a parent with narrow columns set or added from an in-memory table (curate_id,
   curate_domain, a tagger's annotations), aligned with the parent's rows;
 - `TakeRows`: a parent's rows at non-decreasing positions (prune, decontaminate, reweight);
@@ -295,7 +296,8 @@ class TempFolder:
 
 class ParquetSpool:
     """Batches written, in order, to a temporary parquet file as they come (`add`), then read back
-    as `FileRows` with `schema` (`close`): an operation's edited rows, off the heap."""
+    as `FileRows` with `schema` (`close`): an operation's edited rows or a tagger's annotations, off
+    the heap."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.folder, self.schema, self.writer, self.rows = TempFolder(), schema, None, 0
