@@ -136,7 +136,7 @@ class Manifest:
     __hash__ = None  # type: ignore[assignment]
 
     def lines(self) -> Iterator[str]:
-        """The manifest file's text, a batch of entries at a time (`manifest_lines`)."""
+        """The manifest file's text, one JSON object per entry, a batch of entries at a time."""
         for batch in self.table.to_batches(max_chunksize=_LINES_PER_BATCH):
             yield "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in batch.to_pylist())
 
