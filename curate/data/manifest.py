@@ -83,6 +83,8 @@ class Manifest:
         """The entries of `parts` (each a `Manifest` or `ManifestEntry`s), in order."""
         import pyarrow as pa
 
+        if len(parts) == 1 and isinstance(parts[0], Manifest):  # already checked: not again
+            return parts[0]
         tables = []
         for part in parts:
             if isinstance(part, Manifest):
