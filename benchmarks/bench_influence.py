@@ -1,13 +1,18 @@
-# Run: .venv/bin/python benchmarks/bench_influence.py [--model tiny|smollm2|both] [--train 200 --query 20 --length 128] [--device cuda]
+# Run: .venv/bin/python benchmarks/bench_influence.py [--model tiny|smollm2|both] [--train 200 --query 20 --length 128]
+#      [--pool 800] [--fisher true|empirical] [--device cuda]
 """Time and memory of curate's EK-FAC engine against kronfluence on the same model, data and settings.
 
 Matched settings (as in tests/test_influence_kronfluence.py): float32 model, the MLP projections
-tracked, empirical Fisher, summed response NLL with the prompt masked, relative damping
+tracked, the same Fisher (`--fisher`: `true`, curate's default, samples the labels on both sides
+with curate's per-example seeded draws; `empirical` uses the data's), summed response NLL with
+the prompt masked, relative damping
 0.1 x mean(Lambda*), batches of --batch sequences on both sides, eigendecomposition in float64 and
 covariances / per-example gradients in float32 (kronfluence's defaults, set explicitly).
 kronfluence scores with `aggregate_query_gradients=True`, which computes exactly curate's quantity
 (one summed query direction, one pass over the pool); its default per-query pairwise mode is timed
-too (`kf_score_pairwise`), as it is what most users run.
+too (`kf_score_pairwise`), as it is what most users run. The factors are fitted on the --train
+examples and the scores are over a pool of --pool examples (the fit examples first; default: the
+fit examples alone), as `curate score --fit-on` does.
 
 Every method runs in a fresh subprocess (one thread), after the model and data are loaded; its
 peak RSS increment over that baseline is reported. curate's factors and kronfluence's factors are
@@ -88,8 +93,10 @@ def run_method(method: str, args) -> dict:
     torch.manual_seed(0)
     model = build_model(args.model).to(args.device)
     vocab = model.config.vocab_size
-    train = build_data(vocab, args.train, args.length, 1, "t")
+    train = build_data(vocab, args.train, args.length, 1, "t")  # the fit set
+    pool = train + build_data(vocab, max(args.pool - args.train, 0), args.length, 3, "p")
     queries = build_data(vocab, args.query, args.length, 2, "q")
+    sample_seed = 0 if args.fisher == "true" else None
     work = Path(args.work)
     base = rss_mb()
     detail: dict = {}
@@ -98,7 +105,7 @@ def run_method(method: str, args) -> dict:
     if method in ("forward", "fwd_bwd"):
         from curate.influence.batches import make_batches, response_logprobs
 
-        batches = make_batches(train, args.batch * args.length, pad_id=0)
+        batches = make_batches(pool, args.batch * args.length, pad_id=0)
         for p in model.parameters():
             p.requires_grad_(method == "fwd_bwd")
         for b in batches:
@@ -112,22 +119,28 @@ def run_method(method: str, args) -> dict:
                 model.zero_grad(set_to_none=True)
 
     elif method == "curate_e2e":
-        # What `curate score --fisher empirical` does when the pool is its own fit set: fit with
-        # the pair cache, precondition the query gradients, score the pool from the kept pairs.
+        # What `curate score` does: fit with the pair cache (with the true Fisher a second
+        # backward keeps the data labels' pairs), precondition the query gradients, score the fit
+        # examples from the kept pairs and the rest of the pool by a scoring pass.
         from curate.influence.batches import make_batches
         from curate.influence.capture import select_modules
         from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
         from curate.influence.passes import PairCache
-        from curate.influence.scoring import query_gradient_sums, replay_scores, split_functions
+        from curate.influence.scoring import (
+            query_gradient_sums,
+            replay_scores,
+            score_batches,
+            split_functions,
+        )
 
         modules = select_modules(model, "mlp")
         batches = make_batches(train, args.batch * args.length, pad_id=0)
         cache = PairCache(2 * GB, work / "pairs", 32 * GB)  # the engine's CPU defaults: 2 GB memory, 32 GB disk
-        covs = fit_covariances(model, modules, batches, sample_seed=None, cache=cache)
+        covs = fit_covariances(model, modules, batches, sample_seed=sample_seed, cache=cache, score_pairs=True)
         t1 = time.perf_counter()
         bases = {n: eigenbases(c) for n, c in covs.items()}
         del covs
-        lams = fit_lambdas(model, modules, batches, bases, sample_seed=None, cache=cache)
+        lams = fit_lambdas(model, modules, batches, bases, sample_seed=sample_seed, cache=cache)
         factors = {n: ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1]) for n in modules}
         t2 = time.perf_counter()
         q_batches = make_batches(queries, args.batch * args.length, pad_id=0)
@@ -141,9 +154,14 @@ def run_method(method: str, args) -> dict:
         t4 = time.perf_counter()
         detail_cache = {"pairs_in_memory_gb": cache.bytes / GB, "pairs_on_disk_gb": cache.spilled / GB}
         cache.close()
+        rest = pool[len(train):]
+        if rest:
+            scores = torch.cat([scores, score_batches(model, modules, make_batches(rest, args.batch * args.length, 0),
+                                                      directions, len(rest), per_token=False)])
+        t5 = time.perf_counter()
         torch.save(scores[:, 0].cpu().clone(), work / "curate_e2e_scores.pt")
         detail = {"covariance": t1 - t0, "eigen+lambda": t2 - t1, "query_directions": t3 - t2, "replay_scoring": t4 - t3,
-                  **detail_cache}
+                  **({"scoring_pass": t5 - t4} if rest else {}), **detail_cache}
 
     elif method in ("curate_fit", "curate_fit_nocache", "curate_score"):
         from safetensors.torch import load_file, save_file
@@ -162,12 +180,12 @@ def run_method(method: str, args) -> dict:
             # pairs when they fit in --pair-cache-gb (2 GB) plus, on CPU, --pair-spill-gb (32 GB on
             # disk); `curate_fit_nocache` runs both passes.
             cache = PairCache(0, None) if method == "curate_fit_nocache" else PairCache(2 * GB, work / "pairs", 32 * GB)
-            covs = fit_covariances(model, modules, batches, sample_seed=None, cache=cache)
+            covs = fit_covariances(model, modules, batches, sample_seed=sample_seed, cache=cache)
             t1 = time.perf_counter()
             bases = {n: eigenbases(c) for n, c in covs.items()}
             del covs
             t2 = time.perf_counter()
-            lams = fit_lambdas(model, modules, batches, bases, sample_seed=None, cache=cache)
+            lams = fit_lambdas(model, modules, batches, bases, sample_seed=sample_seed, cache=cache)
             cache.close()
             t3 = time.perf_counter()
             tensors = {}
@@ -184,7 +202,8 @@ def run_method(method: str, args) -> dict:
             directions = {n: f.precondition(split_functions(sums[n], [len(queries)]), f.damping("auto")).to(torch.float32)
                           for n, f in factors.items()}
             t1 = time.perf_counter()
-            scores = score_batches(model, modules, batches, directions, len(train), per_token=False)
+            scores = score_batches(model, modules, make_batches(pool, args.batch * args.length, pad_id=0), directions,
+                                   len(pool), per_token=False)
             t2 = time.perf_counter()
             torch.save(scores[:, 0].cpu().clone(), work / "curate_scores.pt")
             detail = {"query_directions": t1 - t0, "scoring_pass": t2 - t1}
@@ -204,11 +223,11 @@ def run_method(method: str, args) -> dict:
                             log_level=logging.WARNING)
         f32, f64 = torch.float32, torch.float64
         factor_args = FactorArguments(
-            strategy="ekfac", use_empirical_fisher=True, activation_covariance_dtype=f32,
+            strategy="ekfac", use_empirical_fisher=args.fisher == "empirical", activation_covariance_dtype=f32,
             gradient_covariance_dtype=f32, eigendecomposition_dtype=f64, per_sample_gradient_dtype=f32,
             lambda_dtype=f32,
         )
-        train_ds, query_ds = TokenDataset(train), TokenDataset(queries)
+        train_ds, query_ds, pool_ds = TokenDataset(train), TokenDataset(queries), TokenDataset(pool)
         if method == "kf_fit":
             common = dict(factors_name="ekfac", factor_args=factor_args, overwrite_output_dir=True)
             analyzer.fit_covariance_matrices(dataset=train_ds, per_device_batch_size=args.batch, **common)
@@ -226,7 +245,7 @@ def run_method(method: str, args) -> dict:
                 query_gradient_accumulation_steps=1 if aggregate else math.ceil(args.query / args.batch),
             )
             analyzer.compute_pairwise_scores(
-                method, "ekfac", query_ds, train_ds, per_device_query_batch_size=args.batch,
+                method, "ekfac", query_ds, pool_ds, per_device_query_batch_size=args.batch,
                 per_device_train_batch_size=args.batch, score_args=score_args, overwrite_output_dir=True,
             )
             scores = analyzer.load_pairwise_scores(method)["all_modules"].to("cpu", torch.float64)
@@ -244,7 +263,7 @@ def bench_model(name: str, args) -> dict:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--_method", method, "--_work", work, "--model", name,
                    "--train", str(args.train), "--query", str(args.query), "--length", str(args.length),
-                   "--batch", str(args.batch), "--device", args.device]
+                   "--batch", str(args.batch), "--device", args.device, "--pool", str(args.pool), "--fisher", args.fisher]
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
@@ -291,7 +310,7 @@ def report(name: str, res: dict) -> None:
         print(f"  curate scoring pass / plain forward   {scoring_pass / fwd:.2f}")
         print(f"  curate scoring pass / forward+backward {scoring_pass / fb:.2f}")
     if "curate_e2e" in s:
-        print(f"  end-to-end, pool = fit set (curate_e2e) / kronfluence  {s['curate_e2e'] / kf_total:.2f}")
+        print(f"  end-to-end as `curate score` runs (curate_e2e) / kronfluence  {s['curate_e2e'] / kf_total:.2f}")
     for m in METHODS:
         if m in s and m not in ("fwd_bwd",):
             print(f"  {m:18s} / forward+backward     {s[m] / fb:.2f}")
@@ -303,6 +322,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=200)
     parser.add_argument("--query", type=int, default=20)
     parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--pool", type=int, default=0, help="pool rows to score (the fit rows first; default: --train)")
+    parser.add_argument("--fisher", choices=("true", "empirical"), default="true")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
     parser.add_argument("--json", help="also write every method's result to this file")
@@ -310,6 +331,7 @@ def main() -> None:
     parser.add_argument("--_method", help=argparse.SUPPRESS)
     parser.add_argument("--_work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.pool = max(args.pool, args.train)
     if args._method:
         args.work = args._work
         if args.model == "both":
@@ -321,7 +343,8 @@ def main() -> None:
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
-          f"train={args.train} query={args.query} length={args.length} batch={args.batch}")
+          f"train={args.train} pool={args.pool} query={args.query} length={args.length} batch={args.batch} "
+          f"fisher={args.fisher}")
     names = ("tiny", "smollm2") if args.model == "both" else (args.model,)
     all_results = {n: bench_model(n, args) for n in names}
     for n, res in all_results.items():

@@ -3,7 +3,9 @@
 Shared by `tests/test_influence_kronfluence.py` and `benchmarks/bench_influence.py` so both run
 kronfluence on exactly what curate computes: the train loss and the measurement are the summed
 NLL of the response tokens (prompt positions get label -100), padding is excluded through the
-attention mask, and the tracked modules are the ones curate selects.
+attention mask, and the tracked modules are the ones curate selects. For the true Fisher the
+labels are drawn as curate draws them (`curate.influence.batches.sampled_targets`, one seeded
+stream per example), so both tools fit the same sampled Fisher.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from kronfluence.task import Task
 from torch.utils.data import Dataset
 
+from curate.influence.batches import example_seed, sampled_targets
 from curate.influence.tokens import Tokenized
 
 IGNORE = -100
@@ -22,15 +25,14 @@ IGNORE = -100
 def response_nll(model, batch: dict, *, sample: bool = False) -> torch.Tensor:
     """Summed NLL of the response tokens of a batch (prompt and padding labelled -100).
 
-    `sample`: targets drawn from the model's predictive distribution (kronfluence's true Fisher).
+    `sample`: targets drawn from the model's predictive distribution (kronfluence's true Fisher),
+    with each example's seed (`TokenDataset`) as curate draws them.
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     if sample:
-        with torch.no_grad():
-            probs = torch.softmax(logits.detach().to(torch.float64), dim=-1)
-            drawn = torch.multinomial(probs.flatten(0, 1), 1).view_as(labels)
-        labels = torch.where(labels == IGNORE, labels, drawn)
+        keep = labels != IGNORE
+        labels = sampled_targets(logits[keep], keep, labels, batch["seed"].tolist())
     return torch.nn.functional.cross_entropy(
         logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
     )
@@ -58,14 +60,16 @@ class ResponseNLLTask(Task):
 
 
 class TokenDataset(Dataset):
-    """`Tokenized` items right-padded to one width (the longest item), as kronfluence batches."""
+    """`Tokenized` items right-padded to one width (the longest item), as kronfluence batches, with
+    each item's label-sampling seed (`example_seed(sample_seed, id)`, curate's)."""
 
-    def __init__(self, items: Sequence[Tokenized], pad_id: int = 0):
+    def __init__(self, items: Sequence[Tokenized], pad_id: int = 0, sample_seed: int = 0):
         width = max(len(z.input_ids) for z in items)
         n = len(items)
         self.input_ids = torch.full((n, width), pad_id, dtype=torch.long)
         self.attention_mask = torch.zeros((n, width), dtype=torch.long)
         self.labels = torch.full((n, width), IGNORE, dtype=torch.long)
+        self.seeds = torch.tensor([example_seed(sample_seed, z.id) for z in items], dtype=torch.long)
         for i, z in enumerate(items):
             ids = torch.tensor(z.input_ids)
             self.input_ids[i, : len(ids)] = ids
@@ -76,4 +80,5 @@ class TokenDataset(Dataset):
         return self.input_ids.shape[0]
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
+        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i],
+                "seed": self.seeds[i]}

@@ -160,6 +160,58 @@ def test_replayed_pairs_give_the_same_lambdas_as_a_second_pass(setup, tmp_path, 
     assert not list(tmp_path.glob("spill/*"))
 
 
+def _replayed(cache, label):
+    pairs = []
+    cache.replay(lambda batch: lambda n, s, a: pairs.append((batch.rows, n, s.clone(), a.clone())), label=label)
+    return pairs
+
+
+def _assert_same_pairs(got, expected):
+    assert len(got) == len(expected)
+    for (rows, n, s, a), (rows2, n2, s2, a2) in zip(got, expected, strict=True):
+        assert rows == rows2 and n == n2
+        assert torch.equal(s, s2) and torch.equal(a, a2)
+
+
+@pytest.mark.parametrize("memory", ["all", "half", "none"])
+def test_a_second_backward_keeps_the_scoring_pass_pairs(setup, tmp_path, memory):
+    """True Fisher with `score_pairs`: the sampled-label backward's covariances and pairs are
+    unchanged, and the data-label backward's pairs are exactly a data-label pass's (the scoring
+    pass's), kept in memory or spilled to disk; `on_batch` sees the data labels' log-probs. A
+    cache that gives up stops the second backward and leaves the covariances as they were."""
+    from curate.influence.batches import response_logprobs
+    from curate.influence.passes import PairCache
+
+    model, modules, train, batches = setup
+    sampled, data = PairCache(10**12), PairCache(10**12)
+    plain = fit_covariances(model, modules, batches, sample_seed=5, cache=sampled)
+    fit_covariances(model, modules, batches, sample_seed=None, cache=data)
+    budget = {"all": 10**12, "half": (sampled.bytes + data.bytes) // 2, "none": 0}[memory]
+    both = PairCache(budget, tmp_path / "spill", 0 if memory == "none" else 10**12)
+    seen = []
+    covs = fit_covariances(model, modules, batches, sample_seed=5, cache=both, score_pairs=True,
+                           on_batch=lambda b, logp: seen.append((b, logp)))
+    for n in modules:
+        assert torch.equal(covs[n].a_sum, plain[n].a_sum) and torch.equal(covs[n].s_sum, plain[n].s_sum)
+    if memory == "none":  # gave up after the first batch: the others ran one backward, sampled labels
+        assert not both.usable
+        with torch.no_grad():
+            for b, logp in seen[1:]:
+                torch.testing.assert_close(logp, response_logprobs(model, b, sample_seed=5)[0], rtol=0, atol=1e-12)
+        return
+    assert both.usable and (memory == "all") == (both.spilled == 0)
+    # one a per pair: the cache holds the two passes' bytes less the second copy of each a
+    a_bytes = sampled.bytes + data.bytes - (both.bytes + both.spilled)
+    assert 0 < a_bytes < data.bytes
+    _assert_same_pairs(_replayed(both, 0), _replayed(sampled, 0))
+    _assert_same_pairs(_replayed(both, -1), _replayed(data, 0))
+    for b, logp in seen:
+        with torch.no_grad():
+            torch.testing.assert_close(logp, response_logprobs(model, b)[0], rtol=0, atol=1e-12)
+    both.close()
+    assert not list(tmp_path.glob("spill/*"))
+
+
 def test_token_scores_sum_to_instance_scores(setup):
     from curate.influence.token_scores import token_scores
 

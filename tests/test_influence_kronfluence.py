@@ -26,7 +26,13 @@ from benchmarks.kronfluence_task import ResponseNLLTask, TokenDataset  # noqa: E
 from curate.influence.batches import make_batches  # noqa: E402
 from curate.influence.capture import select_modules  # noqa: E402
 from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas  # noqa: E402
-from curate.influence.scoring import query_gradient_sums, score_batches, split_functions  # noqa: E402
+from curate.influence.passes import PairCache  # noqa: E402
+from curate.influence.scoring import (  # noqa: E402
+    query_gradient_sums,
+    replay_scores,
+    score_batches,
+    split_functions,
+)
 from tests.tiny import random_examples, tiny_llama  # noqa: E402
 
 VOCAB = 64
@@ -46,31 +52,36 @@ def no_memory_release_between_phases(monkeypatch):
             monkeypatch.setattr(module, "release_memory", lambda: None)
 
 
-def _curate(model, train, queries):
-    """Lambda* per module and the query-set scores [n_train] from curate's low-level API."""
+def _curate(model, train, queries, sample_seed):
+    """Lambda* per module and the query-set scores [n_train] from curate's low-level API, as the
+    engine runs it: one pass over the fit examples, whose kept pairs (with the true Fisher, a
+    second backward's data-label pairs) give the eigenvalue correction and the scores."""
     modules = select_modules(model, "mlp")
     batches = make_batches(train, batch_tokens=64, pad_id=0)
-    covs = fit_covariances(model, modules, batches, sample_seed=None)  # empirical Fisher
+    cache = PairCache(10**12)
+    covs = fit_covariances(model, modules, batches, sample_seed=sample_seed, cache=cache, score_pairs=True)
     bases = {n: eigenbases(c) for n, c in covs.items()}
-    lams = fit_lambdas(model, modules, batches, bases, sample_seed=None)
+    lams = fit_lambdas(model, modules, batches, bases, sample_seed=sample_seed, cache=cache)
     factors = {n: ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1]) for n in modules}
     q_batches = make_batches(queries, batch_tokens=64, pad_id=0)
     sums = query_gradient_sums(model, modules, q_batches, [0] * len(queries), 1, per_token=False)
     directions = {}
     for n, f in factors.items():
         directions[n] = f.precondition(split_functions(sums[n], [len(queries)]), f.damping("auto"))
-    scores = score_batches(model, modules, batches, directions, len(train), per_token=False)[:, 0]
+    scores = replay_scores(cache, directions, len(train), per_token=False)[:, 0]
+    torch.testing.assert_close(scores, score_batches(model, modules, batches, directions, len(train), per_token=False)[:, 0],
+                               rtol=1e-12, atol=1e-12)
     return {n: f.lam for n, f in factors.items()}, scores, list(modules)
 
 
-def _kronfluence(model, names, train, queries, out_dir):
+def _kronfluence(model, names, train, queries, out_dir, empirical):
     """kronfluence's Lambda (mean over examples) per module and pairwise scores [n_query, n_train]."""
     task = ResponseNLLTask(names)
     model = prepare_model(model, task)
     analyzer = Analyzer("kf", model, task, cpu=True, disable_tqdm=True, output_dir=str(out_dir),
                         log_level=logging.WARNING)
     factor_args = FactorArguments(
-        strategy="ekfac", use_empirical_fisher=True,
+        strategy="ekfac", use_empirical_fisher=empirical,
         activation_covariance_dtype=F64, gradient_covariance_dtype=F64, eigendecomposition_dtype=F64,
         per_sample_gradient_dtype=F64, lambda_dtype=F64,
     )
@@ -94,7 +105,11 @@ def _kronfluence(model, names, train, queries, out_dir):
     return lams, pairwise, summed
 
 
-def test_scores_and_lambdas_match_kronfluence(tmp_path):
+@pytest.mark.parametrize("fisher", ["empirical", "true"])
+def test_scores_and_lambdas_match_kronfluence(tmp_path, fisher):
+    """With the true Fisher kronfluence's task draws the labels with curate's seeded sampler
+    (`benchmarks.kronfluence_task`), so both fit the same sampled Fisher: kronfluence in three
+    model passes, curate in one forward with two backwards."""
     model = tiny_llama(vocab=VOCAB, hidden=16, inter=32, layers=2, seed=0, dtype=F64)
     # Eager attention takes its softmax in float32 whatever the model dtype, so a float64 model's
     # activations then depend on the padded width (SIMD reduction order) at ~1e-7: curate pads each
@@ -105,8 +120,8 @@ def test_scores_and_lambdas_match_kronfluence(tmp_path):
     queries = random_examples(6, vocab=VOCAB, min_len=8, max_len=24, seed=2, prefix="q")
 
     kf_model = copy.deepcopy(model)  # prepare_model wraps modules in place
-    ours_lam, ours, names = _curate(model, train, queries)
-    kf_lam, pairwise, summed = _kronfluence(kf_model, names, train, queries, tmp_path)
+    ours_lam, ours, names = _curate(model, train, queries, 0 if fisher == "true" else None)
+    kf_lam, pairwise, summed = _kronfluence(kf_model, names, train, queries, tmp_path, fisher == "empirical")
     assert pairwise.shape == (len(queries), len(train))
     theirs = pairwise.to(F64).mean(dim=0)
 

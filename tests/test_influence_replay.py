@@ -1,4 +1,4 @@
-"""Scoring the fit examples from the empirical-Fisher covariance pass's pairs (no second model pass)."""
+"""Scoring the fit examples from the covariance pass's pairs (no second model pass), with either Fisher."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ def _model_and_data():
     return model, tok, pool, {"q": [ex(20, "It is 40."), ex(21, "42.")]}
 
 
-@pytest.mark.parametrize("memory_gb, disk_gb", [(2.0, 0.0), (0.0, 1.0)])
-def test_replayed_scores_equal_a_scoring_pass(tmp_path, monkeypatch, memory_gb, disk_gb):
-    """Pairs kept in memory or spilled to disk (deleted afterwards) score the fit examples."""
+@pytest.mark.parametrize("fisher, memory_gb, disk_gb",
+                         [("empirical", 2.0, 0.0), ("empirical", 0.0, 1.0), ("true", 2.0, 0.0), ("true", 0.0, 1.0)])
+def test_replayed_scores_equal_a_scoring_pass(tmp_path, monkeypatch, fisher, memory_gb, disk_gb):
+    """Pairs kept in memory or spilled to disk (deleted afterwards) score the fit examples: with
+    the true Fisher, the data labels' pairs from the covariance pass's second backward."""
     model, tok, pool, queries = _model_and_data()
     calls = []
     real = scoring.run_pass
     monkeypatch.setattr(scoring, "run_pass", lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))[1])
-    common = dict(dtype="float64", fisher="empirical", fit_on=5, batch_tokens=64, normalize="train", query_splits=2,
+    common = dict(dtype="float64", fisher=fisher, fit_on=5, batch_tokens=64, normalize="train", query_splits=2,
                   pair_cache_gb=memory_gb, pair_spill_gb=disk_gb)
     # fit_on=5 of 7: five rows come from the replay, two from a scoring pass over the model.
     replayed = score_pool(pool, queries, ScoreConfig(model="tiny", **common), tmp_path / "a", model=model, tokenizer=tok)
@@ -44,13 +46,3 @@ def test_replayed_scores_equal_a_scoring_pass(tmp_path, monkeypatch, memory_gb, 
     for col in [*replayed.columns, "curate_nll"]:
         a, b = replayed.table[col].to_numpy(), passed.table[col].to_numpy()
         assert abs(a - b).max() <= 1e-6 * abs(b).max(), col
-
-
-def test_true_fisher_does_not_replay(tmp_path, monkeypatch):
-    model, tok, pool, queries = _model_and_data()
-    calls = []
-    real = scoring.run_pass
-    monkeypatch.setattr(scoring, "run_pass", lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))[1])
-    score_pool(pool, queries, ScoreConfig(model="tiny", dtype="float64", batch_tokens=64), tmp_path / "a",
-               model=model, tokenizer=tok)
-    assert sum(calls[1:]) == 7  # every pool example went through the scoring pass

@@ -21,7 +21,9 @@ def _jobs(model, tok, pool, queries, config, work, n):
 
 def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, capsys):
     model, tok, pool, queries, config = build("true")
-    single = score_pool(pool, queries, config, tmp_path / "single", model=model, tokenizer=tok).table
+    # no replay in the single run either (jobs keep no pairs), so both score every row by a pass
+    unreplayed = dataclasses.replace(config, pair_cache_gb=0, pair_spill_gb=0)
+    single = score_pool(pool, queries, unreplayed, tmp_path / "single", model=model, tokenizer=tok).table
     work = tmp_path / "sharded"
     n = 3  # 9 fit examples in batches that do not divide by 3; 4 chunks of the 11-row pool
     messages = _jobs(model, tok, pool, queries, config, work, n)

@@ -74,32 +74,55 @@ def example_seed(seed: int, example_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def response_logits(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(logits, keep)`: the output head at the response positions only (`curate.logits`),
+    logits [N, V] for the N positions where `keep` [B, T-1] (bool, = `loss_mask`) is set, in
+    row-major order; position t predicts token t+1."""
+    from curate.logits import logits_at
+
+    keep = batch.loss_mask.bool()
+    logits = logits_at(model, torch.nn.functional.pad(keep, (0, 1)), input_ids=batch.input_ids,
+                       attention_mask=batch.attention_mask)
+    return logits, keep
+
+
+def sampled_targets(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]
+                    ) -> torch.Tensor:
+    """`targets` [B, T-1] with the kept positions replaced by tokens sampled from the model's own
+    predictive distribution (the true Fisher of Grosse et al.). `logits` [N, V] at the `keep`
+    positions (as `response_logits` gives them); row b draws with `torch.Generator` seeded
+    `seeds[b]` (`example_seed`), so a rerun, another batch composition or another tool given the
+    same seeds draws the same tokens."""
+    sampled = targets.clone()
+    with torch.no_grad():
+        for b, rows in enumerate(logits.detach().split(keep.sum(dim=1).tolist())):
+            # Inverse-CDF sampling, one uniform per position of the row (drawn for every position,
+            # a prefix of the same stream whatever the width, so the draws do not depend on the mask
+            # or the padding; torch.multinomial is ~50x slower over a 50k vocabulary); float64
+            # cumulative sums keep the tail exact enough.
+            gen = torch.Generator().manual_seed(seeds[b])
+            u = torch.rand(keep.shape[1], 1, generator=gen, dtype=torch.float64).to(rows.device)[keep[b]]
+            cdf = torch.softmax(rows, dim=-1).to(torch.float64).cumsum_(dim=-1)
+            sampled[b, keep[b]] = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
+    return sampled
+
+
+def target_logprobs(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probabilities [B, T-1] of `targets` [B, T-1] under `logits` [N, V] (the `keep`
+    positions); zero outside `keep`."""
+    nll = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    return torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device).masked_scatter(keep, -nll)
+
+
 def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of the response targets.
 
     Returns `(logp, targets)`, both [B, T-1]; `logp` is zero outside `loss_mask`. Targets are the
-    data tokens, or, when `sample_seed` is given, tokens sampled from the model's own predictive
-    distribution (the true Fisher of Grosse et al.), seeded per example so reruns agree. The
-    output head runs at the response positions only (`curate.logits`).
+    data tokens, or, when `sample_seed` is given, tokens sampled from the model
+    (`sampled_targets`, seeded per example by `example_seed(sample_seed, id)`).
     """
-    from curate.logits import logits_at
-
-    keep = batch.loss_mask.bool()  # [B, T-1]: position t predicts token t+1
-    logits = logits_at(model, torch.nn.functional.pad(keep, (0, 1)), input_ids=batch.input_ids,
-                       attention_mask=batch.attention_mask)  # [N, V]
+    logits, keep = response_logits(model, batch)
     targets = batch.input_ids[:, 1:]
     if sample_seed is not None:
-        with torch.no_grad():
-            sampled = targets.clone()
-            for b, rows in enumerate(logits.detach().split(keep.sum(dim=1).tolist())):
-                # Inverse-CDF sampling, one uniform per position of the row (drawn for every
-                # position so the draws do not depend on the mask; torch.multinomial is ~50x
-                # slower over a 50k vocabulary); float64 cumulative sums keep the tail exact enough.
-                gen = torch.Generator().manual_seed(example_seed(sample_seed, batch.ids[b]))
-                u = torch.rand(keep.shape[1], 1, generator=gen, dtype=torch.float64).to(rows.device)[keep[b]]
-                cdf = torch.softmax(rows, dim=-1).to(torch.float64).cumsum_(dim=-1)
-                sampled[b, keep[b]] = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
-        targets = torch.where(keep, sampled, targets)
-    nll = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-    logp = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device).masked_scatter(keep, -nll)
-    return logp, targets
+        targets = sampled_targets(logits, keep, targets, [example_seed(sample_seed, i) for i in batch.ids])
+    return target_logprobs(logits, keep, targets), targets

@@ -76,8 +76,8 @@ class ScoreConfig:
     trust_remote_code: bool = setting(False, "Let transformers run the model repository's own code.")
     device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda:1, ...")
     pair_cache_gb: float = setting(2.0, "Memory for replaying the covariance pass in the eigenvalue correction "
-                                   "(skips a model pass when the fit data fits; with the empirical Fisher the same "
-                                   "pairs also score the fit examples). 0 disables it.", low=0, unit="GB")
+                                   "and the fit examples' scores (skips two model passes when the fit data fits). "
+                                   "0 disables it.", low=0, unit="GB")
     pair_spill_gb: float | None = setting(None, "Disk under the work dir for the pairs past {pair_cache_gb}, read "
                                           "back instead of rerunning the model (deleted after use) [default: 32 on "
                                           "CPU, 0 on GPUs, where recomputing is faster].", low=0, unit="GB")

@@ -67,13 +67,17 @@ def fit_covariances(
     sample_seed: int | None,
     on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
     cache: PairCache | None = None,
+    score_pairs: bool = False,
 ) -> dict[str, Covariance]:
     """First pass: A = E[a a^T] and S = E[s s^T] over all non-padding positions.
 
     Every position counts, prompt included: a weight is used there and receives gradient from
     later tokens' losses; the loss mask only decides which log-probabilities are summed.
     `sample_seed` set: s comes from labels sampled from the model (true Fisher); None: data labels.
-    `cache`: also keep the pass's (s, a) pairs for `fit_lambdas` to replay.
+    `cache`: also keep the pass's (s, a) pairs for `fit_lambdas` to replay. `score_pairs` (with
+    `cache` and sampled labels): a second backward per batch keeps the data labels' s as well, so
+    the cache can also stand in for the fit examples' scoring pass (`replay_scores`); `on_batch`
+    then receives the data labels' log-probs.
     """
     covs: dict[str, Covariance] = {}
 
@@ -92,7 +96,8 @@ def fit_covariances(
 
         return accumulate
 
-    run_pass(model, modules, batches, cache.record(sink) if cache else sink, sample_seed=sample_seed, on_batch=on_batch)
+    run_pass(model, modules, batches, cache.record(sink) if cache else sink, sample_seed=sample_seed, on_batch=on_batch,
+             data_sink=cache.record_data() if cache is not None and score_pairs else None)
     if cache is not None:
         cache.finish()
     return covs

@@ -2,10 +2,13 @@
 
 `fit_factors` fits EK-FAC factors group by group (covariance pass, eigendecomposition, Lambda*
 pass) into one safetensors file per module. `query_directions` preconditions one query set's
-gradients with them. With the empirical Fisher the covariance pass runs the fit examples with
-their own labels and unweighted losses, which is exactly the scoring pass over those examples:
-when its (s, a) pairs fit in `pair_cache_gb` they are kept (`FitReplay`) and the fit examples
-are scored from them, so a pool that is its own fit set is run through the model once.
+gradients with them. The fit examples are pool rows, so their scoring pass needs the output
+gradients of their own labels: with the empirical Fisher those are the covariance pass's; with
+the true Fisher (sampled labels) the covariance pass runs a second backward through the same
+forward with the data labels. When the pass's pairs fit in `pair_cache_gb` (plus the disk spill)
+they are kept (`FitReplay`): the eigenvalue correction replays the first backward's, and the fit
+examples are scored from the data labels', so a pool that is its own fit set is run through the
+model once.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def tokens_fingerprint(items: Sequence[Tokenized]) -> str:
 
 @dataclass
 class FitReplay:
-    """The empirical-Fisher covariance pass's (s, a) pairs, one cache per module group.
+    """The covariance pass's (s, a) pairs with the data labels' s, one cache per module group.
 
     `items`: the fit examples, in the row order of the cached batches. `nll`: [n_fit] mean
     response NLL per token (nats) of each, recorded in the same pass.
@@ -158,8 +161,9 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
     spill_root = _fresh_spill_root(stage, coll)
     budget = int(config.pair_cache_gb * GB)
     spill = min(int(config.resolved_pair_spill_gb * GB), max(0, shutil.disk_usage(stage).free - 2 * GB))
-    # Only the empirical Fisher's covariance pass is a scoring pass; a resumed fit has no pairs.
-    keep = config.fisher == "empirical"
+    # The pass keeps the data labels' pairs (the scoring pass's) as long as every group's fit; a
+    # resumed fit has no pairs.
+    keep = True
     kept: list[PairCache] = []
     nll = torch.full((len(fit_items),), float("nan"), dtype=torch.float64)
     files: dict[str, Path] = {}
@@ -180,7 +184,7 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
                     nll[batch.rows] = (-logp.sum(dim=1).double() / batch.loss_mask.sum(dim=1).double()).cpu()
 
                 covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch,
-                                       cache=cache)
+                                       cache=cache, score_pairs=keep)
             bases = _spread_eigenbases(_reduce_covariances(covs, group, coll, device), coll)
             del covs
             with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches),

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import shutil
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from curate.influence.batches import Batch, response_logprobs
+from curate.influence.batches import (
+    Batch,
+    example_seed,
+    response_logits,
+    sampled_targets,
+    target_logprobs,
+)
 from curate.influence.capture import Sink, tapped
 
 
@@ -22,6 +29,7 @@ def run_pass(
     sample_seed: int | None = None,
     weights: Callable[[Batch], torch.Tensor] | None = None,
     on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
+    data_sink: Callable[[Batch], Sink | None] | None = None,
 ) -> None:
     """For each batch: forward, loss L = -sum_b w_b * sum_t log p(target_bt), backward.
 
@@ -30,20 +38,50 @@ def run_pass(
     the loss, but callbacks that average over positions must still mask them. `weights(batch)`
     ([B]) scales each example's loss (e.g. 1/n_tokens for per-token objectives); `on_batch`
     receives the per-token log-probs [B, T-1] (detached) after the backward.
+
+    `data_sink` (with `sample_seed`): when `data_sink(batch)` returns a callback, a second
+    backward through the same forward, with the data's own labels and the same weights, hands it
+    that batch's pairs: the pairs a data-label pass (a scoring pass) would see, for one forward
+    instead of two. `on_batch` then receives the data labels' log-probs.
     """
     device = next(model.parameters()).device
+    route: list[Sink] = []  # the callback of the backward running now
+
+    def dispatch(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
+        route[-1](name, s, a)
+
     for batch in batches:
         batch = batch.to(device)
-        with tapped(model, modules, sink(batch)):
-            logp, _ = response_logprobs(model, batch, sample_seed=sample_seed)
-            per_example = logp.sum(dim=1)
-            if weights is not None:
-                per_example = per_example * weights(batch).to(per_example.dtype)
-            loss = -per_example.sum()
-            loss.backward()
+        route.append(sink(batch))
+        second = data_sink(batch) if data_sink is not None and sample_seed is not None else None
+        with tapped(model, modules, dispatch):
+            logits, keep = response_logits(model, batch)
+            data = batch.input_ids[:, 1:]
+            targets = data if sample_seed is None else sampled_targets(
+                logits, keep, data, [example_seed(sample_seed, i) for i in batch.ids])
+            logp = _backward(logits, keep, targets, batch, weights, retain=second is not None)
+            if second is not None:
+                route.append(second)
+                logp = _backward(logits, keep, data, batch, weights, retain=False)
+        route.clear()
         if on_batch is not None:
-            on_batch(batch, logp.detach())
-        del logp, per_example, loss  # the graph holds the hooks, which hold this batch's sink
+            on_batch(batch, logp)
+        del logits, logp, second  # the graph holds the hooks, which hold this batch's sinks
+
+
+def _backward(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, batch: Batch,
+              weights: Callable[[Batch], torch.Tensor] | None, *, retain: bool) -> torch.Tensor:
+    """Backward of -sum_b w_b sum_t log p(target_bt); returns the detached log-probs [B, T-1]."""
+    logp = target_logprobs(logits, keep, targets)
+    per_example = logp.sum(dim=1)
+    if weights is not None:
+        per_example = per_example * weights(batch).to(per_example.dtype)
+    (-per_example.sum()).backward(retain_graph=retain)
+    return logp.detach()
+
+
+# One tracked layer's pair in a cache: (name, a, [s of each backward]); a is shared by the backwards.
+Pair = tuple[str, torch.Tensor, list[torch.Tensor]]
 
 
 class PairCache:
@@ -58,18 +96,21 @@ class PairCache:
     ~1 GB/s, against ~16 ms per token for a forward and backward); on a GPU it is not, which is
     why the engine spills only on CPU. Past both budgets the cache empties itself and `usable`
     turns False: callers then run the pass. `close()` deletes the spilled files.
+
+    A pass with a second backward (`run_pass`'s `data_sink`: the data labels' s after the
+    sampled labels') keeps both s of each pair with their one a: `replay(label=0)` gives the
+    first backward's pairs, `label=-1` the last's (the data labels' in either kind of pass).
     """
 
     def __init__(self, budget_bytes: int, spill_dir: Path | None = None, spill_bytes: int = 0) -> None:
         self.budget = budget_bytes
         self.spill_dir = spill_dir
         self.spill_budget = spill_bytes if spill_dir is not None else 0
-        # (batch, pairs in memory | file of pairs on disk)
-        self.entries: list[tuple[Batch, list[tuple[str, torch.Tensor, torch.Tensor]] | Path]] = []
+        self.entries: list[tuple[Batch, list[Pair] | Path]] = []  # pairs in memory | file of pairs on disk
         self.bytes = 0  # in memory
         self.spilled = 0  # on disk
         self.overflow = False
-        self._open: tuple[int, int] | None = None  # (entry index, bytes) of the batch being recorded
+        self._open: list | None = None  # [entry index, bytes, name -> its pairs awaiting a second s] of the batch being recorded
 
     @property
     def usable(self) -> bool:
@@ -82,11 +123,11 @@ class PairCache:
         def factory(batch: Batch) -> Sink:
             self.finish()
             inner = sink(batch)
-            pairs: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+            pairs: list[Pair] = []
             seen: set[int] = set()  # gate and up projections share one input tensor
             if not self.overflow:
                 self.entries.append((batch, pairs))
-                self._open = (len(self.entries) - 1, 0)
+                self._open = [len(self.entries) - 1, 0, {}]
 
             def keep(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
                 inner(name, s, a)
@@ -96,9 +137,29 @@ class PairCache:
                 if a.data_ptr() not in seen:
                     seen.add(a.data_ptr())
                     size += a.numel() * a.element_size()
-                index, held = self._open
-                self._open = (index, held + size)
-                pairs.append((name, s, a))
+                self._open[1] += size
+                pair = (name, a, [s])
+                self._open[2].setdefault(name, deque()).append(pair)
+                pairs.append(pair)
+
+            return keep
+
+        return factory
+
+    def record_data(self) -> Callable[[Batch], Sink | None]:
+        """A `run_pass` `data_sink` keeping each pair's second s (the data labels') beside its
+        first (a layer called twice in a forward is matched call by call, in the same order);
+        None (no second backward) once the cache has given up."""
+
+        def factory(batch: Batch) -> Sink | None:
+            if self.overflow or self._open is None:
+                return None
+
+            def keep(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
+                if self.overflow:
+                    return
+                self._open[1] += s.numel() * s.element_size()
+                self._open[2][name].popleft()[2].append(s)
 
             return keep
 
@@ -108,7 +169,7 @@ class PairCache:
         """Settle the batch recorded last: keep it in memory, write it to disk, or overflow."""
         if self._open is None or self.overflow:
             return
-        index, size = self._open
+        index, size, _ = self._open
         self._open = None
         batch, pairs = self.entries[index]
         if self.bytes + size <= self.budget:
@@ -119,7 +180,7 @@ class PairCache:
             self.overflow = True
             self.close()
 
-    def _spill(self, index: int, batch: Batch, pairs) -> bool:
+    def _spill(self, index: int, batch: Batch, pairs: list[Pair]) -> bool:
         """Write one batch's pairs to disk (each shared `a` once); False when the disk refuses."""
         host: dict[int, torch.Tensor] = {}  # gate and up share one input: one host copy
 
@@ -129,21 +190,25 @@ class PairCache:
         path = self.spill_dir / f"batch-{index:06d}.pt"
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            torch.save([(n, s.cpu(), on_host(a)) for n, s, a in pairs], path)
+            torch.save([(n, on_host(a), [s.cpu() for s in ss]) for n, a, ss in pairs], path)
         except OSError:  # e.g. a full disk: give up on the cache, run the model pass instead
             path.unlink(missing_ok=True)
             return False
         self.entries[index] = (batch, path)
         return True
 
-    def replay(self, sink: Callable[[Batch], Sink], on_batch: Callable[[Batch, None], None] | None = None) -> None:
+    def replay(self, sink: Callable[[Batch], Sink], on_batch: Callable[[Batch, None], None] | None = None,
+               *, label: int = 0) -> None:
+        """Hand every kept pair to `sink(batch)` as a pass would, batch by batch; `label` picks
+        which backward's s (0: the first, -1: the last)."""
         for batch, pairs in self.entries:
             callback = sink(batch)
             if isinstance(pairs, Path):
                 device = batch.input_ids.device
-                pairs = [(n, s.to(device), a.to(device)) for n, s, a in torch.load(pairs, weights_only=True)]
-            for name, s, a in pairs:
-                callback(name, s, a)
+                pairs = [(n, a.to(device), [s.to(device) for s in ss])
+                         for n, a, ss in torch.load(pairs, weights_only=True)]
+            for name, a, ss in pairs:
+                callback(name, ss[label], a)
             if on_batch is not None:
                 on_batch(batch, None)
 

@@ -145,10 +145,11 @@ def score_batches(
 def replay_scores(cache: PairCache, directions: dict[str, Direction], n_rows: int, *, per_token: bool) -> torch.Tensor:
     """The scores `score_batches` would give the cached batches, from the (s, a) pairs a pass kept.
 
-    Valid when the cached pass used the data's own labels and unweighted summed log-likelihoods
-    (the empirical-Fisher covariance pass): then its s are exactly the scoring pass's, and the
-    model need not run again. Rows index the list the cached batches were made from.
+    Uses each pair's last s, which must come from the data's own labels and unweighted summed
+    log-likelihoods: the empirical-Fisher covariance pass's only s, or the true-Fisher pass's
+    second backward (`fit_covariances(score_pairs=True)`). Those s are exactly the scoring pass's,
+    so the model need not run again. Rows index the list the cached batches were made from.
     """
     out = torch.zeros(n_rows, next(iter(directions.values())).shape[0], dtype=torch.float64)
-    cache.replay(score_sink(directions, out, weights=_per_token_weights if per_token else None))
+    cache.replay(score_sink(directions, out, weights=_per_token_weights if per_token else None), label=-1)
     return out
