@@ -135,7 +135,7 @@ def run_method(method: str, args) -> dict:
 
         modules = select_modules(model, "mlp")
         batches = make_batches(train, args.batch * args.length, pad_id=0)
-        cache = PairCache(2 * GB, work / "pairs", 32 * GB)  # the engine's CPU defaults: 2 GB memory, 32 GB disk
+        cache = PairCache(int(args.pair_cache_gb * GB), work / "pairs", 32 * GB)  # --pair-cache-gb, 32 GB of disk
         covs = fit_covariances(model, modules, batches, sample_seed=sample_seed, cache=cache, score_pairs=True)
         t1 = time.perf_counter()
         bases = {n: eigenbases(c) for n, c in covs.items()}
@@ -179,7 +179,8 @@ def run_method(method: str, args) -> dict:
             # curate's default: the eigenvalue correction replays the covariance pass's (s, a)
             # pairs when they fit in --pair-cache-gb (2 GB) plus, on CPU, --pair-spill-gb (32 GB on
             # disk); `curate_fit_nocache` runs both passes.
-            cache = PairCache(0, None) if method == "curate_fit_nocache" else PairCache(2 * GB, work / "pairs", 32 * GB)
+            cache = PairCache(0, None) if method == "curate_fit_nocache" else PairCache(
+                int(args.pair_cache_gb * GB), work / "pairs", 32 * GB)
             covs = fit_covariances(model, modules, batches, sample_seed=sample_seed, cache=cache)
             t1 = time.perf_counter()
             bases = {n: eigenbases(c) for n, c in covs.items()}
@@ -263,7 +264,8 @@ def bench_model(name: str, args) -> dict:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--_method", method, "--_work", work, "--model", name,
                    "--train", str(args.train), "--query", str(args.query), "--length", str(args.length),
-                   "--batch", str(args.batch), "--device", args.device, "--pool", str(args.pool), "--fisher", args.fisher]
+                   "--batch", str(args.batch), "--device", args.device, "--pool", str(args.pool), "--fisher", args.fisher,
+                   "--pair-cache-gb", str(args.pair_cache_gb)]
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
@@ -316,6 +318,15 @@ def report(name: str, res: dict) -> None:
             print(f"  {m:18s} / forward+backward     {s[m] / fb:.2f}")
 
 
+def _engine_default(name: str):
+    """`curate score`'s default for one setting."""
+    import dataclasses
+
+    from curate.influence.config import ScoreConfig
+
+    return {f.name: f.default for f in dataclasses.fields(ScoreConfig)}[name]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "smollm2", "both"), default="tiny")
@@ -324,6 +335,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--pool", type=int, default=0, help="pool rows to score (the fit rows first; default: --train)")
     parser.add_argument("--fisher", choices=("true", "empirical"), default="true")
+    parser.add_argument("--pair-cache-gb", type=float, default=_engine_default("pair_cache_gb"),
+                        help="curate's pairs kept in memory before spilling to disk (default: the engine's)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
     parser.add_argument("--json", help="also write every method's result to this file")
