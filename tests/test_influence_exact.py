@@ -212,6 +212,24 @@ def test_a_second_backward_keeps_the_scoring_pass_pairs(setup, tmp_path, memory)
     assert not list(tmp_path.glob("spill/*"))
 
 
+@pytest.mark.parametrize("fisher", ["empirical", "true"])
+def test_plan_bounds_the_pairs_kept(setup, fisher):
+    """The plan's pair estimate is an upper bound of what the fit pass keeps, loose only by the
+    inputs that gate and up share (counted per layer in the plan)."""
+    from curate.influence.config import ScoreConfig
+    from curate.influence.passes import PairCache
+    from curate.influence.plan import group_modules, make_plan
+
+    model, modules, train, batches = setup
+    config = ScoreConfig(model="tiny", dtype="float64", fisher=fisher, query_splits=0)
+    plan = make_plan(model, modules, group_modules(modules, 8.0), config, [], train, {}, None)
+    cache = PairCache(10**12)
+    fit_covariances(model, modules, batches, sample_seed=config.sample_seed, cache=cache, score_pairs=True)
+    padded = sum(b.input_ids.numel() for b in batches) / sum(len(z.input_ids) for z in train)  # pairs keep padding
+    assert cache.bytes / padded <= plan.pair_bytes <= 1.5 * cache.bytes / padded
+    assert "replay: ~" in plan.render()
+
+
 def test_token_scores_sum_to_instance_scores(setup):
     from curate.influence.token_scores import token_scores
 

@@ -205,8 +205,9 @@ class PairCache:
             callback = sink(batch)
             if isinstance(pairs, Path):
                 device = batch.input_ids.device
+                # memory-mapped: the pages come from the page cache, and leave with the batch
                 pairs = [(n, a.to(device), [s.to(device) for s in ss])
-                         for n, a, ss in torch.load(pairs, weights_only=True)]
+                         for n, a, ss in torch.load(pairs, weights_only=True, mmap=True)]
             for name, a, ss in pairs:
                 callback(name, ss[label], a)
             if on_batch is not None:

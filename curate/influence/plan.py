@@ -74,6 +74,9 @@ class Plan:
     hint_bytes: int  # query directions at --query-rank HINT_RANK
     model_bytes: int
     activation_bytes: int
+    pair_bytes: int  # the fit pass's (s, a) pairs, an upper bound (inputs shared by layers counted per layer)
+    pair_memory_bytes: int  # --pair-cache-gb
+    pair_disk_bytes: int  # --pair-spill-gb (resolved)
 
     @property
     def peak_bytes(self) -> int:
@@ -98,6 +101,10 @@ class Plan:
             f"({gb(self.factor_bytes // self.groups)} per group), query directions {gb(self.direction_bytes)}"
             f"{'' if self.query_rank is None else f' (rank {self.query_rank})'}, "
             f"activations ~{gb(self.activation_bytes)}; estimated peak ~{gb(self.peak_bytes)}",
+            f"  replay: ~{gb(self.pair_bytes)} of fit-pass activations and gradients kept ({gb(self.pair_memory_bytes)} "
+            f"in memory, then up to {gb(self.pair_disk_bytes)} on disk) instead of two more passes over the fit data"
+            + ("" if self.pair_bytes <= self.pair_memory_bytes + self.pair_disk_bytes
+               else ": too many, those passes run (--pair-spill-gb keeps more)"),
             *([f"  hint: the exact query directions take {gb(self.direction_bytes)}; --query-rank {HINT_RANK} keeps "
                f"them in {gb(self.hint_bytes)} and cuts the scoring hooks' work alike (an approximation: "
                "see benchmarks/RESULTS.md)"] if self.query_rank is None and self.direction_bytes > HINT_ABOVE else []),
@@ -112,6 +119,7 @@ def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, 
     import torch
 
     elem = torch.finfo(getattr(torch, config.dtype)).bits // 8
+    labels = 2 if config.sample_seed is not None else 1  # the true Fisher keeps two output gradients
     cfg = model.config
     hidden = getattr(cfg, "hidden_size", 0)
     layers = getattr(cfg, "num_hidden_layers", 0)
@@ -139,4 +147,8 @@ def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, 
         hint_bytes=4 * functions * sum(direction_numbers(m, HINT_RANK) for m in modules.values()),
         model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         activation_bytes=config.batch_tokens * (34 * hidden * layers + 3 * vocab) * elem,
+        pair_bytes=sum(len(z.input_ids) for z in fit_items) * elem
+        * sum(labels * layer_dims(m)[0] + layer_dims(m)[1] for m in modules.values()),
+        pair_memory_bytes=int(config.pair_cache_gb * GB),
+        pair_disk_bytes=int(config.resolved_pair_spill_gb * GB),
     )
