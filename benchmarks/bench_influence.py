@@ -119,49 +119,48 @@ def run_method(method: str, args) -> dict:
                 model.zero_grad(set_to_none=True)
 
     elif method == "curate_e2e":
-        # What `curate score` does: fit with the pair cache (with the true Fisher a second
-        # backward keeps the data labels' pairs), precondition the query gradients, score the fit
-        # examples from the kept pairs and the rest of the pool by a scoring pass.
+        # `curate score`'s own stages (`curate.influence.fitting`), on the engine's defaults but for
+        # --pair-cache-gb and one query function (no splits, as kronfluence's aggregated scores):
+        # the factors fitted in one pass that keeps its pairs (with the true Fisher a second
+        # backward keeps the data labels' too), the query directions preconditioned a module at a
+        # time from the factor files, the fit examples scored from the kept pairs and the rest of
+        # the pool by a scoring pass.
         from curate.influence.batches import make_batches
         from curate.influence.capture import select_modules
-        from curate.influence.factors import ModuleFactors, eigenbases, fit_covariances, fit_lambdas
-        from curate.influence.passes import PairCache
-        from curate.influence.scoring import (
-            query_gradient_sums,
-            replay_scores,
-            score_batches,
-            split_functions,
-        )
+        from curate.influence.config import ScoreConfig
+        from curate.influence.context import ScoreContext
+        from curate.influence.distributed import Collective, Shard
+        from curate.influence.engine import influence_columns
+        from curate.influence.fitting import fit_factors, query_directions
+        from curate.influence.plan import group_modules
+        from curate.influence.scoring import score_batches
+        from curate.progress import Silent
 
+        config = ScoreConfig(model=args.model, fisher=args.fisher, dtype="float32", fit_on=len(train), query_splits=0,
+                             batch_tokens=args.batch * args.length, pair_cache_gb=args.pair_cache_gb)
         modules = select_modules(model, "mlp")
-        batches = make_batches(train, args.batch * args.length, pad_id=0)
-        cache = PairCache(int(args.pair_cache_gb * GB), work / "pairs", 32 * GB)  # --pair-cache-gb, 32 GB of disk
-        covs = fit_covariances(model, modules, batches, sample_seed=sample_seed, cache=cache, score_pairs=True)
+        ctx = ScoreContext(model, None, config, modules, group_modules(modules, config.group_memory_gb), 0, None,
+                           influence_columns(["q"], 0), work / "engine", Collective(Shard()), Silent())
+        factor_files, replay = fit_factors(ctx, train, "bench")
         t1 = time.perf_counter()
-        bases = {n: eigenbases(c) for n, c in covs.items()}
-        del covs
-        lams = fit_lambdas(model, modules, batches, bases, sample_seed=sample_seed, cache=cache)
-        factors = {n: ModuleFactors(bases[n][0], bases[n][1], lams[n][0] / lams[n][1]) for n in modules}
+        directions, _ = query_directions(ctx, factor_files, queries, "q", "bench")
         t2 = time.perf_counter()
-        q_batches = make_batches(queries, args.batch * args.length, pad_id=0)
-        sums = query_gradient_sums(model, modules, q_batches, [0] * len(queries), 1, per_token=False)
-        directions = {n: f.precondition(split_functions(sums[n], [len(queries)]), f.damping("auto")).to(torch.float32)
-                      for n, f in factors.items()}
+        if replay is None:
+            raise SystemExit("curate_e2e: the pairs did not fit the cache")
+        detail_cache = {"pairs_in_memory_gb": sum(c.bytes for c in replay.caches) / GB,
+                        "pairs_on_disk_gb": sum(c.spilled for c in replay.caches) / GB}
+        replayed = replay.scores(directions, per_token=False)
+        replay.close()
+        scores = torch.stack([replayed[z][0] for z in train])
         t3 = time.perf_counter()
-        scores = replay_scores(cache, directions, len(train), per_token=False) if cache.usable else None
-        if scores is None:
-            raise SystemExit("curate_e2e: the pairs did not fit the 2 GB + 32 GB cache")
-        t4 = time.perf_counter()
-        detail_cache = {"pairs_in_memory_gb": cache.bytes / GB, "pairs_on_disk_gb": cache.spilled / GB}
-        cache.close()
         rest = pool[len(train):]
         if rest:
             scores = torch.cat([scores, score_batches(model, modules, make_batches(rest, args.batch * args.length, 0),
                                                       directions, len(rest), per_token=False)])
-        t5 = time.perf_counter()
+        t4 = time.perf_counter()
         torch.save(scores[:, 0].cpu().clone(), work / "curate_e2e_scores.pt")
-        detail = {"covariance": t1 - t0, "eigen+lambda": t2 - t1, "query_directions": t3 - t2, "replay_scoring": t4 - t3,
-                  **({"scoring_pass": t5 - t4} if rest else {}), **detail_cache}
+        detail = {"factors": t1 - t0, "query_directions": t2 - t1, "replay_scoring": t3 - t2,
+                  **({"scoring_pass": t4 - t3} if rest else {}), **detail_cache}
 
     elif method in ("curate_fit", "curate_fit_nocache", "curate_score"):
         from safetensors.torch import load_file, save_file
@@ -180,7 +179,7 @@ def run_method(method: str, args) -> dict:
             # pairs when they fit in --pair-cache-gb (2 GB) plus, on CPU, --pair-spill-gb (32 GB on
             # disk); `curate_fit_nocache` runs both passes.
             cache = PairCache(0, None) if method == "curate_fit_nocache" else PairCache(
-                int(args.pair_cache_gb * GB), work / "pairs", 32 * GB)
+                int(args.pair_cache_gb * GB), work / "pairs", 32 * GB)  # --pair-cache-gb resolved as the engine does
             covs = fit_covariances(model, modules, batches, sample_seed=sample_seed, cache=cache)
             t1 = time.perf_counter()
             bases = {n: eigenbases(c) for n, c in covs.items()}
@@ -265,7 +264,7 @@ def bench_model(name: str, args) -> dict:
             cmd = [sys.executable, __file__, "--_method", method, "--_work", work, "--model", name,
                    "--train", str(args.train), "--query", str(args.query), "--length", str(args.length),
                    "--batch", str(args.batch), "--device", args.device, "--pool", str(args.pool), "--fisher", args.fisher,
-                   "--pair-cache-gb", str(args.pair_cache_gb)]
+                   "--pair-cache-gb", str(args.pair_cache_gb)]  # resolved in main
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
@@ -318,15 +317,6 @@ def report(name: str, res: dict) -> None:
             print(f"  {m:18s} / forward+backward     {s[m] / fb:.2f}")
 
 
-def _engine_default(name: str):
-    """`curate score`'s default for one setting."""
-    import dataclasses
-
-    from curate.influence.config import ScoreConfig
-
-    return {f.name: f.default for f in dataclasses.fields(ScoreConfig)}[name]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "smollm2", "both"), default="tiny")
@@ -335,8 +325,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--pool", type=int, default=0, help="pool rows to score (the fit rows first; default: --train)")
     parser.add_argument("--fisher", choices=("true", "empirical"), default="true")
-    parser.add_argument("--pair-cache-gb", type=float, default=_engine_default("pair_cache_gb"),
-                        help="curate's pairs kept in memory before spilling to disk (default: the engine's)")
+    parser.add_argument("--pair-cache-gb", type=float,
+                        help="curate's pairs kept in memory before spilling to disk (default: the engine's for --device)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
     parser.add_argument("--json", help="also write every method's result to this file")
@@ -345,6 +335,10 @@ def main() -> None:
     parser.add_argument("--_work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.pool = max(args.pool, args.train)
+    if args.pair_cache_gb is None:
+        from curate.influence.config import ScoreConfig
+
+        args.pair_cache_gb = ScoreConfig(model="-", device=args.device).resolved_pair_cache_gb
     if args._method:
         args.work = args._work
         if args.model == "both":

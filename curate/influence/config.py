@@ -75,12 +75,15 @@ class ScoreConfig:
                                      low=0, low_open=True, unit="GB")
     trust_remote_code: bool = setting(False, "Let transformers run the model repository's own code.")
     device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda:1, ...")
-    pair_cache_gb: float = setting(2.0, "Memory for replaying the covariance pass in the eigenvalue correction "
-                                   "and the fit examples' scores (skips two model passes when the fit data fits). "
-                                   "0 disables it.", low=0, unit="GB")
+    pair_cache_gb: float | None = setting(None, "Memory for the covariance pass's activations and output "
+                                          "gradients, replayed for the eigenvalue correction and the fit examples' "
+                                          "scores (skips two model passes when they fit here and in "
+                                          "{pair_spill_gb}) [default: 0 on CPU, where they go to the disk spill "
+                                          "and the OS page cache serves them back, 2 on GPUs].", low=0, unit="GB")
     pair_spill_gb: float | None = setting(None, "Disk under the work dir for the pairs past {pair_cache_gb}, read "
                                           "back instead of rerunning the model (deleted after use) [default: 32 on "
-                                          "CPU, 0 on GPUs, where recomputing is faster].", low=0, unit="GB")
+                                          "CPU, 0 on GPUs, where recomputing is faster]. Both 0: no replay.", low=0,
+                                          unit="GB")
     tokens: bool = setting(False, "Also write per-token influence of every response token (OUT/tokens.parquet, "
                            "or NAME.tokens.parquet next to a file output), keyed by curate_id; tokens sum to the "
                            "example's score.")
@@ -140,6 +143,12 @@ class ScoreConfig:
 
         # Under torchrun / accelerate each process takes the GPU of its local rank.
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def resolved_pair_cache_gb(self) -> float:
+        if self.pair_cache_gb is not None:
+            return self.pair_cache_gb
+        return 0.0 if self.resolved_device == "cpu" else 2.0
 
     @property
     def resolved_pair_spill_gb(self) -> float:

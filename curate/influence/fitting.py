@@ -5,7 +5,7 @@ pass) into one safetensors file per module. `query_directions` preconditions one
 gradients with them. The fit examples are pool rows, so their scoring pass needs the output
 gradients of their own labels: with the empirical Fisher those are the covariance pass's; with
 the true Fisher (sampled labels) the covariance pass runs a second backward through the same
-forward with the data labels. When the pass's pairs fit in `pair_cache_gb` (plus the disk spill)
+forward with the data labels. When the pass's pairs fit in `pair_cache_gb` plus the disk spill
 they are kept (`FitReplay`): the eigenvalue correction replays the first backward's, and the fit
 examples are scored from the data labels', so a pool that is its own fit set is run through the
 model once.
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from curate.errors import UsageError
 from curate.influence.batches import Batch, make_batches
@@ -90,9 +92,11 @@ def _reduce_covariances(covs: dict[str, Covariance], group, coll: Collective, de
 
 
 def _spread_eigenbases(covs: dict[str, Covariance], coll: Collective) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(Q_A, Q_S) per module, module i decomposed on rank i mod N and broadcast to the others."""
+    """(Q_A, Q_S) per module, module i decomposed on rank i mod N and broadcast to the others.
+    Empties `covs` as it goes, so a group's covariances and bases are not all held at once."""
     bases = {}
-    for i, (n, c) in enumerate(covs.items()):
+    for i, n in enumerate(list(covs)):
+        c = covs.pop(n)
         owner = coll.owner(i)
         if coll.shard.rank == owner:
             q_a, q_s = (q.contiguous() for q in eigenbases(c))
@@ -100,6 +104,19 @@ def _spread_eigenbases(covs: dict[str, Covariance], coll: Collective) -> dict[st
             q_a, q_s = torch.empty_like(c.a_sum), torch.empty_like(c.s_sum)
         bases[n] = (coll.broadcast(q_a, owner), coll.broadcast(q_s, owner))
     return bases
+
+
+def _park_bases(bases: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, dtype: torch.dtype, *,
+                write: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Write the float64 (Q_A, Q_S) of a group to `path` (when `write`: rank 0) and return them in
+    the model's compute dtype, which the eigenvalue correction uses: the float64 copies wait on
+    disk instead of in memory until the factor files are written."""
+    if write:
+        tensors = {}
+        for n, (q_a, q_s) in bases.items():
+            tensors[f"{n}::q_a"], tensors[f"{n}::q_s"] = q_a.contiguous().cpu(), q_s.contiguous().cpu()
+        save_file(tensors, str(path))
+    return {n: (q_a.to(dtype), q_s.to(dtype)) for n, (q_a, q_s) in bases.items()}
 
 
 def _filled_lambda_sums(sums: dict[str, tuple[torch.Tensor, int]], group, device) -> dict[str, tuple[torch.Tensor, int]]:
@@ -159,7 +176,7 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
     stage = _factor_stage(ctx, coll, factors_fp, len(fit_items))
     batches = coll.shard.take(make_batches(fit_items, config.batch_tokens, ctx.pad_id))
     spill_root = _fresh_spill_root(stage, coll)
-    budget = int(config.pair_cache_gb * GB)
+    budget = int(config.resolved_pair_cache_gb * GB)
     spill = min(int(config.resolved_pair_spill_gb * GB), max(0, shutil.disk_usage(stage).free - 2 * GB))
     # The pass keeps the data labels' pairs (the scoring pass's) as long as every group's fit; a
     # resumed fit has no pairs.
@@ -185,16 +202,21 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
 
                 covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch,
                                        cache=cache, score_pairs=keep)
-            bases = _spread_eigenbases(_reduce_covariances(covs, group, coll, device), coll)
-            del covs
+            covs = _reduce_covariances(covs, group, coll, device)
+            bases = _park_bases(_spread_eigenbases(covs, coll), parked := stage / f".bases-{g}.safetensors",
+                                next(model.parameters()).dtype, write=coll.is_main)
             with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches),
                                unit="batch") as adv:
                 sums = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,
                                    on_batch=lambda b, lp: adv(1), cache=cache)
+            del bases
             lams = _reduce_lambdas(sums, group, coll, device)
             if coll.is_main:
-                for n in group:
-                    save_tensors(paths[n], ModuleFactors(bases[n][0], bases[n][1], lams[n]).to_dict())
+                with safe_open(str(parked), framework="pt") as f:  # one module's float64 bases at a time
+                    for n in group:
+                        q_a, q_s = f.get_tensor(f"{n}::q_a"), f.get_tensor(f"{n}::q_s")
+                        save_tensors(paths[n], ModuleFactors(q_a, q_s, lams[n].cpu()).to_dict())
+                parked.unlink()
             coll.barrier()
             if keep and cache.usable:
                 kept.append(cache)

@@ -149,6 +149,6 @@ def make_plan(model, modules, groups, config, pool_lengths: Sequence[tuple[int, 
         activation_bytes=config.batch_tokens * (34 * hidden * layers + 3 * vocab) * elem,
         pair_bytes=sum(len(z.input_ids) for z in fit_items) * elem
         * sum(labels * layer_dims(m)[0] + layer_dims(m)[1] for m in modules.values()),
-        pair_memory_bytes=int(config.pair_cache_gb * GB),
+        pair_memory_bytes=int(config.resolved_pair_cache_gb * GB),
         pair_disk_bytes=int(config.resolved_pair_spill_gb * GB),
     )
