@@ -110,7 +110,8 @@ class PairCache:
         self.bytes = 0  # in memory
         self.spilled = 0  # on disk
         self.overflow = False
-        self._open: list | None = None  # [entry index, bytes, name -> its pairs awaiting a second s] of the batch being recorded
+        # the batch being recorded: [entry index, bytes, name -> its pairs awaiting a second s]
+        self._open: list | None = None
 
     @property
     def usable(self) -> bool:
