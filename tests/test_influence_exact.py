@@ -134,9 +134,7 @@ def test_per_token_normalisation_divides_by_token_counts(setup):
 def test_replayed_pairs_give_the_same_lambdas_as_a_second_pass(setup, tmp_path, memory, disk):
     """Pairs kept in memory, spilled to disk, or both, replay to the second pass's Lambda* sums;
     with neither budget the cache gives up and the model pass runs."""
-    from pathlib import Path
-
-    from curate.influence.passes import PairCache
+    from curate.influence.passes import PairCache, SpilledBatch
 
     model, modules, train, batches = setup
     covs = fit_covariances(model, modules, batches, sample_seed=5)
@@ -147,7 +145,7 @@ def test_replayed_pairs_give_the_same_lambdas_as_a_second_pass(setup, tmp_path, 
     budgets = {"all": 10**12, "none": 0, "half": everything.bytes // 2}
     cache = PairCache(budgets[memory], tmp_path / "spill", budgets[disk])
     fit_covariances(model, modules, batches, sample_seed=5, cache=cache)
-    on_disk = sum(isinstance(pairs, Path) for _, pairs in cache.entries)
+    on_disk = sum(isinstance(pairs, SpilledBatch) for _, pairs in cache.entries)
     assert cache.usable == (memory != "none" or disk != "none")
     assert on_disk == {"all": 0, "none": len(batches) if disk == "all" else 0,
                        "half": on_disk}[memory] and (memory != "half" or 0 < on_disk < len(batches))

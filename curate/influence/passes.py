@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,14 +85,34 @@ def _backward(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, b
 Pair = tuple[str, torch.Tensor, list[torch.Tensor]]
 
 
+@dataclass
+class SpilledBatch:
+    """One batch's pairs on disk: the distinct inputs `a` in one file, each backward's output
+    gradients in a file of their own, so a replay reads only the s it uses. `names[i]`: the layer
+    of pair i; `inputs[i]`: the index of its a in the inputs file."""
+
+    names: list[str]
+    inputs: list[int]
+    a_path: Path
+    s_paths: list[Path]
+
+    def pairs(self, label: int, device) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(name, s of backward `label`, a) per pair, memory-mapped: the pages come from the page
+        cache and leave with the batch."""
+        a_list = torch.load(self.a_path, weights_only=True, mmap=True)
+        s_list = torch.load(self.s_paths[label], weights_only=True, mmap=True)
+        return [(n, s.to(device), a_list[i].to(device)) for n, s, i in zip(self.names, s_list, self.inputs, strict=True)]
+
+
 class PairCache:
     """Keeps every (s, a) pair of one pass, in memory and then on disk, to replay them later.
 
     EK-FAC needs two passes over the fit data: covariances, then (in their eigenbasis) the
     eigenvalue correction. The second needs exactly the same s and a (labels are seeded per
     example), so when they fit the second model pass is replaced by a replay. Batches are kept in
-    memory up to `budget_bytes`; past it, each finished batch is written to `spill_dir` (one
-    torch file per batch) while the disk total stays under `spill_bytes`. On a CPU reading a
+    memory up to `budget_bytes`; past it, each finished batch is written to `spill_dir`
+    (`SpilledBatch`: its inputs, and each backward's output gradients, in torch files) while the
+    disk total stays under `spill_bytes`. On a CPU reading a
     batch back is far cheaper than recomputing it (SmolLM2: ~0.8 MB of pairs per token, read at
     ~1 GB/s, against ~16 ms per token for a forward and backward); on a GPU it is not, which is
     why the engine spills only on CPU. Past both budgets the cache empties itself and `usable`
@@ -106,7 +127,7 @@ class PairCache:
         self.budget = budget_bytes
         self.spill_dir = spill_dir
         self.spill_budget = spill_bytes if spill_dir is not None else 0
-        self.entries: list[tuple[Batch, list[Pair] | Path]] = []  # pairs in memory | file of pairs on disk
+        self.entries: list[tuple[Batch, list[Pair] | SpilledBatch]] = []  # pairs in memory | on disk
         self.bytes = 0  # in memory
         self.spilled = 0  # on disk
         self.overflow = False
@@ -182,20 +203,27 @@ class PairCache:
             self.close()
 
     def _spill(self, index: int, batch: Batch, pairs: list[Pair]) -> bool:
-        """Write one batch's pairs to disk (each shared `a` once); False when the disk refuses."""
-        host: dict[int, torch.Tensor] = {}  # gate and up share one input: one host copy
-
-        def on_host(t: torch.Tensor) -> torch.Tensor:
-            return host.setdefault(t.data_ptr(), t.cpu())
-
-        path = self.spill_dir / f"batch-{index:06d}.pt"
+        """Write one batch's pairs to disk (each shared `a` once, each backward's s in its own
+        file); False when the disk refuses."""
+        inputs: dict[int, int] = {}  # gate and up share one input: written once
+        a_list: list[torch.Tensor] = []
+        for _, a, _ in pairs:
+            if inputs.setdefault(a.data_ptr(), len(a_list)) == len(a_list):
+                a_list.append(a.cpu())
+        stem = f"batch-{index:06d}"
+        spilled = SpilledBatch([n for n, _, _ in pairs], [inputs[a.data_ptr()] for _, a, _ in pairs],
+                               self.spill_dir / f"{stem}.a.pt",
+                               [self.spill_dir / f"{stem}.s{k}.pt" for k in range(len(pairs[0][2]))])
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            torch.save([(n, on_host(a), [s.cpu() for s in ss]) for n, a, ss in pairs], path)
+            torch.save(a_list, spilled.a_path)
+            for k, path in enumerate(spilled.s_paths):
+                torch.save([ss[k].cpu() for _, _, ss in pairs], path)
         except OSError:  # e.g. a full disk: give up on the cache, run the model pass instead
-            path.unlink(missing_ok=True)
+            for path in (spilled.a_path, *spilled.s_paths):
+                path.unlink(missing_ok=True)
             return False
-        self.entries[index] = (batch, path)
+        self.entries[index] = (batch, spilled)
         return True
 
     def replay(self, sink: Callable[[Batch], Sink], on_batch: Callable[[Batch, None], None] | None = None,
@@ -204,13 +232,13 @@ class PairCache:
         which backward's s (0: the first, -1: the last)."""
         for batch, pairs in self.entries:
             callback = sink(batch)
-            if isinstance(pairs, Path):
-                device = batch.input_ids.device
-                # memory-mapped: the pages come from the page cache, and leave with the batch
-                pairs = [(n, a.to(device), [s.to(device) for s in ss])
-                         for n, a, ss in torch.load(pairs, weights_only=True, mmap=True)]
-            for name, a, ss in pairs:
-                callback(name, ss[label], a)
+            if isinstance(pairs, SpilledBatch):
+                chosen = pairs.pairs(label, batch.input_ids.device)
+            else:
+                chosen = [(name, ss[label], a) for name, a, ss in pairs]
+            for name, s, a in chosen:
+                callback(name, s, a)
+            del chosen
             if on_batch is not None:
                 on_batch(batch, None)
 
