@@ -99,7 +99,9 @@ def fit_covariances(
     covs: dict[str, Covariance] = {}
 
     def sink(batch: Batch):
-        grams: dict[int, torch.Tensor] = {}  # gate and up share one input: its a^T a once per batch
+        # gate and up share one input (two views of one tensor) and their hooks fire one after the
+        # other: the last a^T a is reused when the next module's input is the same memory
+        last: list = [None, None]
 
         def accumulate(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
             a2, s2 = _masked_rows(a, batch.attention_mask), _masked_rows(s, batch.attention_mask)
@@ -109,9 +111,9 @@ def fit_covariances(
                     torch.zeros(s2.shape[1], s2.shape[1], dtype=torch.float64, device=s2.device),
                 )
             c = covs[name]
-            if a.data_ptr() not in grams:
-                grams[a.data_ptr()] = _gram(a2)
-            c.a_sum += grams[a.data_ptr()]
+            if last[0] is None or last[0].data_ptr() != a.data_ptr() or last[0].shape != a.shape:
+                last[:] = [a, _gram(a2)]  # held, so its memory cannot be reused under the same pointer
+            c.a_sum += last[1]
             c.s_sum += _gram(s2)
             c.count += a2.shape[0]
 
