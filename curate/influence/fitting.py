@@ -203,8 +203,9 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
                 covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch,
                                        cache=cache, score_pairs=keep)
             covs = _reduce_covariances(covs, group, coll, device)
-            bases = _park_bases(_spread_eigenbases(covs, coll), parked := stage / f".bases-{g}.safetensors",
-                                next(model.parameters()).dtype, write=coll.is_main)
+            parked = stage / f".bases-{g}.safetensors"
+            bases = _park_bases(_spread_eigenbases(covs, coll), parked, next(model.parameters()).dtype,
+                                write=coll.is_main)
             with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches),
                                unit="batch") as adv:
                 sums = fit_lambdas(model, group, batches, bases, sample_seed=config.sample_seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -104,6 +104,16 @@ class SpilledBatch:
         return [(n, s.to(device), a_list[i].to(device)) for n, s, i in zip(self.names, s_list, self.inputs, strict=True)]
 
 
+@dataclass
+class _Recording:
+    """The batch a cache is recording: its entry, the bytes so far, and per layer the pairs still
+    awaiting the second backward's s (in call order)."""
+
+    index: int
+    size: int = 0
+    awaiting: dict[str, deque[Pair]] = field(default_factory=dict)
+
+
 class PairCache:
     """Keeps every (s, a) pair of one pass, in memory and then on disk, to replay them later.
 
@@ -131,8 +141,7 @@ class PairCache:
         self.bytes = 0  # in memory
         self.spilled = 0  # on disk
         self.overflow = False
-        # the batch being recorded: [entry index, bytes, name -> its pairs awaiting a second s]
-        self._open: list | None = None
+        self._open: _Recording | None = None
 
     @property
     def usable(self) -> bool:
@@ -149,7 +158,7 @@ class PairCache:
             seen: set[int] = set()  # gate and up projections share one input tensor
             if not self.overflow:
                 self.entries.append((batch, pairs))
-                self._open = [len(self.entries) - 1, 0, {}]
+                self._open = _Recording(len(self.entries) - 1)
 
             def keep(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
                 inner(name, s, a)
@@ -159,9 +168,9 @@ class PairCache:
                 if a.data_ptr() not in seen:
                     seen.add(a.data_ptr())
                     size += a.numel() * a.element_size()
-                self._open[1] += size
+                self._open.size += size
                 pair = (name, a, [s])
-                self._open[2].setdefault(name, deque()).append(pair)
+                self._open.awaiting.setdefault(name, deque()).append(pair)
                 pairs.append(pair)
 
             return keep
@@ -180,8 +189,8 @@ class PairCache:
             def keep(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
                 if self.overflow:
                     return
-                self._open[1] += s.numel() * s.element_size()
-                self._open[2][name].popleft()[2].append(s)
+                self._open.size += s.numel() * s.element_size()
+                self._open.awaiting[name].popleft()[2].append(s)
 
             return keep
 
@@ -191,7 +200,7 @@ class PairCache:
         """Settle the batch recorded last: keep it in memory, write it to disk, or overflow."""
         if self._open is None or self.overflow:
             return
-        index, size, _ = self._open
+        index, size = self._open.index, self._open.size
         self._open = None
         batch, pairs = self.entries[index]
         if self.bytes + size <= self.budget:
