@@ -12,6 +12,8 @@ inputs may change shape.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 
@@ -35,3 +37,103 @@ def logits_at(model, keep: torch.Tensor, *, head=None, **inputs) -> torch.Tensor
     finally:
         handle.remove()
     return logits.reshape(-1, logits.shape[-1])
+
+
+def hidden_at(model, keep: torch.Tensor, *, head=None, **inputs) -> torch.Tensor:
+    """The hidden states `model(**inputs)`'s head reads at the positions where `keep` ([B, T] bool)
+    is True: [N, d], rows ordered as in `logits_at`. The head itself runs on no position; the
+    hidden states stay in the autograd graph of the model's body."""
+    head = head if head is not None else model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings to restrict")
+    kept = []
+
+    def capture(module, args):  # hidden states [B, T, d] -> kept [N, d]; the head gets [B, 0, d]
+        kept.append(args[0][keep])
+        return (args[0][:, :0], *args[1:])
+
+    handle = head.register_forward_pre_hook(capture)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return kept[0]
+
+
+_RETURNS_HEAD_OUTPUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def returns_head_output(model, head) -> bool:
+    """Whether `model(...).logits` is `head`'s output itself, nothing applied after the head
+    (Llama, Qwen2: yes; Gemma2's soft-cap, Granite's scaling: no), so that a loss may be taken from
+    `hidden_at` and the head's weights directly. Found once per model, with a one-token forward."""
+    if model not in _RETURNS_HEAD_OUTPUT:
+        seen = []
+        handle = head.register_forward_hook(lambda module, args, output: seen.append(output))
+        try:
+            with torch.no_grad():
+                logits = model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=head.weight.device),
+                               use_cache=False).logits
+        finally:
+            handle.remove()
+        _RETURNS_HEAD_OUTPUT[model] = len(seen) == 1 and logits is seen[0]
+    return _RETURNS_HEAD_OUTPUT[model]
+
+
+CHUNK_BYTES = 16 << 20  # one chunk's float32 logits: small enough to stay in a core's cache
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         targets: torch.Tensor, *, chunk_rows: int | None = None) -> torch.Tensor:
+    """Sum over rows of cross-entropy(hidden @ weight.T + bias, targets) in nats: a scalar.
+
+    hidden [N, d], weight [V, d], bias [V] or None, targets [N] (token ids). The same number and
+    gradients as `cross_entropy(linear(hidden, weight, bias), targets, reduction="sum")` with the
+    logits promoted to at least float32 (the loss's dtype too),
+    without the [N, V] logits: the logits are made `chunk_rows` rows at a time (default:
+    CHUNK_BYTES of float32 logits), in at least float32 (bfloat16 weights are promoted, which
+    is more exact than a bfloat16 head), and reduced at once to the chunk's loss and its gradients for hidden, weight and bias (those
+    that need one); the backward scales them by the incoming gradient. The fused linear
+    cross-entropy of GPU kernels (Liger's, Apple's cut-cross-entropy), which need Triton; here in
+    plain torch, for the CPU trainer, where the [N, V] logits and their log-softmax cost more
+    than the head's matrix products (a 2-layer model with a 49k-token head: about half a step).
+    """
+    rows = chunk_rows or max(1, CHUNK_BYTES // (4 * weight.shape[0]))
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, rows):
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        compute = torch.promote_types(weight.dtype, torch.float32)
+        w = weight.to(compute)
+        total = torch.zeros((), dtype=compute, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(w) if need_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=compute, device=hidden.device) if need_bias else None
+        for start in range(0, hidden.shape[0], rows):
+            h, t = hidden[start:start + rows].to(compute), targets[start:start + rows]
+            logits = torch.nn.functional.linear(h, w, None if bias is None else bias.to(compute))
+            picked = logits.gather(1, t[:, None])
+            top = logits.amax(dim=1, keepdim=True)
+            # d(loss)/d(logits) = softmax - one_hot = (e - norm * one_hot) / norm, e = exp(logits - top):
+            # one exp over the chunk, in place, and the division left to the [rows, d] products
+            e = logits.sub_(top).exp_()
+            norm = e.sum(dim=1, keepdim=True)
+            total += (top + norm.log() - picked).sum()
+            e.scatter_add_(1, t[:, None], -norm)
+            if need_hidden:
+                grad_hidden[start:start + rows] = (e @ w).div_(norm)
+            if need_weight:
+                grad_weight.addmm_(e.T, h / norm)
+            if need_bias:
+                grad_bias += (e / norm).sum(dim=0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        return *(None if g is None else (g * grad.to(g.dtype)).to(dtype)
+                 for g, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True)), None, None

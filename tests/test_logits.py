@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curate.logits import logits_at
+from curate.logits import linear_cross_entropy, logits_at, returns_head_output
 from curate.training.loss import completion_loss
 from tests.tiny import tiny_llama
 
@@ -46,12 +46,17 @@ def test_logits_at_are_the_full_logits_at_those_positions(make):
         assert part.abs().max() <= 2.0  # the soft cap, applied after the head, still applies
 
 
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma2], ids=["llama-fused", "gemma2-softcap"])
 @pytest.mark.parametrize("per_token", [None, 17])
-def test_completion_loss_is_the_models_loss_with_the_same_gradients(per_token):
-    model = tiny_llama().train()
+def test_completion_loss_is_the_models_loss_with_the_same_gradients(make, per_token, monkeypatch):
+    monkeypatch.setattr("curate.logits.CHUNK_BYTES", 2 * 4 * 48)  # the fused head two rows at a time
+    model = make().train()
+    assert returns_head_output(model, model.get_output_embeddings()) is (make is tiny_llama)
     input_ids, attention_mask, labels = batch()
-    extra = {} if per_token is None else {"num_items_in_batch": torch.tensor(per_token)}
-    reference = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra).loss
+    # transformers' loss from full logits, kept in float64 (its own loss casts them to float32)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    total = torch.nn.functional.cross_entropy(logits.reshape(-1, 48), labels[:, 1:].reshape(-1), reduction="sum")
+    reference = total / (per_token or (labels[:, 1:] != -100).sum())
     expected = torch.autograd.grad(reference, list(model.parameters()))
     ours = completion_loss(model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels},
                            None if per_token is None else torch.tensor(per_token))
@@ -59,6 +64,30 @@ def test_completion_loss_is_the_models_loss_with_the_same_gradients(per_token):
     assert ours.item() == pytest.approx(reference.item(), rel=1e-12)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_linear_cross_entropy_is_the_unfused_loss(rows, dtype):
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight, bias = (torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+                            for shape in ((10, 8), (40, 8), (40,)))
+    targets = torch.randint(0, 40, (10,), generator=gen)
+    exact = [x.detach().double().requires_grad_() for x in (hidden, weight, bias)]  # the same values, in float64
+    reference = torch.nn.functional.cross_entropy(torch.nn.functional.linear(*exact), targets, reduction="sum")
+    fused = linear_cross_entropy(hidden, weight, bias, targets, chunk_rows=rows)
+    assert fused.dtype == torch.promote_types(dtype, torch.float32)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]  # the last: bfloat16's rounding
+    torch.testing.assert_close(fused.double(), reference, rtol=tol, atol=tol)
+    grads = torch.autograd.grad(3 * fused, [hidden, weight, bias])
+    for got, want, x in zip(grads, torch.autograd.grad(3 * reference, exact), (hidden, weight, bias), strict=True):
+        assert got.dtype == x.dtype
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    frozen = linear_cross_entropy(hidden, weight.detach(), None, targets, chunk_rows=rows)  # only hidden needs one
+    (grad,) = torch.autograd.grad(frozen, [hidden])
+    unfused = torch.nn.functional.cross_entropy(torch.nn.functional.linear(exact[0], exact[1].detach()), targets,
+                                                reduction="sum")
+    torch.testing.assert_close(grad.double(), torch.autograd.grad(unfused, [exact[0]])[0], rtol=tol, atol=tol)
 
 
 def test_a_model_without_a_head_is_refused():

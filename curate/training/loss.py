@@ -1,5 +1,10 @@
 """The SFT loss with the output head applied only at the positions that carry a label
-(`curate.logits`): transformers' own causal-LM loss, for the head's cost at those positions alone."""
+(`curate.logits`): transformers' own causal-LM loss, for the head's cost at those positions alone.
+
+Where the model's logits are its head's output unchanged (no soft-capping or scaling after it) and
+the head is a plain `torch.nn.Linear`, the head and the cross-entropy run together a chunk of rows
+at a time (`curate.logits.linear_cross_entropy`), so the [N, V] logits are never held.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ def completion_loss(model, inputs: dict[str, Any], num_items_in_batch=None, *, h
     """
     import torch
 
-    from curate.logits import logits_at
+    from curate.logits import hidden_at, linear_cross_entropy, logits_at, returns_head_output
 
     head = head if head is not None else model.get_output_embeddings()
     labels = inputs["labels"]
@@ -30,10 +35,15 @@ def completion_loss(model, inputs: dict[str, Any], num_items_in_batch=None, *, h
         return model(**rest, labels=labels, **extra).loss
     targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[:, 1:]
     keep = targets != IGNORE
-    logits = logits_at(model, keep, head=head, **rest).float()
+    if type(head) is torch.nn.Linear and returns_head_output(model, head):
+        hidden = hidden_at(model, keep, head=head, **rest)
+        total = linear_cross_entropy(hidden, head.weight, head.bias, targets[keep])
+    else:
+        logits = logits_at(model, keep, head=head, **rest)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        total = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
     if num_items_in_batch is None:
-        return torch.nn.functional.cross_entropy(logits, targets[keep])
-    total = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+        return total / keep.sum()
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
