@@ -86,6 +86,55 @@ def response_logits(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, keep
 
 
+def response_hidden(model, batch: Batch, head: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(hidden, logits, keep)`: the hidden states `head` reads at the response positions, [N, d]
+    (in the model's autograd graph; `curate.logits.hidden_at`), their logits [N, V] made from a
+    detached copy (no graph: `head_logprobs` differentiates them itself), and `keep` [B, T-1] as
+    in `response_logits`. For a model whose logits are `head`'s output unchanged
+    (`curate.logits.returns_head_output`)."""
+    from curate.logits import hidden_at
+
+    keep = batch.loss_mask.bool()
+    hidden = hidden_at(model, torch.nn.functional.pad(keep, (0, 1)), head=head, input_ids=batch.input_ids,
+                       attention_mask=batch.attention_mask)
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(hidden.detach(), head.weight, head.bias)
+    return hidden, logits, keep
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+                  ) -> torch.Tensor:
+    """log p(targets[k, n] | position n) for K label sets at once: [K, N] (nats, <= 0).
+
+    hidden [N, d] (differentiable), weight [V, d] (the head's, frozen: no gradient reaches it),
+    logits [N, V] = hidden @ weight.T (+ bias) without a graph, overwritten here, targets [K, N].
+    One softmax serves every label set: with P = softmax(logits) @ weight [N, d] made once in the
+    forward, d log p(t | n) / d hidden[n] = weight[t] - P[n], so a backward from any label set
+    costs [N, d], not the head's [N, V] log-softmax backward and product. (The same numbers as
+    `target_logprobs` from those logits, to rounding.)
+    """
+    return _HeadLogprobs.apply(hidden, weight, logits, targets)
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, logits, targets):
+        lse = torch.logsumexp(logits, dim=1)
+        logp = logits.gather(1, targets.T).T - lse
+        expected = logits.sub_(lse[:, None]).exp_() @ weight  # E_p[weight row], [N, d]
+        ctx.save_for_backward(weight, targets, expected)
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [K, N]
+        weight, targets, expected = ctx.saved_tensors
+        grad = grad.to(expected.dtype)
+        grad_hidden = -grad.sum(dim=0)[:, None] * expected
+        for g, t in zip(grad, targets, strict=True):
+            grad_hidden.addcmul_(g[:, None], weight[t])
+        return grad_hidden, None, None, None
+
+
 def sampled_targets(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]
                     ) -> torch.Tensor:
     """`targets` [B, T-1] with the kept positions replaced by tokens sampled from the model's own

@@ -10,15 +10,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.serialization import config as serialization_config
 
 from curate.influence.batches import (
     Batch,
     example_seed,
+    head_logprobs,
+    response_hidden,
     response_logits,
     sampled_targets,
-    target_logprobs,
 )
 from curate.influence.capture import Sink, tapped
+from curate.logits import returns_head_output
 
 
 def run_pass(
@@ -46,6 +49,8 @@ def run_pass(
     instead of two. `on_batch` then receives the data labels' log-probs.
     """
     device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    fused = type(head) is nn.Linear and returns_head_output(model, head)  # else the head's own logits
     route: list[Sink] = []  # the callback of the backward running now
 
     def dispatch(name: str, s: torch.Tensor, a: torch.Tensor) -> None:
@@ -56,24 +61,34 @@ def run_pass(
         route.append(sink(batch))
         second = data_sink(batch) if data_sink is not None and sample_seed is not None else None
         with tapped(model, modules, dispatch):
-            logits, keep = response_logits(model, batch)
+            if fused:
+                hidden, logits, keep = response_hidden(model, batch, head)
+            else:
+                logits, keep = response_logits(model, batch)
             data = batch.input_ids[:, 1:]
             targets = data if sample_seed is None else sampled_targets(
                 logits, keep, data, [example_seed(sample_seed, i) for i in batch.ids])
-            logp = _backward(logits, keep, targets, batch, weights, retain=second is not None)
-            if second is not None:
-                route.append(second)
-                logp = _backward(logits, keep, data, batch, weights, retain=False)
+            labels = torch.stack([t[keep] for t in ([targets] if second is None else [targets, data])])
+            if fused:
+                logps = head_logprobs(hidden, head.weight, logits, labels)
+            else:
+                logps = torch.stack([-torch.nn.functional.cross_entropy(logits, t, reduction="none") for t in labels])
+            del logits
+            for k, logp in enumerate(logps):
+                if k:
+                    route.append(second)
+                logp = _backward(logp, keep, batch, weights, retain=k + 1 < len(logps))
         route.clear()
         if on_batch is not None:
             on_batch(batch, logp)
-        del logits, logp, second  # the graph holds the hooks, which hold this batch's sinks
+        del logps, logp, second  # the graph holds the hooks, which hold this batch's sinks
 
 
-def _backward(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, batch: Batch,
+def _backward(logp: torch.Tensor, keep: torch.Tensor, batch: Batch,
               weights: Callable[[Batch], torch.Tensor] | None, *, retain: bool) -> torch.Tensor:
-    """Backward of -sum_b w_b sum_t log p(target_bt); returns the detached log-probs [B, T-1]."""
-    logp = target_logprobs(logits, keep, targets)
+    """Backward of -sum_b w_b sum_t log p(target_bt), from the log-probs [N] at the `keep`
+    positions; returns them detached, [B, T-1] (zero outside `keep`)."""
+    logp = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device).masked_scatter(keep, logp)
     per_example = logp.sum(dim=1)
     if weights is not None:
         per_example = per_example * weights(batch).to(per_example.dtype)
@@ -225,9 +240,11 @@ class PairCache:
                                [self.spill_dir / f"{stem}.s{k}.pt" for k in range(len(pairs[0][2]))])
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(a_list, spilled.a_path)
-            for k, path in enumerate(spilled.s_paths):
-                torch.save([ss[k].cpu() for _, _, ss in pairs], path)
+            # a temporary file read back once by this process: no CRC32 (a quarter of torch.save's time)
+            with serialization_config.patch({"save.compute_crc32": False}):
+                torch.save(a_list, spilled.a_path)
+                for k, path in enumerate(spilled.s_paths):
+                    torch.save([ss[k].cpu() for _, _, ss in pairs], path)
         except OSError:  # e.g. a full disk: give up on the cache, run the model pass instead
             for path in (spilled.a_path, *spilled.s_paths):
                 path.unlink(missing_ok=True)
