@@ -119,9 +119,12 @@ def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tens
 class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, logits, targets):
-        lse = torch.logsumexp(logits, dim=1)
-        logp = logits.gather(1, targets.T).T - lse
-        expected = logits.sub_(lse[:, None]).exp_() @ weight  # E_p[weight row], [N, d]
+        picked = logits.gather(1, targets.T).T  # [K, N]
+        top = logits.amax(dim=1, keepdim=True)
+        e = logits.sub_(top).exp_()  # in place: no [N, V] temporaries (fresh pages cost as much as the math)
+        norm = e.sum(dim=1, keepdim=True)
+        logp = picked - (top + norm.log()).T
+        expected = (e @ weight).div_(norm)  # E_p[weight row], [N, d]
         ctx.save_for_backward(weight, targets, expected)
         return logp
 
