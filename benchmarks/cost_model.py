@@ -12,7 +12,9 @@ Analytic model, per token, with P the non-embedding parameters of the dense laye
 each tracked Linear m its (in_m, out_m):
   forward                2 P + attention
   activation backward    2 P + attention x 2 (no weight gradients)
-  covariance hooks       sum_m 2 (in_m^2 + out_m^2)                     (A and S sums)
+  covariance hooks       sum_m g(in_m) + g(out_m)                        (A and S sums)
+                         g(d) = 2 d^2, or ~1.5 d^2 for d >= 256 (three of the four half-size
+                         blocks of the symmetric product); g(in_m) once for modules sharing an input
   Lambda* hooks          per example of T tokens, the cheaper of
                          2 T (out^2 + in^2 + out in)  and  2 out in (T + out + in)
   scoring hooks          sum_m 2 F out in  (+ 2 F min(in, out))         (F query functions)
@@ -78,11 +80,23 @@ def measure(model_name: str, length: int, n: int = 4) -> dict[str, float]:
     return flops, model, modules
 
 
-def hooks_per_token(dims: list[tuple[int, int]], length: int, functions: int = 1, rank: int = RANK
-                    ) -> dict[str, float]:
+def gram_flops(d: int) -> int:
+    """FLOPs per row of x^T x for x [N, d] as `curate.influence.factors._gram` forms it: the full
+    product below d = 256, three of its four half-size blocks from there."""
+    if d < 256:
+        return 2 * d * d
+    h = d // 2
+    return 2 * h * h + 2 * h * (d - h) + 2 * (d - h) * (d - h)
+
+
+def hooks_per_token(dims: list[tuple[int, int]], length: int, functions: int = 1, rank: int = RANK,
+                    shared: list[bool] | None = None) -> dict[str, float]:
     """Analytic hook FLOPs per token for tracked Linears of (in, out) at sequences of `length`;
-    `scoring_rank`: the scoring hooks with rank-`rank` query directions (`--query-rank`)."""
-    cov = sum(2 * (i * i + o * o) for i, o in dims)
+    `shared[m]`: module m reads the previous one's input (a Llama MLP's up projection after its
+    gate), whose a^T a the covariance hooks reuse; `scoring_rank`: the scoring hooks with
+    rank-`rank` query directions (`--query-rank`)."""
+    shared = shared or [False] * len(dims)
+    cov = sum((0 if same else gram_flops(i)) + gram_flops(o) for (i, o), same in zip(dims, shared, strict=True))
     lam = sum(min(2 * length * (o * o + i * i + o * i), 2 * o * i * (length + o + i)) for i, o in dims) / length
     score = sum(2 * functions * o * i + 2 * functions * min(i, o) for i, o in dims)
     score_rank = sum(2 * functions * rank * (o + i) + 2 * functions * rank for i, o in dims)
@@ -102,7 +116,7 @@ def qwen7b(length: int) -> dict[str, float]:
     h, f, layers = QWEN7B["hidden"], QWEN7B["inter"], QWEN7B["layers"]
     flops = model_flops(h, f, layers, QWEN7B["kv_heads"] * QWEN7B["head_dim"], 152064, length)
     dims = [(h, f), (h, f), (f, h)] * layers
-    return {**flops, **hooks_per_token(dims, length)}
+    return {**flops, **hooks_per_token(dims, length, shared=[False, True, False] * layers)}
 
 
 def main() -> None:
@@ -114,7 +128,7 @@ def main() -> None:
     measured, model, modules = measure(args.model, args.length)
     fwd = measured["forward"]
     dims = [(m.in_features, m.out_features) for m in modules.values()]
-    hooks = hooks_per_token(dims, args.length)
+    hooks = hooks_per_token(dims, args.length, shared=[n.rsplit(".", 1)[-1] == "up_proj" for n in modules])
     print(f"# {args.model}: {len(modules)} tracked modules, sequences of {args.length} tokens; GFLOP per token")
     expected_hooks = {"covariance pass": hooks["covariance"], "Lambda* pass": hooks["lambda"],
                       "scoring pass (F=1)": hooks["scoring"], f"scoring pass (F=1, rank {RANK})": hooks["scoring_rank"]}
