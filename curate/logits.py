@@ -80,7 +80,7 @@ def returns_head_output(model, head) -> bool:
     return _RETURNS_HEAD_OUTPUT[model]
 
 
-CHUNK_BYTES = 16 << 20  # one chunk's float32 logits: small enough to stay in a core's cache
+CHUNK_BYTES = 16 << 20  # one chunk's float32 logits (85 rows of a 49k vocabulary; 42-170 rows timed alike)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -89,14 +89,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
 
     hidden [N, d], weight [V, d], bias [V] or None, targets [N] (token ids). The same number and
     gradients as `cross_entropy(linear(hidden, weight, bias), targets, reduction="sum")` with the
-    logits promoted to at least float32 (the loss's dtype too),
-    without the [N, V] logits: the logits are made `chunk_rows` rows at a time (default:
-    CHUNK_BYTES of float32 logits), in at least float32 (bfloat16 weights are promoted, which
-    is more exact than a bfloat16 head), and reduced at once to the chunk's loss and its gradients for hidden, weight and bias (those
-    that need one); the backward scales them by the incoming gradient. The fused linear
-    cross-entropy of GPU kernels (Liger's, Apple's cut-cross-entropy), which need Triton; here in
-    plain torch, for the CPU trainer, where the [N, V] logits and their log-softmax cost more
-    than the head's matrix products (a 2-layer model with a 49k-token head: about half a step).
+    logits promoted to at least float32 (bfloat16 weights are promoted, more exact than a
+    bfloat16 head; the loss has that dtype), without ever holding the [N, V] logits: they are
+    made `chunk_rows` rows at a time (default: CHUNK_BYTES of float32 logits) and reduced at once
+    to the chunk's loss and its gradients for hidden, weight and bias (those that need one); the
+    backward scales them by the incoming gradient. This is the fused linear cross-entropy of GPU
+    kernels (Liger's, Apple's cut-cross-entropy), which need Triton; here in plain torch for the
+    CPU trainer, where the [N, V] logits and their log-softmax cost more than the head's matrix
+    products (a 2-layer model with a 49k-token head, 1,160 labelled tokens: 0.53 s -> 0.26-0.32 s
+    for the head's forward and backward, 2 threads).
     """
     rows = chunk_rows or max(1, CHUNK_BYTES // (4 * weight.shape[0]))
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows)

@@ -97,3 +97,23 @@ def test_a_model_without_a_head_is_refused():
         logits_at(LlamaModel(LlamaConfig(vocab_size=48, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1)),
                   torch.ones(1, 3, dtype=torch.bool), input_ids=torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_head_logprobs_give_each_label_sets_gradient():
+    from curate.influence.batches import head_logprobs
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight, bias = torch.randn(11, 5, generator=gen, dtype=torch.float64), torch.randn(11, generator=gen,
+                                                                                      dtype=torch.float64)
+    labels = torch.randint(0, 11, (2, 7), generator=gen)
+    scale = torch.randn(2, 7, generator=gen, dtype=torch.float64)  # per-position loss weights
+    reference = torch.log_softmax(torch.nn.functional.linear(hidden, weight, bias), dim=1).gather(1, labels.T).T
+    fused = head_logprobs(hidden, weight, torch.nn.functional.linear(hidden.detach(), weight, bias), labels)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-13)
+    for k in range(2):  # a backward from one label set, the other set's log-probs untouched
+        (want,) = torch.autograd.grad((scale[k] * reference[k]).sum(), [hidden], retain_graph=True)
+        (got,) = torch.autograd.grad((scale[k] * fused[k]).sum(), [hidden], retain_graph=True)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="frozen"):
+        head_logprobs(hidden, weight.requires_grad_(), torch.zeros(7, 11, dtype=torch.float64), labels)

@@ -119,6 +119,8 @@ def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tens
 class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, logits, targets):
+        if ctx.needs_input_grad[1]:
+            raise ValueError("head_logprobs: the head's weight must be frozen (no gradient reaches it)")
         picked = logits.gather(1, targets.T).T  # [K, N]
         top = logits.amax(dim=1, keepdim=True)
         e = logits.sub_(top).exp_()  # in place: no [N, V] temporaries (fresh pages cost as much as the math)
