@@ -12,9 +12,21 @@ from curate.influence.scoring import query_gradient_sums, score_batches, split_f
 from tests.tiny import autograd_example_grads, random_examples, tiny_llama
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=["fused-head", "model-head"])
+def setup(request):
+    """The model, its tracked modules and fit batches; every test runs twice: with the passes'
+    own head (`head_logprobs`, one softmax for every label set) and with the model's logits, the
+    path of a model that changes them after its head (as Gemma2's soft-cap does; here x 1.0)."""
+    from curate.logits import returns_head_output
+
     model = tiny_llama(bias=True)
+    if request.param == "model-head":
+        def changed_after_the_head(module, args, output):
+            output["logits"] = output.logits * 1.0
+            return output
+
+        model.register_forward_hook(changed_after_the_head)
+    assert returns_head_output(model, model.get_output_embeddings()) is (request.param == "fused-head")
     modules = select_modules(model, "mlp")
     train = random_examples(10, seed=1)
     batches = make_batches(train, batch_tokens=40, pad_id=0)
