@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -432,3 +433,28 @@ def test_rater_windows_give_the_same_tags_requests_and_accounting(tmp_path, monk
     assert whole["curate_domain_source"].to_list().count("llm") >= 2
     assert sum(one.failed.values()) and sum(one.unparsed.values()) and one.shrunk
     assert whole["curate_tag_long"].str.starts_with("split").any()
+
+
+def test_a_killed_process_leaves_a_folder_the_next_one_removes(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from curate.data.rows import TempFolder, sweep_orphans
+
+    code = ("import os, signal; from curate.data.rows import TempFolder; t = TempFolder(); "
+            "print(t.path, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == -signal.SIGKILL
+    orphan = Path(proc.stdout.strip())
+    assert orphan.parent == tmp_path and orphan.is_dir()  # no finalizer ran
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(TempFolder, "_swept", False)
+    live = TempFolder()  # this process's first: sweeps the killed one's, keeps its own
+    assert not orphan.exists() and live.path.is_dir()
+    assert sweep_orphans(tmp_path) == [] and live.path.is_dir()
+    other = tmp_path / "curate-sandbox-x"  # not a TempFolder: left alone
+    other.mkdir()
+    assert sweep_orphans(tmp_path) == [] and other.is_dir()

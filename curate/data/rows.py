@@ -20,6 +20,7 @@ Batches are `pyarrow.Table`s whose columns follow `schema`'s order, restricted t
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -284,14 +285,47 @@ def read_columns(rows: Rows, columns: Sequence[str]) -> pa.Table:
 
 
 class TempFolder:
-    """A temporary folder removed when the last object holding this goes away (or at exit)."""
+    """A temporary folder, `$TMPDIR/curate-<pid>-*`, removed when the last object holding this
+    goes away (or at exit). A process killed before that (SIGKILL, out of memory) cannot remove
+    its folders; the first TempFolder of a later process removes those whose process is gone."""
 
-    def __init__(self, prefix: str = "curate-") -> None:
+    _swept = False
+
+    def __init__(self) -> None:
         import shutil
         import tempfile
 
-        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        if not TempFolder._swept:
+            TempFolder._swept = True
+            sweep_orphans(Path(tempfile.gettempdir()))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+
+TEMP_PREFIX = "curate-"
+
+
+def sweep_orphans(root: Path) -> list[Path]:
+    """Remove the `TempFolder`s under `root` whose process no longer runs; returns them."""
+    import shutil
+
+    removed = []
+    for path in root.glob(f"{TEMP_PREFIX}*-*"):
+        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and path.is_dir() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class ParquetSpool:
