@@ -8,6 +8,11 @@ applying the head at the N positions read, [N, V], gives the same numbers for le
 model does to its logits after the head (soft-capping, scaling) is elementwise and still applies.
 The head is never a tracked module of the influence engine (`capture.select_modules`), so its
 inputs may change shape.
+
+Where the model returns its head's output unchanged (`returns_head_output`), the head can go
+further: `hidden_at` gives the hidden states it would read, `linear_cross_entropy` (the CPU
+trainer's loss) and `head_logprobs` (the influence passes' log-probs) take the head and its
+softmax together, with one in-place softmax (`softmax_in_place`) and no [N, V] temporaries.
 """
 
 from __future__ import annotations
@@ -115,14 +120,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros(weight.shape[0], dtype=compute, device=hidden.device) if need_bias else None
         for start in range(0, hidden.shape[0], rows):
             h, t = hidden[start:start + rows].to(compute), targets[start:start + rows]
-            logits = torch.nn.functional.linear(h, w, None if bias is None else bias.to(compute))
-            picked = logits.gather(1, t[:, None])
-            top = logits.amax(dim=1, keepdim=True)
-            # d(loss)/d(logits) = softmax - one_hot = (e - norm * one_hot) / norm, e = exp(logits - top):
-            # one exp over the chunk, in place, and the division left to the [rows, d] products
-            e = logits.sub_(top).exp_()
-            norm = e.sum(dim=1, keepdim=True)
-            total += (top + norm.log() - picked).sum()
+            logp, e, norm = softmax_in_place(torch.nn.functional.linear(h, w, None if bias is None else bias.to(compute)),
+                                             t[:, None])
+            total -= logp.sum()
+            # d(loss)/d(logits) = softmax - one_hot = (e - norm * one_hot) / norm: the division is
+            # left to the [rows, d] products
             e.scatter_add_(1, t[:, None], -norm)
             if need_hidden:
                 grad_hidden[start:start + rows] = (e @ w).div_(norm)
@@ -138,3 +140,51 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         return *(None if g is None else (g * grad.to(g.dtype)).to(dtype)
                  for g, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True)), None, None
+
+
+def softmax_in_place(logits: torch.Tensor, targets: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The softmax of `logits` [N, V] with one exp, overwriting them, and the log-probabilities of
+    `targets` [N, K] (K token ids per row). Returns (log p [N, K], e [N, V], norm [N, 1]) with
+    e = exp(logits - max) in the logits' storage and softmax = e / norm: no [N, V] temporaries
+    (on a CPU fresh pages of that size cost as much as the arithmetic)."""
+    picked = logits.gather(1, targets)
+    top = logits.amax(dim=1, keepdim=True)
+    e = logits.sub_(top).exp_()
+    norm = e.sum(dim=1, keepdim=True)
+    return picked - (top + norm.log()), e, norm
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+                  ) -> torch.Tensor:
+    """log p(targets[k, n] | position n) for K label sets at once: [K, N] (nats, <= 0).
+
+    hidden [N, d] (differentiable), weight [V, d] (the head's, frozen: no gradient reaches it),
+    logits [N, V] = hidden @ weight.T (+ bias) without a graph, overwritten here, targets [K, N].
+    One softmax serves every label set: with P = softmax(logits) @ weight [N, d] made once in the
+    forward, d log p(t | n) / d hidden[n] = weight[t] - P[n], so a backward from any label set
+    costs [N, d], not the head's [N, V] log-softmax backward and product (the influence passes'
+    two backwards, sampled and data labels, share it). The same numbers as a log-softmax of
+    those logits, to rounding.
+    """
+    return _HeadLogprobs.apply(hidden, weight, logits, targets)
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, logits, targets):
+        if ctx.needs_input_grad[1]:
+            raise ValueError("head_logprobs: the head's weight must be frozen (no gradient reaches it)")
+        logp, e, norm = softmax_in_place(logits, targets.T)
+        expected = (e @ weight).div_(norm)  # E_p[weight row], [N, d]
+        ctx.save_for_backward(weight, targets, expected)
+        return logp.T
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [K, N]
+        weight, targets, expected = ctx.saved_tensors
+        grad = grad.to(expected.dtype)
+        grad_hidden = -grad.sum(dim=0)[:, None] * expected
+        for g, t in zip(grad, targets, strict=True):
+            grad_hidden.addcmul_(g[:, None], weight[t])
+        return grad_hidden, None, None, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curate.logits import linear_cross_entropy, logits_at, returns_head_output
+from curate.logits import head_logprobs, linear_cross_entropy, logits_at, returns_head_output
 from curate.training.loss import completion_loss
 from tests.tiny import tiny_llama
 
@@ -100,8 +100,6 @@ def test_a_model_without_a_head_is_refused():
 
 
 def test_head_logprobs_give_each_label_sets_gradient():
-    from curate.influence.batches import head_logprobs
-
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     weight, bias = torch.randn(11, 5, generator=gen, dtype=torch.float64), torch.randn(11, generator=gen,

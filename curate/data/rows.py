@@ -284,6 +284,9 @@ def read_columns(rows: Rows, columns: Sequence[str]) -> pa.Table:
     return pa.concat_tables(parts) if parts else target.empty_table()
 
 
+TEMP_PREFIX = "curate-"
+
+
 class TempFolder:
     """A temporary folder, `$TMPDIR/curate-<pid>-*`, removed when the last object holding this
     goes away (or at exit). A process killed before that (SIGKILL, out of memory) cannot remove
@@ -300,9 +303,6 @@ class TempFolder:
             sweep_orphans(Path(tempfile.gettempdir()))
         self.path = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
-
-
-TEMP_PREFIX = "curate-"
 
 
 def sweep_orphans(root: Path) -> list[Path]:

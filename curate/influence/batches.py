@@ -89,7 +89,7 @@ def response_logits(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 def response_hidden(model, batch: Batch, head: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(hidden, logits, keep)`: the hidden states `head` reads at the response positions, [N, d]
     (in the model's autograd graph; `curate.logits.hidden_at`), their logits [N, V] made from a
-    detached copy (no graph: `head_logprobs` differentiates them itself), and `keep` [B, T-1] as
+    detached copy (no graph: `curate.logits.head_logprobs` differentiates them itself), and `keep` [B, T-1] as
     in `response_logits`. For a model whose logits are `head`'s output unchanged
     (`curate.logits.returns_head_output`)."""
     from curate.logits import hidden_at
@@ -100,44 +100,6 @@ def response_hidden(model, batch: Batch, head: torch.nn.Linear) -> tuple[torch.T
     with torch.no_grad():
         logits = torch.nn.functional.linear(hidden.detach(), head.weight, head.bias)
     return hidden, logits, keep
-
-
-def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
-                  ) -> torch.Tensor:
-    """log p(targets[k, n] | position n) for K label sets at once: [K, N] (nats, <= 0).
-
-    hidden [N, d] (differentiable), weight [V, d] (the head's, frozen: no gradient reaches it),
-    logits [N, V] = hidden @ weight.T (+ bias) without a graph, overwritten here, targets [K, N].
-    One softmax serves every label set: with P = softmax(logits) @ weight [N, d] made once in the
-    forward, d log p(t | n) / d hidden[n] = weight[t] - P[n], so a backward from any label set
-    costs [N, d], not the head's [N, V] log-softmax backward and product. (The same numbers as
-    `target_logprobs` from those logits, to rounding.)
-    """
-    return _HeadLogprobs.apply(hidden, weight, logits, targets)
-
-
-class _HeadLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, logits, targets):
-        if ctx.needs_input_grad[1]:
-            raise ValueError("head_logprobs: the head's weight must be frozen (no gradient reaches it)")
-        picked = logits.gather(1, targets.T).T  # [K, N]
-        top = logits.amax(dim=1, keepdim=True)
-        e = logits.sub_(top).exp_()  # in place: no [N, V] temporaries (fresh pages cost as much as the math)
-        norm = e.sum(dim=1, keepdim=True)
-        logp = picked - (top + norm.log()).T
-        expected = (e @ weight).div_(norm)  # E_p[weight row], [N, d]
-        ctx.save_for_backward(weight, targets, expected)
-        return logp
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [K, N]
-        weight, targets, expected = ctx.saved_tensors
-        grad = grad.to(expected.dtype)
-        grad_hidden = -grad.sum(dim=0)[:, None] * expected
-        for g, t in zip(grad, targets, strict=True):
-            grad_hidden.addcmul_(g[:, None], weight[t])
-        return grad_hidden, None, None, None
 
 
 def sampled_targets(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]
@@ -164,8 +126,13 @@ def sampled_targets(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Ten
 def target_logprobs(logits: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token log-probabilities [B, T-1] of `targets` [B, T-1] under `logits` [N, V] (the `keep`
     positions); zero outside `keep`."""
-    nll = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-    return torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device).masked_scatter(keep, -nll)
+    return at_kept(-torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none"), keep)
+
+
+def at_kept(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """values [N] (one per True of `keep` [B, T-1], row-major) placed in a [B, T-1] tensor, zero
+    elsewhere."""
+    return torch.zeros(keep.shape, dtype=values.dtype, device=values.device).masked_scatter(keep, values)
 
 
 def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,14 +14,14 @@ from torch.utils.serialization import config as serialization_config
 
 from curate.influence.batches import (
     Batch,
+    at_kept,
     example_seed,
-    head_logprobs,
     response_hidden,
     response_logits,
     sampled_targets,
 )
 from curate.influence.capture import Sink, tapped
-from curate.logits import returns_head_output
+from curate.logits import head_logprobs, returns_head_output
 
 
 def run_pass(
@@ -88,7 +88,7 @@ def _backward(logp: torch.Tensor, keep: torch.Tensor, batch: Batch,
               weights: Callable[[Batch], torch.Tensor] | None, *, retain: bool) -> torch.Tensor:
     """Backward of -sum_b w_b sum_t log p(target_bt), from the log-probs [N] at the `keep`
     positions; returns them detached, [B, T-1] (zero outside `keep`)."""
-    logp = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device).masked_scatter(keep, logp)
+    logp = at_kept(logp, keep)
     per_example = logp.sum(dim=1)
     if weights is not None:
         per_example = per_example * weights(batch).to(per_example.dtype)
