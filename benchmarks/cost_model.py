@@ -81,7 +81,7 @@ def measure(model_name: str, length: int, n: int = 4) -> dict[str, float]:
 
 
 def gram_flops(d: int) -> int:
-    """FLOPs per row of x^T x for x [N, d] as `curate.influence.factors._gram` forms it: the full
+    """FLOPs per row of x^T x for x [N, d] as `curate.influence.factors.gram_blocks` forms it: the full
     product below d = 256, three of its four half-size blocks from there."""
     if d < 256:
         return 2 * d * d

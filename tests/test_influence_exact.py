@@ -258,12 +258,16 @@ def test_token_scores_sum_to_instance_scores(setup):
 
 @pytest.mark.parametrize("d", [17, 255, 256, 577])
 def test_blocked_gram_is_the_full_product(d):
-    """Covariance sums multiply three of x^T x's four blocks for d >= 256; the result is the full
-    product, its off-diagonal blocks exact transposes of each other."""
-    from curate.influence.factors import _gram
+    """Covariance sums add three of x^T x's four blocks for d >= 256, in place, over batches; once
+    mirrored the sum is the full product's, its off-diagonal blocks exact transposes of each other."""
+    from curate.influence.factors import add_gram, gram_blocks, mirror_gram
 
-    x = torch.randn(300, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
-    g = _gram(x)
-    torch.testing.assert_close(g, x.T @ x, rtol=1e-12, atol=1e-10)
+    gen = torch.Generator().manual_seed(d)
+    xs = [torch.randn(n, d, dtype=torch.float64, generator=gen) for n in (300, 7)]
+    g = torch.zeros(d, d, dtype=torch.float64)
+    for x in xs:
+        add_gram(g, gram_blocks(x))
+    mirror_gram(g)
+    torch.testing.assert_close(g, sum(x.T @ x for x in xs), rtol=1e-12, atol=1e-10)
     h = d // 2
     assert d < 256 or torch.equal(g[h:, :h], g[:h, h:].T)
