@@ -182,12 +182,14 @@ def fit_lambdas(
             q_a, q_s = cast[name]
             t, d_out, d_in = s.shape[1], s.shape[2], a.shape[2]
             if t * (d_out * d_out + d_in * d_in) <= d_out * d_in * (d_out + d_in):
-                g = torch.einsum("bto,bti->boi", s @ q_s, a @ q_a)
+                g = torch.bmm((s @ q_s).transpose(1, 2), a @ q_a)
             else:
-                g = q_s.T @ torch.einsum("bto,bti->boi", s, a) @ q_a
-            sq = (g * g).sum(dim=0).to(torch.float64)  # per batch in the model's dtype, summed in float64
+                g = q_s.T @ torch.bmm(s.transpose(1, 2), a) @ q_a
+            sq = torch.zeros_like(g[0])  # per batch in the model's dtype, summed in float64
+            for g_n in g:  # in place: no [B, out, in'] temporary for the squares
+                sq.addcmul_(g_n, g_n)
             prev, n = sums.get(name, (0.0, 0))
-            sums[name] = (prev + sq, n + g.shape[0])
+            sums[name] = (prev + sq.to(torch.float64), n + g.shape[0])
 
         return accumulate
 
