@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curate.cpu import configure_allocator
-
 if TYPE_CHECKING:
     import torch
 
@@ -49,10 +47,6 @@ class ScoreContext:
     progress: Progress
     overwrite: bool = False
     directions: dict[str, Direction] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.device.type == "cpu":
-            configure_allocator()  # the passes reuse each batch's memory instead of faulting it in again
 
     @property
     def device(self) -> torch.device:
