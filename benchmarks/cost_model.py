@@ -83,9 +83,11 @@ def measure(model_name: str, length: int, n: int = 4) -> dict[str, float]:
 def gram_flops(d: int) -> int:
     """FLOPs per row of x^T x for x [N, d] as `curate.influence.factors.gram_blocks` forms it: the full
     product below d = 256, three of its four half-size blocks from there."""
-    if d < 256:
+    from curate.influence.factors import gram_split
+
+    h = gram_split(d)
+    if h is None:
         return 2 * d * d
-    h = d // 2
     return 2 * h * h + 2 * h * (d - h) + 2 * (d - h) * (d - h)
 
 
