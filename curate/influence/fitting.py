@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from curate.errors import UsageError
@@ -106,16 +105,16 @@ def _spread_eigenbases(covs: dict[str, Covariance], coll: Collective) -> dict[st
     return bases
 
 
-def _park_bases(bases: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, dtype: torch.dtype, *,
+def _park_bases(bases: dict[str, tuple[torch.Tensor, torch.Tensor]], folder: Path, dtype: torch.dtype, *,
                 write: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Write the float64 (Q_A, Q_S) of a group to `path` (when `write`: rank 0) and return them in
-    the model's compute dtype, which the eigenvalue correction uses: the float64 copies wait on
-    disk instead of in memory until the factor files are written."""
+    """Write the float64 (Q_A, Q_S) of a group to `folder`, one file per module (when `write`:
+    rank 0), and return them in the model's compute dtype, which the eigenvalue correction uses:
+    the float64 copies wait on disk instead of in memory until the factor files are written, and
+    are read back a module at a time (a file's mapped pages leave with it)."""
     if write:
-        tensors = {}
+        folder.mkdir(parents=True, exist_ok=True)
         for n, (q_a, q_s) in bases.items():
-            tensors[f"{n}::q_a"], tensors[f"{n}::q_s"] = q_a.contiguous().cpu(), q_s.contiguous().cpu()
-        save_file(tensors, str(path))
+            save_file({"q_a": q_a.contiguous().cpu(), "q_s": q_s.contiguous().cpu()}, str(folder / f"{n}.safetensors"))
     return {n: (q_a.to(dtype), q_s.to(dtype)) for n, (q_a, q_s) in bases.items()}
 
 
@@ -203,7 +202,7 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
                 covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch,
                                        cache=cache, score_pairs=keep)
             covs = _reduce_covariances(covs, group, coll, device)
-            parked = stage / f".bases-{g}.safetensors"
+            parked = stage / f".bases-{g}"
             bases = _park_bases(_spread_eigenbases(covs, coll), parked, next(model.parameters()).dtype,
                                 write=coll.is_main)
             with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches),
@@ -213,11 +212,10 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
             del bases
             lams = _reduce_lambdas(sums, group, coll, device)
             if coll.is_main:
-                with safe_open(str(parked), framework="pt") as f:  # one module's float64 bases at a time
-                    for n in group:
-                        q_a, q_s = f.get_tensor(f"{n}::q_a"), f.get_tensor(f"{n}::q_s")
-                        save_tensors(paths[n], ModuleFactors(q_a, q_s, lams[n].cpu()).to_dict())
-                parked.unlink()
+                for n in group:  # one module's float64 bases in memory at a time
+                    save_tensors(paths[n], ModuleFactors(**load_tensors(parked / f"{n}.safetensors"),
+                                                         lam=lams[n].cpu()).to_dict())
+                shutil.rmtree(parked)
             coll.barrier()
             if keep and cache.usable:
                 kept.append(cache)
