@@ -81,14 +81,11 @@ def measure(model_name: str, length: int, n: int = 4) -> dict[str, float]:
 
 
 def gram_flops(d: int) -> int:
-    """FLOPs per row of x^T x for x [N, d] as `curate.influence.factors.gram_blocks` forms it: the full
-    product below d = 256, three of its four half-size blocks from there."""
-    from curate.influence.factors import gram_split
+    """FLOPs per row of x^T x for x [N, d] as `curate.influence.factors.gram_blocks` forms it: its
+    upper-triangle blocks (`gram_layout`)."""
+    from curate.influence.factors import gram_layout
 
-    h = gram_split(d)
-    if h is None:
-        return 2 * d * d
-    return 2 * h * h + 2 * h * (d - h) + 2 * (d - h) * (d - h)
+    return sum(2 * (r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in gram_layout(d))
 
 
 def hooks_per_token(dims: list[tuple[int, int]], length: int, functions: int = 1, rank: int = RANK,
