@@ -40,9 +40,11 @@ def test_replayed_scores_equal_a_scoring_pass(tmp_path, monkeypatch, fisher, mem
     # every example goes through the scoring pass.
     for stage in ("factors", "queries"):
         shutil.copytree(tmp_path / "a" / stage, tmp_path / "b" / stage)
+    (tmp_path / "b" / "factors" / ".bases-0").mkdir()  # as a run killed after its last factor file leaves it
     calls.clear()
     passed = score_pool(pool, queries, ScoreConfig(model="tiny", **common), tmp_path / "b", model=model, tokenizer=tok)
     assert scored_rows == 2 and sum(calls) == 7
+    assert not list((tmp_path / "b" / "factors").glob(".bases-*"))
     # Not bit-equal: the batches are padded differently, and LlamaRMSNorm rounds through float32.
     for col in [*replayed.columns, "curate_nll"]:
         a, b = replayed.table[col].to_numpy(), passed.table[col].to_numpy()

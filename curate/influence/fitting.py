@@ -188,7 +188,9 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
         for g, group in enumerate(groups):
             paths = {n: stage / f"{n}.safetensors" for n in group}
             files.update(paths)
+            parked = stage / f".bases-{g}"
             if all(p.exists() for p in paths.values()):
+                shutil.rmtree(parked, ignore_errors=True)  # left by a run killed after its last factor file
                 keep = _release(kept)
                 continue
             cache = PairCache(budget - sum(c.bytes for c in kept) if keep else budget, spill_root / f"group-{g}",
@@ -202,7 +204,6 @@ def fit_factors(ctx: ScoreContext, fit_items: Sequence[Tokenized], factors_fp: s
                 covs = fit_covariances(model, group, batches, sample_seed=config.sample_seed, on_batch=on_batch,
                                        cache=cache, score_pairs=keep)
             covs = _reduce_covariances(covs, group, coll, device)
-            parked = stage / f".bases-{g}"
             bases = _park_bases(_spread_eigenbases(covs, coll), parked, next(model.parameters()).dtype,
                                 write=coll.is_main)
             with progress.task(f"factors {g + 1}/{len(groups)}: eigenvalue correction", len(batches),
