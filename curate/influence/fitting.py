@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from curate.errors import UsageError
 from curate.influence.batches import Batch, make_batches
@@ -114,7 +113,7 @@ def _park_bases(bases: dict[str, tuple[torch.Tensor, torch.Tensor]], folder: Pat
     if write:
         folder.mkdir(parents=True, exist_ok=True)
         for n, (q_a, q_s) in bases.items():
-            save_file({"q_a": q_a.contiguous().cpu(), "q_s": q_s.contiguous().cpu()}, str(folder / f"{n}.safetensors"))
+            save_tensors(folder / f"{n}.safetensors", {"q_a": q_a.cpu(), "q_s": q_s.cpu()})
     return {n: (q_a.to(dtype), q_s.to(dtype)) for n, (q_a, q_s) in bases.items()}
 
 
