@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curate.logits import head_logprobs, linear_cross_entropy, logits_at, returns_head_output
+from curate.logits import (
+    head_logprobs,
+    head_product,
+    head_target_logprobs,
+    linear_cross_entropy,
+    logits_at,
+    returns_head_output,
+)
 from curate.training.loss import completion_loss
 from tests.tiny import tiny_llama
 
@@ -68,7 +75,9 @@ def test_completion_loss_is_the_models_loss_with_the_same_gradients(make, per_to
 
 @pytest.mark.parametrize("rows", [1, 3, 64])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_linear_cross_entropy_is_the_unfused_loss(rows, dtype):
+@pytest.mark.parametrize("columns", [4096, 16], ids=["one-block", "three-blocks"])
+def test_linear_cross_entropy_is_the_unfused_loss(rows, dtype, columns, monkeypatch):
+    monkeypatch.setattr("curate.logits.BLOCK_COLUMNS", columns)  # 40 columns: one block, or 16 + 16 + 8
     gen = torch.Generator().manual_seed(0)
     hidden, weight, bias = (torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
                             for shape in ((10, 8), (40, 8), (40,)))
@@ -88,6 +97,23 @@ def test_linear_cross_entropy_is_the_unfused_loss(rows, dtype):
     unfused = torch.nn.functional.cross_entropy(torch.nn.functional.linear(exact[0], exact[1].detach()), targets,
                                                 reduction="sum")
     torch.testing.assert_close(grad.double(), torch.autograd.grad(unfused, [exact[0]])[0], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_head_product_in_blocks_is_one_product(dtype, with_bias, monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    hidden, weight, bias = (torch.randn(*shape, generator=gen, dtype=dtype) for shape in ((7, 24), (300, 24), (300,)))
+    bias = bias if with_bias else None
+    whole = torch.nn.functional.linear(hidden, weight, bias)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-13}[dtype]
+    for columns in (300, 128, 7):  # one block, an uneven last block, many narrow ones
+        monkeypatch.setattr("curate.logits.BLOCK_COLUMNS", columns)
+        out = torch.full((7, 300), float("nan"), dtype=dtype)
+        assert head_product(hidden, weight, bias, out) is out
+        # each logit is its 24-term dot product whatever the block (a narrow block may take
+        # another kernel, so rounding, not bits)
+        torch.testing.assert_close(out, whole, rtol=tol, atol=tol)
 
 
 def test_a_model_without_a_head_is_refused():
@@ -115,3 +141,34 @@ def test_head_logprobs_give_each_label_sets_gradient():
         torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match="frozen"):
         head_logprobs(hidden, weight.requires_grad_(), torch.zeros(7, 11, dtype=torch.float64), labels)
+
+
+@pytest.mark.parametrize("rows", [1, 4, None])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_head_target_logprobs_are_the_log_softmax(rows, dtype):
+    gen = torch.Generator().manual_seed(2)
+    hidden, weight, bias = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((9, 8), (40, 8), (40,)))
+    targets = torch.randint(0, 40, (9,), generator=gen)
+    exact = torch.log_softmax(torch.nn.functional.linear(hidden, weight, bias), dim=-1).gather(1, targets[:, None])[:, 0]
+    got = head_target_logprobs(hidden.to(dtype), weight.to(dtype), bias.to(dtype), targets, chunk_rows=rows)
+    assert got.dtype == torch.promote_types(dtype, torch.float32) and got.shape == (9,)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 0.1}[dtype]  # the last: bfloat16 inputs
+    torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol)
+
+
+def test_response_logprobs_without_gradients_skip_the_full_logits(monkeypatch):
+    """An evaluation (no gradients, data tokens) takes the head chunk by chunk from the hidden
+    states: the same log-probs as the full logits' path, which it never calls."""
+    import curate.influence.batches as batches
+    from tests.tiny import random_examples, tiny_llama
+
+    model = tiny_llama()
+    for batch in batches.make_batches(random_examples(5), 40, pad_id=0):
+        full, targets = batches.response_logprobs(model, batch)  # gradients on: the full logits
+        assert full.requires_grad
+        with torch.no_grad(), monkeypatch.context() as m:
+            m.setattr(batches, "response_logits", None)
+            fused, same = batches.response_logprobs(model, batch)
+        assert torch.equal(same, targets) and fused.dtype == full.dtype
+        torch.testing.assert_close(fused, full.detach(), rtol=0, atol=1e-12)
+        assert (fused[~batch.loss_mask.bool()] == 0).all()

@@ -141,9 +141,23 @@ def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) ->
     Returns `(logp, targets)`, both [B, T-1]; `logp` is zero outside `loss_mask`. Targets are the
     data tokens, or, when `sample_seed` is given, tokens sampled from the model
     (`sampled_targets`, seeded per example by `example_seed(sample_seed, id)`).
+
+    Without gradients and with the data tokens (an evaluation), a model whose logits are its
+    `nn.Linear` head's output unchanged (`curate.logits.returns_head_output`) gets them from its
+    hidden states a chunk of rows at a time (`curate.logits.head_target_logprobs`): the same
+    numbers to rounding, in at least float32, without the [N, V] logits.
     """
-    logits, keep = response_logits(model, batch)
+    from curate.logits import head_target_logprobs, hidden_at, returns_head_output
+
     targets = batch.input_ids[:, 1:]
+    head = model.get_output_embeddings()
+    if (sample_seed is None and not torch.is_grad_enabled() and type(head) is torch.nn.Linear
+            and returns_head_output(model, head)):
+        keep = batch.loss_mask.bool()
+        hidden = hidden_at(model, torch.nn.functional.pad(keep, (0, 1)), head=head, input_ids=batch.input_ids,
+                           attention_mask=batch.attention_mask)
+        return at_kept(head_target_logprobs(hidden, head.weight, head.bias, targets[keep]), keep), targets
+    logits, keep = response_logits(model, batch)
     if sample_seed is not None:
         targets = sampled_targets(logits, keep, targets, [example_seed(sample_seed, i) for i in batch.ids])
     return target_logprobs(logits, keep, targets), targets
