@@ -8,6 +8,7 @@ steps give no reason to expect influence to beat random removal, and the tests d
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -126,6 +127,7 @@ def test_cli_audit_reuses_the_runs_and_reports_errors(setup, tmp_path, capsys):
     missing = cli_error([*args[:-2], "--column", "curate_influence_code", "-o", str(tmp_path / "x")], capsys)
     assert "curate_influence_math" in missing and "curate_influence_code" in missing
     assert "(0, 0.5]" in cli_error([*args, "--k", "0.7"], capsys)
+    assert "--workers" in cli_error([*args, "--workers", "0"], capsys)
 
 
 def test_removal_sets_rank_ties_by_id_and_skip_nulls():
@@ -145,16 +147,18 @@ def test_config_and_column_errors():
         AuditConfig(base="b", k=0.6)
     with pytest.raises(UsageError, match="unknown baselines"):
         AuditConfig(base="b", baselines=("similarity",))
+    with pytest.raises(UsageError, match="workers must be >= 1"):
+        AuditConfig(base="b", workers=0)
     with pytest.raises(DataError, match="available: curate_influence_math"):
         resolve_column(["curate_id", "curate_influence_math", "curate_influence_math_split0"], "x")
     assert resolve_column(["curate_influence_math", "curate_influence_math_split0", "curate_influence_math_ck0"],
                           None) == "curate_influence_math"
 
 
-def test_proxy_mode_resume_and_a_supported_verdict_with_a_fake_trainer(tiny_model_dir, tmp_path, monkeypatch,
-                                                                       write_jsonl):
-    """Plumbing without training: a stand-in for fine-tune + evaluation whose f_q is the sum of the
-    kept rows' scores (so the scores are right by construction) plus a seed effect."""
+def fake_trainer(tmp_path, write_jsonl, monkeypatch, calls: list):
+    """A scored 20-row pool, 4 queries, and a stand-in for fine-tune + evaluation (`_run_arm`)
+    whose f_q is the sum of the kept rows' scores (so the scores are right by construction) plus a
+    seed effect; each call appends the model trained to `calls` and its record names its process."""
     import curate.audit.counterfactual as cf
     from curate.data import load_pool
 
@@ -164,14 +168,22 @@ def test_proxy_mode_resume_and_a_supported_verdict_with_a_fake_trainer(tiny_mode
                                                          for r, s in zip(rows, scores, strict=True)]))
     queries = {"math": list(load_pool(MATH, source="q").examples())[20:24]}
     by_id = dict(zip(pool.dataset["curate_id"], scores, strict=True))
-    calls = []
 
     def fake_run(scored, removed, config, seed, queries, run_dir, progress, start):
         calls.append(config.trained)
         f = sum(v for i, v in by_id.items() if i not in removed) + 0.5 * seed
-        return {"f": {"math": f}, "steps": 1, "tokens_seen": 10, "final_loss": 1.0, "runtime_s": 0.0}
+        return {"f": {"math": f}, "steps": 1, "tokens_seen": 10, "final_loss": 1.0, "runtime_s": 0.0,
+                "pid": os.getpid()}
 
     monkeypatch.setattr(cf, "_run_arm", fake_run)
+    return pool, queries, scores
+
+
+def test_proxy_mode_resume_and_a_supported_verdict_with_a_fake_trainer(tiny_model_dir, tmp_path, monkeypatch,
+                                                                       write_jsonl):
+    """Plumbing without training (`fake_trainer`)."""
+    calls = []
+    pool, queries, scores = fake_trainer(tmp_path, write_jsonl, monkeypatch, calls)
     kwargs = dict(queries=queries, out_dir=tmp_path / "a", base="some/large-model", model="some/large-sft",
                   proxy=str(tiny_model_dir), k=0.2, seeds=3, baselines=("random", "length"), train=TRAIN)
     result = audit(pool, **kwargs)
@@ -184,3 +196,21 @@ def test_proxy_mode_resume_and_a_supported_verdict_with_a_fake_trainer(tiny_mode
     calls.clear()
     again = audit(pool, **kwargs)  # every fine-tune is in audit.jsonl: none reruns
     assert calls == [] and again.to_dict() == result.to_dict()
+
+
+def test_workers_fine_tune_in_forked_processes_with_the_same_result(tiny_model_dir, tmp_path, monkeypatch,
+                                                                    write_jsonl):
+    """workers=2: every fine-tune runs in a child process (the fake trainer records its pid), the
+    result is the one-process run's, and the records are reused whatever the worker count."""
+    calls = []
+    pool, queries, _ = fake_trainer(tmp_path, write_jsonl, monkeypatch, calls)
+    kwargs = dict(queries=queries, base=str(tiny_model_dir), model=str(tiny_model_dir), k=0.2, seeds=2,
+                  baselines=("random", "length"), train=TRAIN)
+    parallel = audit(pool, out_dir=tmp_path / "two", workers=2, **kwargs)
+    records = [json.loads(line) for line in (tmp_path / "two" / "audit.jsonl").read_text().splitlines()]
+    runs = [r for r in records if "pid" in r]
+    assert len(runs) == 10 and all(r["pid"] != os.getpid() for r in runs) and calls == []  # none ran here
+    one = audit(pool, out_dir=tmp_path / "one", workers=1, **kwargs)
+    assert len(calls) == 10 and one.arms == parallel.arms and one.verdict == parallel.verdict
+    again = audit(pool, out_dir=tmp_path / "two", workers=1, **kwargs)  # all recorded: nothing reruns
+    assert len(calls) == 10 and again.arms == parallel.arms

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.audit.lds import LDSResult, lds_score, random_null, subset_rows
+from curate.audit.parallel import default_workers, run_all
 from curate.data import Example, Pool
 from curate.data.columns import EMBEDDING_PREFIX, INFLUENCE_PREFIX, main_score_columns
 from curate.errors import DataError, UsageError
@@ -76,6 +77,10 @@ class AuditConfig:
         padded tokens per evaluation batch. keep_models: save every arm's final weights to
         runs/<key>/model (default: none written, and each arm's checkpoints deleted once it is
         evaluated; the record in audit.jsonl is what counts).
+    workers: fine-tunes run at once, each in a forked process with this process's threads shared
+        out (`curate.audit.parallel`); None = `default_workers` (on a CPU one per thread, as many
+        as half the available memory holds; 1 on a GPU). Not part of a run's key: a record made
+        with any number of workers is reused.
     """
 
     base: str
@@ -92,6 +97,7 @@ class AuditConfig:
     eval_max_length: int | None = None
     eval_batch_tokens: int = 4096
     keep_models: bool = False
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -109,6 +115,8 @@ class AuditConfig:
             errors.append(f"subset_frac must be in (0, 1), got {self.subset_frac}")
         if self.eval_batch_tokens < 1 or (self.eval_max_length is not None and self.eval_max_length < 2):
             errors.append("eval_batch_tokens must be >= 1 and eval_max_length >= 2")
+        if self.workers is not None and self.workers < 1:
+            errors.append(f"workers must be >= 1, got {self.workers}")
         if errors:
             raise UsageError("; ".join(errors))
 
@@ -354,13 +362,21 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
 
     # the model loaded and the pool tokenised on the first run, then shared by every arm
     start = functools.cache(lambda: prepare_start(config.trained, scored, config.train))
+    workers, threads = _workers(config, start, len(pending))
+    if workers > 1:
+        progress.note(f"{workers} fine-tunes at a time, {threads} thread(s) each")
+
+    def run(key: str) -> dict[str, Any]:
+        arm, s, removed = by_key[key]
+        record = _run_arm(scored, set(removed), config, s, queries, out_dir / "runs" / key,
+                          progress if workers == 1 else Silent(), start)
+        return {**record, "key": key, "arm": arm, "seed": s, "removed": len(removed)}
+
     with progress.task("audit fine-tunes", len(pending), unit="run") as advance:
-        for key in pending:
-            arm, s, removed = by_key[key]
-            done[key] = _run_arm(scored, set(removed), config, s, queries, out_dir / "runs" / key, progress, start)
-            done[key].update(key=key, arm=arm, seed=s, removed=len(removed))
+        for key, record in run_all(pending, run, workers=workers, threads=threads):
+            done[key] = record
             with log.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(done[key]) + "\n")
+                fh.write(json.dumps(record) + "\n")
             advance(1)
 
     f_start = _reference("start", config.trained, queries, config, done, log, queries_fp)
@@ -529,6 +545,20 @@ def _reference(kind: str, name: str, queries, config: AuditConfig, done: dict, l
         with log.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(done[key]) + "\n")
     return done[key]["f"]
+
+
+def _workers(config: AuditConfig, start: Callable[[], Start], runs: int) -> tuple[int, int]:
+    """(fine-tunes at once, torch threads each) for `runs` pending fine-tunes; with more than one
+    the start is prepared here, before the fork, so that every child inherits it."""
+    import torch
+
+    if runs < 2 or config.workers == 1:
+        return 1, torch.get_num_threads()
+    prepared = start()
+    threads = torch.get_num_threads()  # set by the model's loading (curate.cpu.configure_threads)
+    workers = min(config.workers or default_workers(prepared.model, config.train, runs,
+                                                    device=_device(config.train), threads=threads), runs)
+    return workers, max(1, threads // workers)
 
 
 def _device(train: TrainConfig) -> str:

@@ -49,11 +49,14 @@ WHAT = (
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda:1, ...")
 @click.option("--keep-models", is_flag=True, help="Save every arm's final weights under OUT/runs/ (default: each arm is evaluated "
                    "in memory and its checkpoints deleted).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Fine-tunes run at once, each in its own process with a share of the cores [default: on a CPU "
+                   "one per core this process uses, as many as half the available memory holds; 1 on a GPU].")
 @click.option("--split", help="Split of the scored pool (folder or Hub dataset).")
 def audit(scored, base, model, queries, out_dir, score_column, objective, k, seeds, baselines, lds, subset_frac, proxy,
           max_steps,
           batch_size, grad_accum, learning_rate, max_length, lora_r, gradient_checkpointing, seed, device, keep_models,
-          split) -> None:
+          workers, split) -> None:
     """Check the influence scores of SCORED against real fine-tunes: does removing what they call
     helpful hurt the query objective more than removing random rows?"""
     from pathlib import Path
@@ -83,7 +86,7 @@ def audit(scored, base, model, queries, out_dir, score_column, objective, k, see
                         gradient_checkpointing=gradient_checkpointing)
     config = AuditConfig(base=base, model=model, proxy=proxy, score_column=score_column, objective=objective, k=k,
                          seeds=seeds, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
-                         lds=lds, subset_frac=subset_frac, train=train, keep_models=keep_models)
+                         lds=lds, subset_frac=subset_frac, train=train, keep_models=keep_models, workers=workers)
     pool = load_pool(scored, split=split)
     resolve_column(pool.column_names, score_column)  # fail before loading anything heavy
     query_sets = {q: list(load_pool(p, source=q).examples()) for q, p in query_paths.items()}
