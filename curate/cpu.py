@@ -23,17 +23,43 @@ def free_cores(samples: int = 5, interval_s: float = 0.02) -> int:
     it counts this process too), taking the smallest of a few samples so a momentary spike does
     not halve the threads. Where /proc/loadavg does not exist, all cores count as free.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    total = cores()
     busy = []
     for k in range(samples):
         try:
             with open("/proc/loadavg", encoding="ascii") as f:
                 busy.append(int(f.read().split()[3].split("/")[0]) - 1)
         except (OSError, ValueError, IndexError):
-            return cores
+            return total
         if k + 1 < samples:
             time.sleep(interval_s)
-    return max(1, cores - max(0, min(busy)))
+    return max(1, total - max(0, min(busy)))
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity; all of the machine's where unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory new work may take: /proc/meminfo's MemAvailable, or less where this
+    process's cgroup (v2: a container's, a job scheduler's) sets a lower limit (memory.max less
+    memory.current); None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+                found.append(max(0, int(limit) - int(f.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 @functools.cache

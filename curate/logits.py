@@ -12,7 +12,8 @@ inputs may change shape.
 Where the model returns its head's output unchanged (`returns_head_output`), the head can go
 further: `hidden_at` gives the hidden states it would read, `linear_cross_entropy` (the CPU
 trainer's loss) and `head_logprobs` (the influence passes' log-probs) take the head and its
-softmax together, with one in-place softmax (`softmax_in_place`) and no [N, V] temporaries.
+softmax together, with one in-place softmax (`softmax_in_place`) and no [N, V] temporaries, and
+`head_target_logprobs` (an evaluation's log-probs, no gradient) the same way.
 """
 
 from __future__ import annotations

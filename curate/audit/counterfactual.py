@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.audit.lds import LDSResult, lds_score, random_null, subset_rows
-from curate.audit.parallel import default_workers, run_all
+from curate.audit.parallel import check_workers, default_workers, run_all
 from curate.data import Example, Pool
 from curate.data.columns import EMBEDDING_PREFIX, INFLUENCE_PREFIX, main_score_columns
 from curate.errors import DataError, UsageError
@@ -77,10 +77,10 @@ class AuditConfig:
         padded tokens per evaluation batch. keep_models: save every arm's final weights to
         runs/<key>/model (default: none written, and each arm's checkpoints deleted once it is
         evaluated; the record in audit.jsonl is what counts).
-    workers: fine-tunes run at once, each in a forked process with this process's threads shared
-        out (`curate.audit.parallel`); None = `default_workers` (on a CPU one per thread, as many
-        as half the available memory holds; 1 on a GPU). Not part of a run's key: a record made
-        with any number of workers is reused.
+    workers: fine-tunes run at once, each in a forked process on one thread
+        (`curate.audit.parallel`; CPU and Linux only); None = `default_workers` (on a CPU one per
+        thread of this process, as many as half the available memory holds; 1 on a GPU). Not part
+        of a run's key: a record made with any number of workers is reused.
     """
 
     base: str
@@ -362,9 +362,9 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
 
     # the model loaded and the pool tokenised on the first run, then shared by every arm
     start = functools.cache(lambda: prepare_start(config.trained, scored, config.train))
-    workers, threads = _workers(config, start, len(pending))
+    workers = _workers(config, start, len(pending))
     if workers > 1:
-        progress.note(f"{workers} fine-tunes at a time, {threads} thread(s) each")
+        progress.note(f"{workers} fine-tunes at a time, one thread each")
 
     def run(key: str) -> dict[str, Any]:
         arm, s, removed = by_key[key]
@@ -373,7 +373,7 @@ def audit(scored: Pool, *, queries: dict[str, Sequence[Example]], out_dir: Path,
         return {**record, "key": key, "arm": arm, "seed": s, "removed": len(removed)}
 
     with progress.task("audit fine-tunes", len(pending), unit="run") as advance:
-        for key, record in run_all(pending, run, workers=workers, threads=threads):
+        for key, record in run_all(pending, run, workers=workers):
             done[key] = record
             with log.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -547,18 +547,19 @@ def _reference(kind: str, name: str, queries, config: AuditConfig, done: dict, l
     return done[key]["f"]
 
 
-def _workers(config: AuditConfig, start: Callable[[], Start], runs: int) -> tuple[int, int]:
-    """(fine-tunes at once, torch threads each) for `runs` pending fine-tunes; with more than one
-    the start is prepared here, before the fork, so that every child inherits it."""
+def _workers(config: AuditConfig, start: Callable[[], Start], runs: int) -> int:
+    """Fine-tunes at once for `runs` pending fine-tunes (`curate.audit.parallel`); with more than
+    one the start is prepared here, before the fork, so that every child inherits it."""
     import torch
 
+    device = _device(config.train)
+    check_workers(config.workers or 1, device)
     if runs < 2 or config.workers == 1:
-        return 1, torch.get_num_threads()
+        return 1
     prepared = start()
     threads = torch.get_num_threads()  # set by the model's loading (curate.cpu.configure_threads)
-    workers = min(config.workers or default_workers(prepared.model, config.train, runs,
-                                                    device=_device(config.train), threads=threads), runs)
-    return workers, max(1, threads // workers)
+    return min(config.workers or default_workers(prepared.model, config.train, runs, device=device, threads=threads),
+               runs)
 
 
 def _device(train: TrainConfig) -> str:

@@ -50,8 +50,8 @@ WHAT = (
 @click.option("--keep-models", is_flag=True, help="Save every arm's final weights under OUT/runs/ (default: each arm is evaluated "
                    "in memory and its checkpoints deleted).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Fine-tunes run at once, each in its own process with a share of the cores [default: on a CPU "
-                   "one per core this process uses, as many as half the available memory holds; 1 on a GPU].")
+              help="Fine-tunes run at once, each in its own process on one thread (CPU, Linux) [default: one "
+                   "per thread this process uses, as many as half the available memory holds; 1 on a GPU].")
 @click.option("--split", help="Split of the scored pool (folder or Hub dataset).")
 def audit(scored, base, model, queries, out_dir, score_column, objective, k, seeds, baselines, lds, subset_frac, proxy,
           max_steps,
