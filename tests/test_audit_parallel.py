@@ -121,3 +121,54 @@ def test_more_than_one_worker_off_a_linux_cpu_is_refused():
         check_workers(2, "cuda")
     if sys.platform == "linux":
         check_workers(2, "cpu")
+
+
+class Unpicklable(Exception):
+    def __init__(self, row: int, why: str):  # two arguments: unpickling calls it with one
+        super().__init__(f"row {row}: {why}")
+
+
+@linux
+def test_an_error_that_cannot_travel_back_is_sent_as_its_text():
+    def run(key: str) -> dict:
+        raise Unpicklable(3, "bad answer")
+
+    with pytest.raises(RuntimeError, match="Unpicklable: row 3: bad answer"):
+        list(run_all(["k0", "k1"], run, workers=2))
+
+
+@linux
+def test_children_go_when_their_parent_is_killed(tmp_path):
+    """A parent killed outright (SIGKILL, no cleanup) takes its children with it."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from curate.audit.parallel import run_all\n"
+        "def run(key):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(60)\n"
+        "    return {}\n"
+        "list(run_all(['a', 'b'], run, workers=2))\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    children = [int(parent.stdout.readline()) for _ in range(2)]
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in children if _running(pid)]
+    assert not alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -147,13 +148,29 @@ def _restore(name: str, value: str | None) -> None:
 
 
 def _init() -> None:
+    import ctypes
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
     # the parent's live progress display may have replaced these; a child writes to the terminal
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    # a parent killed outright (SIGKILL) takes its children with it: prctl(PR_SET_PDEATHSIG), which
+    # fires when the forking thread ends (the thread iterating run_all, which outlives the runs)
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _forked(key: str) -> dict[str, Any]:
     assert _RUN is not None, "run_all sets the job before forking"
-    return _RUN(key)
+    try:
+        return _RUN(key)
+    except Exception as e:
+        try:  # it goes back pickled: one that cannot be would break the pool, read as a death
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001 - any failure to round-trip
+            raise RuntimeError(f"{type(e).__name__}: {e}") from None
+        raise
