@@ -86,6 +86,14 @@ def returns_head_output(model, head) -> bool:
     return _RETURNS_HEAD_OUTPUT[model]
 
 
+def fusable_head(model, head) -> bool:
+    """Whether `head` can be applied from the hidden states by the functions here (`hidden_at`
+    with `linear_cross_entropy`, `head_logprobs` or `head_target_logprobs`), which take its weight
+    and bias directly: a plain `nn.Linear` whose output the model returns unchanged
+    (`returns_head_output`)."""
+    return type(head) is torch.nn.Linear and returns_head_output(model, head)
+
+
 CHUNK_BYTES = 16 << 20  # one chunk's float32 logits (85 rows of a 49k vocabulary; 42-170 rows timed alike)
 BLOCK_COLUMNS = 4096  # vocabulary columns per product into a chunk's logits (2,048-8,192 timed alike)
 

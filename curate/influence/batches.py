@@ -142,18 +142,18 @@ def response_logprobs(model, batch: Batch, *, sample_seed: int | None = None) ->
     data tokens, or, when `sample_seed` is given, tokens sampled from the model
     (`sampled_targets`, seeded per example by `example_seed(sample_seed, id)`).
 
-    Without gradients and with the data tokens (an evaluation), a model on the CPU whose logits
-    are its `nn.Linear` head's output unchanged (`curate.logits.returns_head_output`) gets them
+    Without gradients and with the data tokens (an evaluation), a model on the CPU whose head
+    can be taken from its hidden states (`curate.logits.fusable_head`) gets them
     from its hidden states a chunk of rows at a time (`curate.logits.head_target_logprobs`),
     without the [N, V] logits: in at least float32 (for a float32 or float64 model the same
     numbers to rounding; for a bfloat16 one more exact than its own bfloat16 head).
     """
-    from curate.logits import head_target_logprobs, hidden_at, returns_head_output
+    from curate.logits import fusable_head, head_target_logprobs, hidden_at
 
     targets = batch.input_ids[:, 1:]
     head = model.get_output_embeddings()
-    if (sample_seed is None and not torch.is_grad_enabled() and type(head) is torch.nn.Linear
-            and head.weight.device.type == "cpu" and returns_head_output(model, head)):
+    if (sample_seed is None and not torch.is_grad_enabled() and fusable_head(model, head)
+            and head.weight.device.type == "cpu"):
         keep = batch.loss_mask.bool()
         hidden = hidden_at(model, torch.nn.functional.pad(keep, (0, 1)), head=head, input_ids=batch.input_ids,
                            attention_mask=batch.attention_mask)

@@ -21,7 +21,7 @@ from curate.influence.batches import (
     sampled_targets,
 )
 from curate.influence.capture import Sink, tapped
-from curate.logits import head_logprobs, returns_head_output
+from curate.logits import fusable_head, head_logprobs
 
 
 def run_pass(
@@ -50,7 +50,7 @@ def run_pass(
     """
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
-    fused = type(head) is nn.Linear and returns_head_output(model, head)  # else the head's own logits
+    fused = fusable_head(model, head)  # else the head's own logits
     route: list[Sink] = []  # the callback of the backward running now
 
     def dispatch(name: str, s: torch.Tensor, a: torch.Tensor) -> None:

@@ -25,7 +25,7 @@ def completion_loss(model, inputs: dict[str, Any], num_items_in_batch=None, *, h
     """
     import torch
 
-    from curate.logits import hidden_at, linear_cross_entropy, logits_at, returns_head_output
+    from curate.logits import fusable_head, hidden_at, linear_cross_entropy, logits_at
 
     head = head if head is not None else model.get_output_embeddings()
     labels = inputs["labels"]
@@ -35,7 +35,7 @@ def completion_loss(model, inputs: dict[str, Any], num_items_in_batch=None, *, h
         return model(**rest, labels=labels, **extra).loss
     targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[:, 1:]
     keep = targets != IGNORE
-    if type(head) is torch.nn.Linear and returns_head_output(model, head):
+    if fusable_head(model, head):
         hidden = hidden_at(model, keep, head=head, **rest)
         total = linear_cross_entropy(hidden, head.weight, head.bias, targets[keep])
     else:
